@@ -1,0 +1,39 @@
+//! es-logging-plugin: a Docker managed logging plugin that keeps a durable local copy of every
+//! container's output (serving `docker logs`) and ships it to Elasticsearch.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! dockerd --FIFO--> fifo (tee/splice) --> frame (decode, cap) --> pipeline --> store
+//!                                                                      |        |
+//!                                                        readlogs (docker logs) +--> (shipper)
+//! ```
+//!
+//! Modules, one job each:
+//! - [`entry`]: the LogEntry protobuf schema the engine speaks (generated from `proto/`).
+//! - [`container_id`]: the validated 64-hex container id, the only thing a store path is built from.
+//! - [`frame`]: length-prefixed frame decoding with a size cap, and encoding for ReadLogs.
+//! - [`fifo`]: the FIFO itself: open, pipe size, non-consuming reads (tee) and consumption.
+//! - [`pipeline`]: one task per logging run: drain a FIFO into the container's store, never stop.
+//! - [`runs`]: the persisted table of open logging runs (File -> Info), reopened after a crash.
+//! - [`options`]: the log-opt table: names, defaults, validation with actionable messages.
+//! - [`settings`]: plugin-wide settings from the environment (`docker plugin set`).
+//! - [`store`]: the per-container segment files: append, rotation, compression, tail, follow.
+//! - [`readlogs`]: `/LogDriver.ReadLogs`: tail, since/until and follow over the store.
+//! - [`retention`]: removal of local copies of containers not seen for a long time.
+//! - [`api`]: the plugin's HTTP API on its unix socket: routing and request/answer shapes.
+//! - [`plugin`]: the running plugin: ties runs, stores and the API together; shutdown order.
+
+pub mod api;
+pub mod container_id;
+pub mod entry;
+pub mod fifo;
+pub mod frame;
+pub mod options;
+pub mod pipeline;
+pub mod plugin;
+pub mod readlogs;
+pub mod retention;
+pub mod runs;
+pub mod settings;
+pub mod store;

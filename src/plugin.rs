@@ -1,0 +1,325 @@
+//! The running plugin: the logging runs, the stores, and the rules that tie them together.
+//!
+//! - StartLogging validates everything before touching anything (container id, log-opts, that
+//!   `File` is a FIFO), records the run in the run table, then starts its pipeline.
+//! - StopLogging asks the pipeline to drain the pipe and answers as soon as it has: the engine
+//!   has written everything by then and closes its end only after our answer.
+//! - A run that ends by EOF (engine restart, live-restore) is forgotten the same way.
+//! - At start, every run in the table whose FIFO still exists is reopened (crash recovery).
+//! - `DESTROY_LOGS_ON_STOP` removes a container's store when its last run stops, except after
+//!   the throwaway run the engine opens for `docker logs` on a stopped container (recognised as a
+//!   run that received nothing and during which ReadLogs was served).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::api::types::{Info, StartLogging};
+use crate::container_id::{ContainerId, InvalidContainerId};
+use crate::fifo::{Fifo, FifoError};
+use crate::options::{LogOptions, OptionError};
+use crate::pipeline::{Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
+use crate::runs::{RunRecord, RunTable, RunsError};
+use crate::settings::Settings;
+use crate::store::{ContainerStore, StoreError, Stores};
+
+/// How long StopLogging waits for the final drain before answering anyway: the engine must
+/// never hang on us, and the drain of a full 1 MiB pipe takes milliseconds.
+const STOP_DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Entries read back from the store to recognise a replayed round after a crash: more than one
+/// round (a pipe's content) can hold.
+const REPLAY_WINDOW: usize = 1 << 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    ContainerId(#[from] InvalidContainerId),
+    #[error("{0}")]
+    Option(#[from] OptionError),
+    #[error("{0}")]
+    Fifo(#[from] FifoError),
+    #[error("cannot open the local copy: {0}")]
+    Store(#[from] StoreError),
+    #[error("StartLogging has no File")]
+    NoFile,
+}
+
+struct ActiveRun {
+    id: ContainerId,
+    stop: Option<oneshot::Sender<StopRequest>>,
+    /// Set when ReadLogs is served for this container while this run is active.
+    read_logs_served: Arc<AtomicBool>,
+}
+
+/// Per container: how many runs are active, watched by follow streams.
+struct Activity {
+    runs: watch::Sender<usize>,
+}
+
+pub struct Plugin {
+    settings: Settings,
+    stores: Stores,
+    table: RunTable,
+    active: Mutex<HashMap<String, ActiveRun>>,
+    activity: Mutex<HashMap<ContainerId, Activity>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Plugin {
+    /// Opens the state dir: `<state>/containers` for stores, `<state>/runs.json` for the table.
+    /// A run table that cannot be read is moved aside (and logged), never a reason not to start:
+    /// the engine disables a plugin that does not bind its socket within seconds.
+    pub fn open(
+        settings: Settings,
+        state_dir: &Path,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
+        let stores = Stores::open(state_dir.join("containers"))?;
+        let table = match RunTable::load(state_dir) {
+            Ok(table) => table,
+            Err(error) => {
+                let aside = state_dir.join("runs.json.unreadable");
+                tracing::error!(%error, moved_to = %aside.display(), "run table unreadable; FIFOs open before the restart cannot be reopened");
+                let _ = std::fs::rename(state_dir.join("runs.json"), &aside);
+                RunTable::empty(state_dir)
+            }
+        };
+        Ok(Arc::new(Self {
+            settings,
+            stores,
+            table,
+            active: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        }))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.tracker
+    }
+
+    /// Reopens every FIFO of the run table that still exists.
+    pub fn recover(self: &Arc<Self>) {
+        for record in self.table.all() {
+            let result = self.reopen(&record);
+            if let Err(error) = result {
+                tracing::warn!(%error, file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it");
+                self.forget_record(&record.file);
+            }
+        }
+    }
+
+    fn reopen(self: &Arc<Self>, record: &RunRecord) -> Result<(), StartError> {
+        let id = ContainerId::parse(&record.info.container_id)?;
+        let options = LogOptions::parse(Some(&record.info.config))?;
+        let fifo = Fifo::open(Path::new(&record.file))?;
+        let store = self.stores.open_container(&id, options.store)?;
+        let recent = store.tail(REPLAY_WINDOW).unwrap_or_else(|error| {
+            tracing::warn!(%error, container = id.short(), "cannot read the end of the local copy; a crash-time round may be stored twice");
+            Vec::new()
+        });
+        tracing::info!(container = id.short(), file = %record.file, "reopened FIFO after restart");
+        self.launch(record.file.clone(), id, fifo, store, Some(ReplayFilter::new(recent)));
+        Ok(())
+    }
+
+    pub fn start_logging(self: &Arc<Self>, request: StartLogging) -> Result<(), StartError> {
+        if request.file.is_empty() {
+            return Err(StartError::NoFile);
+        }
+        let id = ContainerId::parse(&request.info.container_id)?;
+        let options = LogOptions::parse(Some(&request.info.config))?;
+        let fifo = Fifo::open(Path::new(&request.file))?;
+        let store = self.stores.open_container(&id, options.store)?;
+        if !options.ignored.is_empty() {
+            tracing::debug!(container = id.short(), ignored = ?options.ignored, "log-opts for other drivers ignored");
+        }
+        // The engine never reuses a FIFO path, but if it did the old run must not leak.
+        if let Some(old) = self.lock_active().remove(&request.file) {
+            if let Some(stop) = old.stop {
+                let (reply, _) = oneshot::channel();
+                let _ = stop.send(reply);
+            }
+        }
+        let record = RunRecord {
+            file: request.file.clone(),
+            info: strip_secrets(request.info),
+        };
+        if let Err(error) = self.table.insert(record) {
+            log_table_error(&error);
+        }
+        tracing::info!(container = id.short(), file = %request.file, "logging started");
+        self.launch(request.file, id, fifo, store, None);
+        Ok(())
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        file: String,
+        id: ContainerId,
+        fifo: Fifo,
+        store: Arc<ContainerStore>,
+        replay: Option<ReplayFilter>,
+    ) {
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.lock_active().insert(
+            file.clone(),
+            ActiveRun {
+                id: id.clone(),
+                stop: Some(stop_tx),
+                read_logs_served: Arc::new(AtomicBool::new(false)),
+            },
+        );
+        self.add_run(&id, 1);
+        let plugin = Arc::clone(self);
+        let shutdown = self.shutdown.child_token();
+        let span = tracing::info_span!("run", container = id.short());
+        self.tracker.spawn(
+            async move {
+                let (end, stats) = Pipeline::new(fifo, store, replay).run(stop_rx, shutdown).await;
+                plugin.run_ended(&file, end, stats);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Drains and closes the run of `file`. Never fails: a failing StopLogging leaks the FIFO
+    /// in the engine.
+    pub async fn stop_logging(&self, file: &str) {
+        let stop = self.lock_active().get_mut(file).and_then(|run| run.stop.take());
+        let Some(stop) = stop else {
+            tracing::debug!(file, "StopLogging for a FIFO with no active run");
+            return;
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if stop.send(reply_tx).is_err() {
+            return;
+        }
+        match tokio::time::timeout(STOP_DRAIN_LIMIT, reply_rx).await {
+            Ok(Ok(_stats)) => {}
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!(file, "the final drain took over {STOP_DRAIN_LIMIT:?}; answering StopLogging anyway"),
+        }
+    }
+
+    /// Called by a run's task when its pipeline returns.
+    fn run_ended(&self, file: &str, end: RunEnd, stats: RunStats) {
+        let run = self.lock_active().remove(file);
+        let Some(run) = run else { return };
+        tracing::info!(
+            file,
+            ?end,
+            entries = stats.entries,
+            bytes = stats.bytes,
+            oversized = stats.oversized,
+            invalid = stats.invalid,
+            truncated_bytes = stats.truncated_bytes,
+            lost = stats.lost,
+            replayed = stats.replayed,
+            "logging run ended"
+        );
+        if stats.lost > 0 {
+            tracing::error!(lost = stats.lost, "log entries lost in this run because the local copy could not be written");
+        }
+        if end == RunEnd::Shutdown {
+            // Still open in the engine: the table keeps it for the next start.
+            self.add_run(&run.id, -1);
+            return;
+        }
+        self.forget_record(file);
+        let now_idle = self.add_run(&run.id, -1) == 0;
+        let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
+        if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
+            match self.stores.remove(&run.id) {
+                Ok(()) => tracing::info!(container = run.id.short(), "local copy removed (DESTROY_LOGS_ON_STOP)"),
+                Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
+            }
+        }
+    }
+
+    fn forget_record(&self, file: &str) {
+        if let Err(error) = self.table.remove(file) {
+            log_table_error(&error);
+        }
+    }
+
+    /// Changes the active-run count of a container and returns the new count.
+    fn add_run(&self, id: &ContainerId, delta: isize) -> usize {
+        let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = activity.entry(id.clone()).or_insert_with(|| Activity {
+            runs: watch::channel(0).0,
+        });
+        let mut now = 0;
+        entry.runs.send_modify(|n| {
+            *n = n.saturating_add_signed(delta);
+            now = *n;
+        });
+        if now == 0 && entry.runs.receiver_count() == 0 {
+            activity.remove(id);
+        }
+        now
+    }
+
+    /// The active-run count of a container, for a follow stream to watch; marks the active runs
+    /// as having served ReadLogs.
+    pub fn watch_runs(&self, id: &ContainerId) -> watch::Receiver<usize> {
+        for run in self.lock_active().values().filter(|r| &r.id == id) {
+            run.read_logs_served.store(true, Ordering::Relaxed);
+        }
+        let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        activity
+            .entry(id.clone())
+            .or_insert_with(|| Activity {
+                runs: watch::channel(0).0,
+            })
+            .runs
+            .subscribe()
+    }
+
+    /// True when the container has a logging run now (its store must stay).
+    pub fn is_active(&self, id: &ContainerId) -> bool {
+        self.lock_active().values().any(|r| &r.id == id)
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for every run to finish its final drain after the shutdown token fired.
+    pub async fn wind_down(&self, limit: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(limit, self.tracker.wait()).await.is_err() {
+            tracing::warn!("some tasks did not finish within {limit:?} of shutdown");
+        }
+    }
+}
+
+fn strip_secrets(mut info: Info) -> Info {
+    info.container_env = Vec::new();
+    info
+}
+
+fn log_table_error(error: &RunsError) {
+    tracing::error!(%error, "cannot update the run table; after a plugin crash these FIFOs would not be reopened");
+}

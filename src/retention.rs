@@ -1,0 +1,54 @@
+//! Removal of local copies nobody will read again. The engine never tells a logging plugin that
+//! a container was removed, so a store whose container has had no logging run for
+//! `LOCAL_LOGS_MAX_AGE` (default 7 days, by the time of its last write) is removed, checked at
+//! start and then every [`SWEEP_EVERY`]. A container with an active run is never touched.
+//! `LOCAL_LOGS_MAX_AGE=0` keeps every local copy until removed by hand.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::plugin::Plugin;
+
+pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Runs the sweep until shutdown.
+pub async fn run(plugin: Arc<Plugin>, shutdown: CancellationToken) {
+    let Some(max_age) = plugin.settings().local_logs_max_age else {
+        return;
+    };
+    loop {
+        sweep(&plugin, max_age, SystemTime::now());
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Removes every inactive store last written before `now - max_age`; returns how many.
+pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
+    let stores = match plugin.stores().list() {
+        Ok(stores) => stores,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list local copies for the age sweep");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for (id, last_write) in stores {
+        let age = now.duration_since(last_write).unwrap_or_default();
+        if age < max_age || plugin.is_active(&id) {
+            continue;
+        }
+        match plugin.stores().remove(&id) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(container = id.short(), age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "local copy removed: no logging for longer than LOCAL_LOGS_MAX_AGE");
+            }
+            Err(error) => tracing::warn!(%error, "cannot remove an old local copy"),
+        }
+    }
+    removed
+}

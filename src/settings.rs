@@ -1,0 +1,126 @@
+//! Plugin-wide settings, read once from the environment at start. In a managed plugin they are
+//! the `env` entries of config.json, changed with `docker plugin set NAME KEY=VALUE` while the
+//! plugin is disabled. Each has a default that works out of the box.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `LOG_DRIVER_LEVEL` | `info` | the plugin's own log level: error, warn, info, debug, trace |
+//! | `DESTROY_LOGS_ON_STOP` | `false` | remove a container's local copy when its logging stops for good |
+//! | `LOCAL_LOGS_MAX_AGE` | `7d` | remove local copies of containers that logged nothing for this long; `0` keeps them |
+
+use std::time::Duration;
+
+use crate::options::parse_bool;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub log_level: String,
+    pub destroy_logs_on_stop: bool,
+    /// `None`: never remove local copies for age.
+    pub local_logs_max_age: Option<Duration>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            destroy_logs_on_stop: false,
+            local_logs_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("plugin setting {name}: {value:?} is not valid; it takes {accepts}")]
+pub struct SettingError {
+    pub name: &'static str,
+    pub value: String,
+    pub accepts: &'static str,
+}
+
+const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+impl Settings {
+    pub fn from_env() -> Result<Self, SettingError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every setting through `lookup`; an empty value means unset (config.json entries
+    /// without a value are not set at all, but `docker plugin set X=` leaves them empty).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut settings = Self::default();
+        if let Some(level) = get("LOG_DRIVER_LEVEL") {
+            let level = level.trim().to_ascii_lowercase();
+            if !LEVELS.contains(&level.as_str()) {
+                return Err(SettingError {
+                    name: "LOG_DRIVER_LEVEL",
+                    value: level,
+                    accepts: "one of error, warn, info, debug, trace",
+                });
+            }
+            settings.log_level = level;
+        }
+        if let Some(value) = get("DESTROY_LOGS_ON_STOP") {
+            settings.destroy_logs_on_stop = parse_bool(value.trim()).ok_or(SettingError {
+                name: "DESTROY_LOGS_ON_STOP",
+                value,
+                accepts: "true or false",
+            })?;
+        }
+        if let Some(value) = get("LOCAL_LOGS_MAX_AGE") {
+            settings.local_logs_max_age = parse_age(&value).ok_or(SettingError {
+                name: "LOCAL_LOGS_MAX_AGE",
+                value,
+                accepts: "a duration such as 12h, 7d or 30d, or 0 to keep local copies forever",
+            })?;
+        }
+        Ok(settings)
+    }
+}
+
+/// `0` means "never"; anything else is a humantime duration.
+fn parse_age(text: &str) -> Option<Option<Duration>> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(None);
+    }
+    humantime::parse_duration(text)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
+        let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_out_of_the_box() {
+        assert_eq!(settings(&[]).unwrap(), Settings::default());
+        assert_eq!(settings(&[("DESTROY_LOGS_ON_STOP", "")]).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let s = settings(&[("LOG_DRIVER_LEVEL", "DEBUG"), ("DESTROY_LOGS_ON_STOP", "true"), ("LOCAL_LOGS_MAX_AGE", "12h")]).unwrap();
+        assert_eq!(s.log_level, "debug");
+        assert!(s.destroy_logs_on_stop);
+        assert_eq!(s.local_logs_max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(settings(&[("LOCAL_LOGS_MAX_AGE", "0")]).unwrap().local_logs_max_age, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = settings(&[("LOCAL_LOGS_MAX_AGE", "soon")]).unwrap_err().to_string();
+        assert!(err.contains("LOCAL_LOGS_MAX_AGE") && err.contains("7d"), "{err}");
+        let err = settings(&[("LOG_DRIVER_LEVEL", "loud")]).unwrap_err().to_string();
+        assert!(err.contains("LOG_DRIVER_LEVEL"), "{err}");
+    }
+}

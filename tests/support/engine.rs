@@ -1,0 +1,284 @@
+//! Plays the Docker Engine against the real plugin binary: starts `es-logging-plugin serve` on a
+//! private socket and state dir, creates FIFOs and holds them open read-write as the engine does,
+//! writes framed LogEntries, and calls the plugin API over the unix socket.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::Response;
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use prost::Message;
+
+pub use es_logging_plugin::entry::{LogEntry, PartialLogEntryMetadata};
+
+/// The plugin binary running on a temp socket and state dir; killed on drop.
+pub struct PluginProcess {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl PluginProcess {
+    pub fn start() -> Self {
+        Self::start_with_env(&[])
+    }
+
+    pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("plugin.sock");
+        let state = dir.path().join("state");
+        let log = dir.path().join("plugin.log");
+        let mut plugin = Self {
+            dir,
+            socket,
+            state,
+            log,
+            child: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        plugin.spawn();
+        plugin
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("plugin log");
+        let child = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .env("LOG_DRIVER_LEVEL", "debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone().expect("log fd")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start es-logging-plugin");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(5), "the plugin socket", || self.socket.exists());
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait, as `docker plugin disable` does.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "plugin did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Api {
+        Api {
+            socket: self.socket.clone(),
+            client: Client::unix(),
+        }
+    }
+}
+
+impl Drop for PluginProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The plugin API over its unix socket.
+pub struct Api {
+    socket: PathBuf,
+    client: Client<UnixConnector, Full<Bytes>>,
+}
+
+impl Api {
+    pub async fn call(&self, endpoint: &str, body: &str) -> Response<Incoming> {
+        let request = hyper::Request::post(Uri::new(&self.socket, endpoint))
+            .header("Accept", "application/vnd.docker.plugins.v1.2+json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        self.client.request(request).await.expect("plugin answered")
+    }
+
+    /// Calls and returns the status and the whole body as text.
+    pub async fn call_text(&self, endpoint: &str, body: &str) -> (u16, String) {
+        let answer = self.call(endpoint, body).await;
+        let status = answer.status().as_u16();
+        let bytes = answer.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Calls and returns the `Err` of the JSON answer ("" for success).
+    pub async fn call_err(&self, endpoint: &str, body: &str) -> String {
+        let (_, text) = self.call_text(endpoint, body).await;
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{endpoint} answered non-JSON {text:?}: {e}"));
+        value.get("Err").and_then(|e| e.as_str()).unwrap_or("").to_owned()
+    }
+
+    pub async fn start_logging(&self, file: &Path, id: &str, config: &[(&str, &str)]) -> String {
+        let config: serde_json::Map<String, serde_json::Value> = config.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let body = serde_json::json!({
+            "File": file,
+            "Info": {
+                "Config": if config.is_empty() { serde_json::Value::Null } else { config.into() },
+                "ContainerID": id,
+                "ContainerName": "/test",
+                "ContainerEntrypoint": "sh",
+                "ContainerArgs": null,
+                "ContainerImageID": "sha256:abc",
+                "ContainerImageName": "busybox:local",
+                "ContainerCreated": "2026-11-22T04:00:00.123456789Z",
+                "ContainerEnv": ["SECRET_PASSWORD=hunter2"],
+                "ContainerLabels": null,
+                "LogPath": "",
+                "DaemonName": "docker"
+            }
+        });
+        self.call_err("/LogDriver.StartLogging", &body.to_string()).await
+    }
+
+    pub async fn stop_logging(&self, file: &Path) -> String {
+        self.call_err("/LogDriver.StopLogging", &serde_json::json!({ "File": file }).to_string()).await
+    }
+
+    pub fn read_logs_body(id: &str, since: &str, until: &str, tail: i64, follow: bool) -> String {
+        serde_json::json!({
+            "Info": { "ContainerID": id, "Config": null },
+            "Config": { "Since": since, "Until": until, "Tail": tail, "Follow": follow }
+        })
+        .to_string()
+    }
+
+    /// A non-follow ReadLogs, decoded.
+    pub async fn read_logs(&self, id: &str, since: &str, until: &str, tail: i64) -> Vec<LogEntry> {
+        let answer = self.call("/LogDriver.ReadLogs", &Self::read_logs_body(id, since, until, tail, false)).await;
+        assert_eq!(answer.status(), 200);
+        let bytes = answer.into_body().collect().await.expect("stream").to_bytes();
+        decode_frames(&bytes)
+    }
+}
+
+pub fn decode_frames(mut bytes: &[u8]) -> Vec<LogEntry> {
+    let mut out = Vec::new();
+    while bytes.len() >= 4 {
+        let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+        assert!(bytes.len() >= 4 + len, "truncated frame in answer");
+        out.push(LogEntry::decode(&bytes[4..4 + len]).expect("frame is a LogEntry"));
+        bytes = &bytes[4 + len..];
+    }
+    assert!(bytes.is_empty(), "stray bytes after the last frame");
+    out
+}
+
+/// A FIFO the way the engine makes it: created, then held open read-write.
+pub struct EngineFifo {
+    pub path: PathBuf,
+    pub file: File,
+}
+
+impl EngineFifo {
+    pub fn create(dir: &Path, name: &str) -> Self {
+        let path = dir.join(name);
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {path:?}");
+        let file = OpenOptions::new().read(true).write(true).open(&path).expect("open fifo rw");
+        Self { path, file }
+    }
+
+    /// Writes one frame per entry, one write each, as the engine does.
+    pub fn write_entries(&mut self, entries: &[LogEntry]) {
+        for e in entries {
+            self.file.write_all(&frame(e)).expect("write frame");
+        }
+    }
+}
+
+pub fn frame(entry: &LogEntry) -> Vec<u8> {
+    let payload = entry.encode_to_vec();
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+pub fn container_id(n: u8) -> String {
+    format!("{:02x}", n).repeat(32)
+}
+
+pub fn line(source: &str, time_nano: i64, text: &[u8]) -> LogEntry {
+    LogEntry {
+        source: source.into(),
+        time_nano,
+        line: Bytes::copy_from_slice(text),
+        partial: false,
+        partial_log_metadata: None,
+    }
+}
+
+/// A long line split the way the engine splits it: 16 KiB fragments, same id, ordinals from 1,
+/// the first fragment's time, `last` on the final one.
+pub fn fragments(time_nano: i64, text: &[u8], id: &str) -> Vec<LogEntry> {
+    let chunks: Vec<&[u8]> = text.chunks(16 * 1024).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| LogEntry {
+            source: "stdout".into(),
+            time_nano,
+            line: Bytes::copy_from_slice(chunk),
+            partial: true,
+            partial_log_metadata: Some(PartialLogEntryMetadata {
+                last: i + 1 == n,
+                id: id.into(),
+                ordinal: i as i32 + 1,
+            }),
+        })
+        .collect()
+}
+
+/// Joins ReadLogs entries back into text the way the engine shows it.
+pub fn shown_text(entries: &[LogEntry]) -> Vec<u8> {
+    entries.iter().flat_map(|e| e.line.iter().copied()).collect()
+}
