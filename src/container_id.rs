@@ -52,7 +52,13 @@ mod tests {
     fn accepts_engine_ids_only() {
         let id = "a".repeat(64);
         assert_eq!(ContainerId::parse(&id).unwrap().as_str(), id);
-        for bad in ["../../etc", "", &"A".repeat(64), &"a".repeat(63), &"a".repeat(65)] {
+        for bad in [
+            "../../etc",
+            "",
+            &"A".repeat(64),
+            &"a".repeat(63),
+            &"a".repeat(65),
+        ] {
             assert!(ContainerId::parse(bad).is_err(), "{bad}");
         }
     }

@@ -29,7 +29,9 @@ pub const WANTED_PIPE_SIZE: usize = 1 << 20;
 pub enum FifoError {
     #[error("File {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
-    #[error("File {path} is not a FIFO (it is {kind}); the engine always passes a FIFO it created")]
+    #[error(
+        "File {path} is not a FIFO (it is {kind}); the engine always passes a FIFO it created"
+    )]
     NotFifo { path: PathBuf, kind: &'static str },
     #[error("cannot create the private pipe for reading {path}: {source}")]
     Scratch { path: PathBuf, source: io::Error },
@@ -257,7 +259,11 @@ mod tests {
         assert_eq!(fifo.peek(&mut buf).unwrap(), Peek::Empty);
         writer.write_all(b"hello world").unwrap();
         assert_eq!(fifo.peek(&mut buf).unwrap(), Peek::Data(11));
-        assert_eq!(fifo.peek(&mut buf).unwrap(), Peek::Data(11), "tee leaves data in place");
+        assert_eq!(
+            fifo.peek(&mut buf).unwrap(),
+            Peek::Data(11),
+            "tee leaves data in place"
+        );
         fifo.consume(6).unwrap();
         assert_eq!(fifo.peek(&mut buf).unwrap(), Peek::Data(5));
         assert_eq!(buf, b"world");

@@ -51,7 +51,8 @@ impl FrameDecoder {
         let mut at = 0usize;
         loop {
             if self.skipping > 0 {
-                let take = (buf.len() - at).min(usize::try_from(self.skipping).unwrap_or(usize::MAX));
+                let take =
+                    (buf.len() - at).min(usize::try_from(self.skipping).unwrap_or(usize::MAX));
                 at += take;
                 self.skipping -= take as u64;
                 if self.skipping > 0 {
@@ -142,7 +143,11 @@ mod tests {
         let stream = framed(&payloads);
         for chunk in [1, 3, 64, 4096, stream.len()] {
             let (frames, oversized, left) = decode_in_chunks(&stream, &[chunk], 100);
-            assert_eq!(frames, vec![b"before".to_vec(), b"after".to_vec()], "chunk {chunk}");
+            assert_eq!(
+                frames,
+                vec![b"before".to_vec(), b"after".to_vec()],
+                "chunk {chunk}"
+            );
             assert_eq!(oversized, 1);
             assert_eq!(left, 0);
         }
@@ -152,7 +157,13 @@ mod tests {
     fn absurd_length_prefix_allocates_nothing_and_waits_for_its_bytes() {
         let mut decoder = FrameDecoder::new(1 << 20);
         let done = decoder.decode(&u32::MAX.to_be_bytes(), |_| panic!("no frame"));
-        assert_eq!(done, Decoded { consumed: 4, oversized: 1 });
+        assert_eq!(
+            done,
+            Decoded {
+                consumed: 4,
+                oversized: 1
+            }
+        );
         assert!(decoder.is_skipping());
     }
 

@@ -24,7 +24,11 @@ enum Command {
     /// Serve the logging-plugin API on a unix socket.
     Serve {
         /// Socket to listen on (the managed plugin's is under /run/docker/plugins).
-        #[arg(long, env = "SOCKET", default_value = "/run/docker/plugins/es-logging.sock")]
+        #[arg(
+            long,
+            env = "SOCKET",
+            default_value = "/run/docker/plugins/es-logging.sock"
+        )]
         socket: PathBuf,
         /// Where local copies, checkpoints and the run table live; a host mount in the managed
         /// plugin, so they survive restarts and upgrades.
@@ -55,7 +59,9 @@ fn main() -> anyhow::Result<()> {
 fn init_logging(level: &str) {
     // Plugin stdout goes to the engine's log at info level, stderr at error: log to stdout.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(format!("es_logging_plugin={level},warn")))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "es_logging_plugin={level},warn"
+        )))
         .with_writer(std::io::stdout)
         .with_ansi(false)
         .init();
@@ -70,8 +76,15 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
         .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
     tracing::info!(socket = %socket.display(), state_dir = %state_dir.display(), version = env!("CARGO_PKG_VERSION"), "es-logging-plugin serving");
     plugin.recover();
-    let server = tokio::spawn(api::serve(listener, Arc::clone(&plugin), shutdown.clone(), SHUTDOWN_LIMIT));
-    plugin.tracker().spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
+    let server = tokio::spawn(api::serve(
+        listener,
+        Arc::clone(&plugin),
+        shutdown.clone(),
+        SHUTDOWN_LIMIT,
+    ));
+    plugin
+        .tracker()
+        .spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining FIFOs and ending streams");
@@ -91,9 +104,13 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove the old socket {}", socket.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the old socket {}", socket.display()))
+        }
     }
-    let listener = UnixListener::bind(socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     use std::os::unix::fs::PermissionsExt;
     // Only the engine (root) talks to us.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))

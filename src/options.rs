@@ -77,15 +77,20 @@ impl LogOptions {
         let empty = HashMap::new();
         let config = config.unwrap_or(&empty);
         let value = |name: &'static str| -> &str {
-            config.get(name).map(String::as_str).unwrap_or_else(|| spec(name).default)
+            config
+                .get(name)
+                .map(String::as_str)
+                .unwrap_or_else(|| spec(name).default)
         };
-        let max_size = parse_size(value("max-size")).ok_or_else(|| bad("max-size", value("max-size")))?;
+        let max_size =
+            parse_size(value("max-size")).ok_or_else(|| bad("max-size", value("max-size")))?;
         let max_file = value("max-file")
             .parse::<u32>()
             .ok()
             .filter(|n| (1..=1000).contains(n))
             .ok_or_else(|| bad("max-file", value("max-file")))?;
-        let compress = parse_bool(value("compress")).ok_or_else(|| bad("compress", value("compress")))?;
+        let compress =
+            parse_bool(value("compress")).ok_or_else(|| bad("compress", value("compress")))?;
         // The engine refuses compress with one file only when the user asked for compress; our
         // default is compress=true, so only an explicit compress=true with max-file=1 is an error.
         if compress && max_file == 1 {
@@ -104,7 +109,11 @@ impl LogOptions {
                 return Err(OptionError::Misspelled {
                     given: key.clone(),
                     suggestion,
-                    all: OPTIONS.iter().map(|o| o.name).collect::<Vec<_>>().join(", "),
+                    all: OPTIONS
+                        .iter()
+                        .map(|o| o.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             ignored.push(key.clone());
@@ -201,14 +210,24 @@ mod tests {
     use super::*;
 
     fn opts(pairs: &[(&str, &str)]) -> Result<LogOptions, OptionError> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         LogOptions::parse(Some(&map))
     }
 
     #[test]
     fn defaults_are_the_local_drivers() {
         let o = LogOptions::parse(None).unwrap();
-        assert_eq!(o.store, StoreLimits { max_size: 20 << 20, max_file: 5, compress: true });
+        assert_eq!(
+            o.store,
+            StoreLimits {
+                max_size: 20 << 20,
+                max_file: 5,
+                compress: true
+            }
+        );
     }
 
     #[test]
@@ -226,17 +245,29 @@ mod tests {
     #[test]
     fn bad_value_names_the_option_and_what_it_accepts() {
         let err = opts(&[("max-size", "12q")]).unwrap_err().to_string();
-        assert!(err.contains("max-size") && err.contains("12q") && err.contains("k, m or g"), "{err}");
+        assert!(
+            err.contains("max-size") && err.contains("12q") && err.contains("k, m or g"),
+            "{err}"
+        );
         let err = opts(&[("max-file", "0")]).unwrap_err().to_string();
-        assert!(err.contains("max-file") && err.contains("1 to 1000"), "{err}");
+        assert!(
+            err.contains("max-file") && err.contains("1 to 1000"),
+            "{err}"
+        );
         let err = opts(&[("compress", "yes")]).unwrap_err().to_string();
-        assert!(err.contains("compress") && err.contains("true or false"), "{err}");
+        assert!(
+            err.contains("compress") && err.contains("true or false"),
+            "{err}"
+        );
     }
 
     #[test]
     fn misspelled_option_of_ours_is_refused_with_a_suggestion() {
         let err = opts(&[("max-sise", "1m")]).unwrap_err().to_string();
-        assert!(err.contains("max-sise") && err.contains("max-size"), "{err}");
+        assert!(
+            err.contains("max-sise") && err.contains("max-size"),
+            "{err}"
+        );
         assert!(opts(&[("max_file", "2")]).is_err());
     }
 
@@ -258,7 +289,10 @@ mod tests {
 
     #[test]
     fn compress_with_a_single_file_is_an_error_only_when_asked_for() {
-        assert_eq!(opts(&[("max-file", "1"), ("compress", "true")]), Err(OptionError::CompressSingleFile));
+        assert_eq!(
+            opts(&[("max-file", "1"), ("compress", "true")]),
+            Err(OptionError::CompressSingleFile)
+        );
         let o = opts(&[("max-file", "1")]).unwrap();
         assert!(!o.store.compress);
     }

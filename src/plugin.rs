@@ -140,7 +140,13 @@ impl Plugin {
             Vec::new()
         });
         tracing::info!(container = id.short(), file = %record.file, "reopened FIFO after restart");
-        self.launch(record.file.clone(), id, fifo, store, Some(ReplayFilter::new(recent)));
+        self.launch(
+            record.file.clone(),
+            id,
+            fifo,
+            store,
+            Some(ReplayFilter::new(recent)),
+        );
         Ok(())
     }
 
@@ -197,7 +203,9 @@ impl Plugin {
         let span = tracing::info_span!("run", container = id.short());
         self.tracker.spawn(
             async move {
-                let (end, stats) = Pipeline::new(fifo, store, replay).run(stop_rx, shutdown).await;
+                let (end, stats) = Pipeline::new(fifo, store, replay)
+                    .run(stop_rx, shutdown)
+                    .await;
                 plugin.run_ended(&file, end, stats);
             }
             .instrument(span),
@@ -207,7 +215,10 @@ impl Plugin {
     /// Drains and closes the run of `file`. Never fails: a failing StopLogging leaks the FIFO
     /// in the engine.
     pub async fn stop_logging(&self, file: &str) {
-        let stop = self.lock_active().get_mut(file).and_then(|run| run.stop.take());
+        let stop = self
+            .lock_active()
+            .get_mut(file)
+            .and_then(|run| run.stop.take());
         let Some(stop) = stop else {
             tracing::debug!(file, "StopLogging for a FIFO with no active run");
             return;
@@ -219,7 +230,10 @@ impl Plugin {
         match tokio::time::timeout(STOP_DRAIN_LIMIT, reply_rx).await {
             Ok(Ok(_stats)) => {}
             Ok(Err(_)) => {}
-            Err(_) => tracing::warn!(file, "the final drain took over {STOP_DRAIN_LIMIT:?}; answering StopLogging anyway"),
+            Err(_) => tracing::warn!(
+                file,
+                "the final drain took over {STOP_DRAIN_LIMIT:?}; answering StopLogging anyway"
+            ),
         }
     }
 
@@ -240,7 +254,10 @@ impl Plugin {
             "logging run ended"
         );
         if stats.lost > 0 {
-            tracing::error!(lost = stats.lost, "log entries lost in this run because the local copy could not be written");
+            tracing::error!(
+                lost = stats.lost,
+                "log entries lost in this run because the local copy could not be written"
+            );
         }
         if end == RunEnd::Shutdown {
             // Still open in the engine: the table keeps it for the next start.
@@ -252,7 +269,10 @@ impl Plugin {
         let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
         if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
             match self.stores.remove(&run.id) {
-                Ok(()) => tracing::info!(container = run.id.short(), "local copy removed (DESTROY_LOGS_ON_STOP)"),
+                Ok(()) => tracing::info!(
+                    container = run.id.short(),
+                    "local copy removed (DESTROY_LOGS_ON_STOP)"
+                ),
                 Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
             }
         }
@@ -309,7 +329,10 @@ impl Plugin {
     /// Waits for every run to finish its final drain after the shutdown token fired.
     pub async fn wind_down(&self, limit: Duration) {
         self.tracker.close();
-        if tokio::time::timeout(limit, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(limit, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not finish within {limit:?} of shutdown");
         }
     }

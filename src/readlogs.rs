@@ -123,7 +123,7 @@ pub async fn stream(
     };
     // Everything before `end` is history; a follow goes on from exactly there.
     let (history, end) = match request.tail {
-        Some(n) => store.tail_with_end(n)?,
+        Some(n) => blocking(|| store.tail_with_end(n))?,
         None => (Vec::new(), store.end()),
     };
     for entry in history.iter().filter(|e| request.admits(e.time_nano)) {
@@ -133,7 +133,7 @@ pub async fn stream(
     }
     let mut cursor = match (request.tail, request.since) {
         (Some(_), _) => store.cursor(end),
-        (None, Some(since)) => store.cursor_since(since)?,
+        (None, Some(since)) => blocking(|| store.cursor_since(since))?,
         (None, None) => store.cursor(store.start()),
     };
     if request.tail.is_none() {
@@ -186,7 +186,7 @@ async fn copy_until(
         if stop.is_some_and(|s| cursor.position() >= s) {
             return Ok(true);
         }
-        let entries = cursor.read(READ_STEP)?;
+        let entries = blocking(|| cursor.read(READ_STEP))?;
         if entries.is_empty() {
             return Ok(true);
         }
@@ -203,6 +203,12 @@ async fn copy_until(
             }
         }
     }
+}
+
+/// Store reads are file I/O (and gunzip for compressed segments): tell the runtime, so other
+/// connections are not held up behind a large `docker logs`.
+fn blocking<T>(read: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(read)
 }
 
 struct Sender {
@@ -244,7 +250,12 @@ mod tests {
 
     #[test]
     fn zero_time_means_unset_and_offsets_are_honoured() {
-        let r = ReadRequest::parse(&config("0001-01-01T00:00:00Z", "1970-01-01T01:00:01+01:00", 5)).unwrap();
+        let r = ReadRequest::parse(&config(
+            "0001-01-01T00:00:00Z",
+            "1970-01-01T01:00:01+01:00",
+            5,
+        ))
+        .unwrap();
         assert_eq!(r.since, None);
         assert_eq!(r.until, Some(1_000_000_000));
         assert_eq!(r.tail, Some(5));
@@ -254,8 +265,14 @@ mod tests {
     #[test]
     fn bad_times_and_tails_are_named() {
         let err = ReadRequest::parse(&config("yesterday", "", -1)).unwrap_err();
-        assert_eq!(err.to_string(), "ReadLogs Config.Since: \"yesterday\" is not an RFC 3339 time");
-        assert_eq!(ReadRequest::parse(&config("", "", -7)).unwrap_err(), ReadLogsError::BadTail(-7));
+        assert_eq!(
+            err.to_string(),
+            "ReadLogs Config.Since: \"yesterday\" is not an RFC 3339 time"
+        );
+        assert_eq!(
+            ReadRequest::parse(&config("", "", -7)).unwrap_err(),
+            ReadLogsError::BadTail(-7)
+        );
     }
 
     #[test]
@@ -266,14 +283,22 @@ mod tests {
             time_nano: 1,
             line: Bytes::from_static(b"part"),
             partial: true,
-            partial_log_metadata: Some(PartialLogEntryMetadata { last, id: "x".into(), ordinal: 1 }),
+            partial_log_metadata: Some(PartialLogEntryMetadata {
+                last,
+                id: "x".into(),
+                ordinal: 1,
+            }),
         };
         let whole = LogEntry {
             partial: false,
             partial_log_metadata: None,
             ..frag(false)
         };
-        for (entry, want) in [(frag(false), &b"part"[..]), (frag(true), b"part\n"), (whole, b"part\n")] {
+        for (entry, want) in [
+            (frag(false), &b"part"[..]),
+            (frag(true), b"part\n"),
+            (whole, b"part\n"),
+        ] {
             let mut out = BytesMut::new();
             encode_frame(&mut out, &entry);
             let decoded = LogEntry::decode(&out[4..]).unwrap();

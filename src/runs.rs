@@ -53,10 +53,11 @@ impl RunTable {
         let path = state_dir.join("runs.json");
         let runs = match std::fs::read(&path) {
             Ok(bytes) => {
-                let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|source| RunsError::Parse {
-                    path: path.clone(),
-                    source,
-                })?;
+                let disk: OnDisk =
+                    serde_json::from_slice(&bytes).map_err(|source| RunsError::Parse {
+                        path: path.clone(),
+                        source,
+                    })?;
                 disk.runs.into_iter().map(|r| (r.file.clone(), r)).collect()
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
@@ -146,8 +147,18 @@ mod tests {
         let mut info = Info::default();
         info.container_id = "c".repeat(64);
         info.container_env = vec!["SECRET=x".into()];
-        table.insert(RunRecord { file: "/f1".into(), info: info.clone() }).unwrap();
-        table.insert(RunRecord { file: "/f2".into(), info: info.clone() }).unwrap();
+        table
+            .insert(RunRecord {
+                file: "/f1".into(),
+                info: info.clone(),
+            })
+            .unwrap();
+        table
+            .insert(RunRecord {
+                file: "/f2".into(),
+                info: info.clone(),
+            })
+            .unwrap();
         table.remove("/f1").unwrap();
         let again = RunTable::load(dir.path()).unwrap().all();
         assert_eq!(again.len(), 1);

@@ -97,30 +97,53 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, SettingError> {
-        let env: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_lookup(|k| env.get(k).cloned())
     }
 
     #[test]
     fn defaults_work_out_of_the_box() {
         assert_eq!(settings(&[]).unwrap(), Settings::default());
-        assert_eq!(settings(&[("DESTROY_LOGS_ON_STOP", "")]).unwrap(), Settings::default());
+        assert_eq!(
+            settings(&[("DESTROY_LOGS_ON_STOP", "")]).unwrap(),
+            Settings::default()
+        );
     }
 
     #[test]
     fn values_are_parsed() {
-        let s = settings(&[("LOG_DRIVER_LEVEL", "DEBUG"), ("DESTROY_LOGS_ON_STOP", "true"), ("LOCAL_LOGS_MAX_AGE", "12h")]).unwrap();
+        let s = settings(&[
+            ("LOG_DRIVER_LEVEL", "DEBUG"),
+            ("DESTROY_LOGS_ON_STOP", "true"),
+            ("LOCAL_LOGS_MAX_AGE", "12h"),
+        ])
+        .unwrap();
         assert_eq!(s.log_level, "debug");
         assert!(s.destroy_logs_on_stop);
         assert_eq!(s.local_logs_max_age, Some(Duration::from_secs(12 * 3600)));
-        assert_eq!(settings(&[("LOCAL_LOGS_MAX_AGE", "0")]).unwrap().local_logs_max_age, None);
+        assert_eq!(
+            settings(&[("LOCAL_LOGS_MAX_AGE", "0")])
+                .unwrap()
+                .local_logs_max_age,
+            None
+        );
     }
 
     #[test]
     fn bad_values_name_the_setting() {
-        let err = settings(&[("LOCAL_LOGS_MAX_AGE", "soon")]).unwrap_err().to_string();
-        assert!(err.contains("LOCAL_LOGS_MAX_AGE") && err.contains("7d"), "{err}");
-        let err = settings(&[("LOG_DRIVER_LEVEL", "loud")]).unwrap_err().to_string();
+        let err = settings(&[("LOCAL_LOGS_MAX_AGE", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LOCAL_LOGS_MAX_AGE") && err.contains("7d"),
+            "{err}"
+        );
+        let err = settings(&[("LOG_DRIVER_LEVEL", "loud")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("LOG_DRIVER_LEVEL"), "{err}");
     }
 }

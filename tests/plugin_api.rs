@@ -44,7 +44,11 @@ fn workload() -> Vec<LogEntry> {
             out.extend(fragments(T0 + i * 1000, &text, &format!("frag{i}")));
         } else {
             let source = if i % 3 == 0 { "stderr" } else { "stdout" };
-            out.push(line(source, T0 + i * 1000, format!("line {i} of the workload").as_bytes()));
+            out.push(line(
+                source,
+                T0 + i * 1000,
+                format!("line {i} of the workload").as_bytes(),
+            ));
         }
     }
     out
@@ -56,7 +60,9 @@ async fn stores_100k_entries_with_split_lines_and_reads_them_back_in_order() {
     let api = plugin.client();
     let id = container_id(1);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo1");
-    let err = api.start_logging(&fifo.path, &id, &[("max-size", "1m"), ("max-file", "100")]).await;
+    let err = api
+        .start_logging(&fifo.path, &id, &[("max-size", "1m"), ("max-file", "100")])
+        .await;
     assert_eq!(err, "");
     let written = workload();
     let to_write = written.clone();
@@ -74,7 +80,10 @@ async fn stores_100k_entries_with_split_lines_and_reads_them_back_in_order() {
     // Rotation really happened, and sealed segments were compressed.
     let dir = plugin.state.join("containers").join(&id);
     wait_until(Duration::from_secs(10), "compressed segments", || {
-        std::fs::read_dir(&dir).unwrap().filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().ends_with(".gz"))
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().ends_with(".gz"))
     });
     let again = api.read_logs(&id, "", "", -1).await;
     assert_same_entries(&again, &as_shown(&written));
@@ -86,10 +95,16 @@ async fn read_logs_applies_tail_since_until_and_follows_until_stop() {
     let api = plugin.client();
     let id = container_id(2);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo2");
-    assert_eq!(api.start_logging(&fifo.path, &id, &[("max-size", "2k"), ("max-file", "50")]).await, "");
+    assert_eq!(
+        api.start_logging(&fifo.path, &id, &[("max-size", "2k"), ("max-file", "50")])
+            .await,
+        ""
+    );
     let sec = 1_000_000_000i64;
     let base = 1_790_000_000 * sec;
-    let written: Vec<LogEntry> = (0..100).map(|i| line("stdout", base + i * sec, format!("entry {i}").as_bytes())).collect();
+    let written: Vec<LogEntry> = (0..100)
+        .map(|i| line("stdout", base + i * sec, format!("entry {i}").as_bytes()))
+        .collect();
     fifo.write_entries(&written);
     let rfc = |s: i64| {
         time::OffsetDateTime::from_unix_timestamp(1_790_000_000 + s)
@@ -110,24 +125,50 @@ async fn read_logs_applies_tail_since_until_and_follows_until_stop() {
     assert_same_entries(&api.read_logs(&id, "", "", 1000).await, &shown);
     assert_same_entries(&api.read_logs(&id, &rfc(90), "", -1).await, &shown[90..]);
     assert_same_entries(&api.read_logs(&id, "", &rfc(9), -1).await, &shown[..10]);
-    assert_same_entries(&api.read_logs(&id, &rfc(10), &rfc(19), -1).await, &shown[10..20]);
-    assert_same_entries(&api.read_logs(&id, "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z", 3).await, &shown[97..]);
+    assert_same_entries(
+        &api.read_logs(&id, &rfc(10), &rfc(19), -1).await,
+        &shown[10..20],
+    );
+    assert_same_entries(
+        &api.read_logs(&id, "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z", 3)
+            .await,
+        &shown[97..],
+    );
     // Tail applies before since, as the engine's own drivers do.
     assert_same_entries(&api.read_logs(&id, &rfc(98), "", 5).await, &shown[98..]);
 
     // Follow: the last 2, then what is written while following, then the end at StopLogging.
-    let answer = api.call("/LogDriver.ReadLogs", &Api::read_logs_body(&id, "", "", 2, true)).await;
+    let answer = api
+        .call(
+            "/LogDriver.ReadLogs",
+            &Api::read_logs_body(&id, "", "", 2, true),
+        )
+        .await;
     assert_eq!(answer.status(), 200);
     let mut body = answer.into_body();
-    let later: Vec<LogEntry> = (100..110).map(|i| line("stderr", base + i * sec, format!("later {i}").as_bytes())).collect();
+    let later: Vec<LogEntry> = (100..110)
+        .map(|i| line("stderr", base + i * sec, format!("later {i}").as_bytes()))
+        .collect();
     fifo.write_entries(&later);
     let path = fifo.path.clone();
     let mut received = Vec::new();
-    let want: Vec<LogEntry> = shown[98..].iter().cloned().chain(as_shown(&later)).collect();
+    let want: Vec<LogEntry> = shown[98..]
+        .iter()
+        .cloned()
+        .chain(as_shown(&later))
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while decode_frames(&received).len() < want.len() {
-        let frame = tokio::time::timeout_at(deadline, body.frame()).await.expect("follow delivered in time");
-        received.extend_from_slice(&frame.expect("stream open").expect("frame").into_data().expect("data"));
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("follow delivered in time");
+        received.extend_from_slice(
+            &frame
+                .expect("stream open")
+                .expect("frame")
+                .into_data()
+                .expect("data"),
+        );
     }
     assert_same_entries(&decode_frames(&received), &want);
     assert_eq!(api.stop_logging(&path).await, "");
@@ -147,13 +188,23 @@ async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
     let id = container_id(3);
     let fifo = EngineFifo::create(plugin.dir.path(), "fifo3");
     let path = fifo.path.clone();
-    assert_eq!(plugin.client().start_logging(&path, &id, &[("max-size", "512k"), ("max-file", "1000")]).await, "");
+    assert_eq!(
+        plugin
+            .client()
+            .start_logging(&path, &id, &[("max-size", "512k"), ("max-file", "1000")])
+            .await,
+        ""
+    );
     let written: Vec<LogEntry> = (0..300_000i64)
         .flat_map(|i| {
             if i % 50_000 == 7 {
                 fragments(T0 + i, &vec![b'x'; 40_000], &format!("f{i}"))
             } else {
-                vec![line("stdout", T0 + i, format!("entry number {i}").as_bytes())]
+                vec![line(
+                    "stdout",
+                    T0 + i,
+                    format!("entry number {i}").as_bytes(),
+                )]
             }
         })
         .collect();
@@ -171,12 +222,26 @@ async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
         }
         plugin.restart();
     }
-    let fifo = tokio::task::spawn_blocking(move || writer.join().expect("writer")).await.unwrap();
+    let fifo = tokio::task::spawn_blocking(move || writer.join().expect("writer"))
+        .await
+        .unwrap();
     assert_eq!(plugin.client().stop_logging(&path).await, "");
     drop(fifo);
     let got = plugin.client().read_logs(&id, "", "", -1).await;
     assert_same_entries(&got, &as_shown(&written));
-    assert!(plugin.output().contains("reopened FIFO after restart"), "the FIFO was never reopened: {}", plugin.output());
+    let reopened = plugin
+        .output()
+        .matches("reopened FIFO after restart")
+        .count();
+    eprintln!("restarts that reopened the FIFO mid-stream: {reopened}");
+    for l in plugin.output().lines().filter(|l| l.contains("run ended")) {
+        eprintln!("{l}");
+    }
+    assert!(
+        reopened >= 2,
+        "the FIFO was reopened only {reopened} times: {}",
+        plugin.output()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,46 +253,120 @@ async fn start_logging_refuses_bad_input_with_errors_naming_it() {
     std::fs::write(&regular, b"x").unwrap();
     let id = container_id(4);
     let cases: Vec<(std::path::PathBuf, String, Vec<(&str, &str)>, &str)> = vec![
-        (regular.clone(), id.clone(), vec![], "is not a FIFO (it is a regular file)"),
-        (plugin.dir.path().to_owned(), id.clone(), vec![], "is not a FIFO (it is a directory)"),
-        ("/dev/zero".into(), id.clone(), vec![], "is not a FIFO (it is a character device)"),
-        (fifo.path.clone(), "../../etc".into(), vec![], "is not 64 lowercase hex digits"),
-        (fifo.path.clone(), id.clone(), vec![("max-size", "12q")], "log-opt max-size: \"12q\" is not valid"),
-        (fifo.path.clone(), id.clone(), vec![("max-sise", "1m")], "did you mean \"max-size\""),
-        (fifo.path.clone(), id.clone(), vec![("max-file", "1"), ("compress", "true")], "compress=true needs max-file"),
+        (
+            regular.clone(),
+            id.clone(),
+            vec![],
+            "is not a FIFO (it is a regular file)",
+        ),
+        (
+            plugin.dir.path().to_owned(),
+            id.clone(),
+            vec![],
+            "is not a FIFO (it is a directory)",
+        ),
+        (
+            "/dev/zero".into(),
+            id.clone(),
+            vec![],
+            "is not a FIFO (it is a character device)",
+        ),
+        (
+            fifo.path.clone(),
+            "../../etc".into(),
+            vec![],
+            "is not 64 lowercase hex digits",
+        ),
+        (
+            fifo.path.clone(),
+            id.clone(),
+            vec![("max-size", "12q")],
+            "log-opt max-size: \"12q\" is not valid",
+        ),
+        (
+            fifo.path.clone(),
+            id.clone(),
+            vec![("max-sise", "1m")],
+            "did you mean \"max-size\"",
+        ),
+        (
+            fifo.path.clone(),
+            id.clone(),
+            vec![("max-file", "1"), ("compress", "true")],
+            "compress=true needs max-file",
+        ),
     ];
     for (file, cid, config, want) in cases {
         let err = api.start_logging(&file, &cid, &config).await;
-        assert!(err.contains(want), "{file:?} {cid} {config:?}: got {err:?}, want {want:?}");
+        assert!(
+            err.contains(want),
+            "{file:?} {cid} {config:?}: got {err:?}, want {want:?}"
+        );
     }
-    assert!(!plugin.state.join("containers").join("..").join("..").join("etc").exists());
+    assert!(!plugin
+        .state
+        .join("containers")
+        .join("..")
+        .join("..")
+        .join("etc")
+        .exists());
     // Engine keys and other drivers' options are accepted.
     let err = api
-        .start_logging(&fifo.path, &id, &[("mode", "non-blocking"), ("max-buffer-size", "4m"), ("cache-disabled", "true"), ("tag", "x")])
+        .start_logging(
+            &fifo.path,
+            &id,
+            &[
+                ("mode", "non-blocking"),
+                ("max-buffer-size", "4m"),
+                ("cache-disabled", "true"),
+                ("tag", "x"),
+            ],
+        )
         .await;
     assert_eq!(err, "");
     assert_eq!(api.stop_logging(&fifo.path).await, "");
-    assert!(!plugin.output().contains("hunter2"), "container env leaked into the plugin log");
+    assert!(
+        !plugin.output().contains("hunter2"),
+        "container env leaked into the plugin log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_answer_as_the_engine_expects_and_refuse_garbage_clearly() {
     let plugin = PluginProcess::start();
     let api = plugin.client();
-    assert_eq!(api.call_text("/LogDriver.Capabilities", "").await, (200, r#"{"Cap":{"ReadLogs":true}}"#.into()));
-    assert_eq!(api.call_text("/Plugin.Activate", "").await, (200, r#"{"Implements":["LogDriver"]}"#.into()));
+    assert_eq!(
+        api.call_text("/LogDriver.Capabilities", "").await,
+        (200, r#"{"Cap":{"ReadLogs":true}}"#.into())
+    );
+    assert_eq!(
+        api.call_text("/Plugin.Activate", "").await,
+        (200, r#"{"Implements":["LogDriver"]}"#.into())
+    );
     let (status, body) = api.call_text("/LogDriver.Nope", "{}").await;
     assert_eq!(status, 404);
     assert!(body.contains("unknown endpoint /LogDriver.Nope"), "{body}");
     let (status, body) = api.call_text("/LogDriver.StartLogging", "{not json").await;
     assert_eq!(status, 400);
     assert!(body.contains("not the JSON"), "{body}");
-    let (status, body) = api.call_text("/LogDriver.StartLogging", &"x".repeat(9 << 20)).await;
-    assert_eq!(status, 413, "{body}");
+    // Over the body limit: a 413, or the connection cut while the client is still sending.
+    if let Ok(answer) = api
+        .try_call("/LogDriver.StartLogging", &"x".repeat(9 << 20))
+        .await
+    {
+        assert_eq!(answer.status(), 413);
+    }
     // StopLogging never fails, even for a FIFO it never saw.
-    assert_eq!(api.call_err("/LogDriver.StopLogging", r#"{"File":"/nope"}"#).await, "");
+    assert_eq!(
+        api.call_err("/LogDriver.StopLogging", r#"{"File":"/nope"}"#)
+            .await,
+        ""
+    );
     let (status, body) = api
-        .call_text("/LogDriver.ReadLogs", &Api::read_logs_body(&container_id(9), "yesterday", "", -1, false))
+        .call_text(
+            "/LogDriver.ReadLogs",
+            &Api::read_logs_body(&container_id(9), "yesterday", "", -1, false),
+        )
         .await;
     assert_eq!(status, 400);
     assert!(body.contains("Config.Since"), "{body}");
@@ -245,14 +384,22 @@ async fn eof_without_stop_ends_the_run_and_a_new_run_appends_to_the_same_copy() 
     first.write_entries(&[line("stdout", T0, b"before engine restart")]);
     // Live-restore: the engine's end goes away without a StopLogging.
     drop(first);
-    wait_until(Duration::from_secs(5), "the run to end at EOF", || plugin.output().contains("Eof"));
+    wait_until(Duration::from_secs(5), "the run to end at EOF", || {
+        plugin.output().contains("Eof")
+    });
     let mut second = EngineFifo::create(plugin.dir.path(), "fifo5b");
     assert_eq!(api.start_logging(&second.path, &id, &[]).await, "");
     second.write_entries(&[line("stdout", T0 + 1, b"after engine restart")]);
     assert_eq!(api.stop_logging(&second.path).await, "");
     let got = api.read_logs(&id, "", "", -1).await;
-    let lines: Vec<_> = got.iter().map(|e| String::from_utf8_lossy(&e.line).into_owned()).collect();
-    assert_eq!(lines, vec!["before engine restart\n", "after engine restart\n"]);
+    let lines: Vec<_> = got
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.line).into_owned())
+        .collect();
+    assert_eq!(
+        lines,
+        vec!["before engine restart\n", "after engine restart\n"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,18 +407,30 @@ async fn sigterm_drains_the_pipe_and_the_next_start_resumes() {
     let mut plugin = PluginProcess::start();
     let id = container_id(6);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo6");
-    assert_eq!(plugin.client().start_logging(&fifo.path, &id, &[]).await, "");
-    let written: Vec<LogEntry> = (0..1000).map(|i| line("stdout", T0 + i, format!("n{i}").as_bytes())).collect();
+    assert_eq!(
+        plugin.client().start_logging(&fifo.path, &id, &[]).await,
+        ""
+    );
+    let written: Vec<LogEntry> = (0..1000)
+        .map(|i| line("stdout", T0 + i, format!("n{i}").as_bytes()))
+        .collect();
     fifo.write_entries(&written[..500]);
     let started = std::time::Instant::now();
     let status = plugin.terminate();
     assert!(status.success(), "exit status {status}");
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
     // Written while the plugin is down: waits in the pipe.
     fifo.write_entries(&written[500..]);
     plugin.restart();
     assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
-    assert_same_entries(&plugin.client().read_logs(&id, "", "", -1).await, &as_shown(&written));
+    assert_same_entries(
+        &plugin.client().read_logs(&id, "", "", -1).await,
+        &as_shown(&written),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,6 +442,8 @@ async fn destroy_logs_on_stop_removes_the_copy_when_set() {
     assert_eq!(api.start_logging(&fifo.path, &id, &[]).await, "");
     fifo.write_entries(&[line("stdout", T0, b"gone soon")]);
     assert_eq!(api.stop_logging(&fifo.path).await, "");
-    wait_until(Duration::from_secs(5), "the copy to be removed", || !plugin.state.join("containers").join(&id).exists());
+    wait_until(Duration::from_secs(5), "the copy to be removed", || {
+        !plugin.state.join("containers").join(&id).exists()
+    });
     assert!(api.read_logs(&id, "", "", -1).await.is_empty());
 }

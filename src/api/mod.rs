@@ -57,7 +57,9 @@ impl Body for AnswerBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             AnswerBody::Full(full) => Pin::new(full).poll_frame(cx),
-            AnswerBody::Stream(rx) => rx.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
+            AnswerBody::Stream(rx) => rx
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|b| Ok(Frame::data(b)))),
         }
     }
 }
@@ -66,7 +68,12 @@ type Answer = Response<AnswerBody>;
 
 /// Accepts connections until `shutdown` fires, then lets open requests finish for up to
 /// `grace`. Accept errors are logged and accepting goes on.
-pub async fn serve(listener: UnixListener, plugin: Arc<Plugin>, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listener: UnixListener,
+    plugin: Arc<Plugin>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         let stream = tokio::select! {
@@ -93,7 +100,10 @@ pub async fn serve(listener: UnixListener, plugin: Arc<Plugin>, shutdown: Cancel
             }
         });
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::debug!("plugin API connections still open at shutdown");
     }
 }
@@ -105,7 +115,9 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
         Err(error) => {
             return err_answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("{path}: cannot read the request body ({error}); the limit is {MAX_BODY} bytes"),
+                &format!(
+                    "{path}: cannot read the request body ({error}); the limit is {MAX_BODY} bytes"
+                ),
             );
         }
     };
@@ -155,11 +167,17 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
     let store = match plugin.stores().existing(&id) {
         Ok(Some(store)) => store,
         Ok(None) => {
-            tracing::info!(container = id.short(), "ReadLogs: no local copy for this container");
+            tracing::info!(
+                container = id.short(),
+                "ReadLogs: no local copy for this container"
+            );
             return stream_answer(mpsc::channel(1).1);
         }
         Err(error) => {
-            return err_answer(StatusCode::INTERNAL_SERVER_ERROR, &format!("cannot read the local copy: {error}"));
+            return err_answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot read the local copy: {error}"),
+            );
         }
     };
     tracing::info!(container = id.short(), tail = ?read.tail, follow = read.follow, "ReadLogs served");
@@ -178,9 +196,16 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
 
 fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Answer> {
     // The engine sends an empty body for some calls; treat it as `{}`.
-    let body = if body.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { body };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|error| {
-        err_answer(StatusCode::BAD_REQUEST, &format!("{path}: the request body is not the JSON the engine sends: {error}"))
+        err_answer(
+            StatusCode::BAD_REQUEST,
+            &format!("{path}: the request body is not the JSON the engine sends: {error}"),
+        )
     })
 }
 

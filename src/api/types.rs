@@ -37,7 +37,11 @@ pub struct Info {
     #[serde(rename = "ContainerCreated", deserialize_with = "null_as_default")]
     pub container_created: String,
     /// May hold secrets: parsed so the shape is accepted, but never written to disk or logged.
-    #[serde(rename = "ContainerEnv", deserialize_with = "null_as_default", skip_serializing)]
+    #[serde(
+        rename = "ContainerEnv",
+        deserialize_with = "null_as_default",
+        skip_serializing
+    )]
     pub container_env: Vec<String>,
     #[serde(rename = "ContainerLabels", deserialize_with = "null_as_default")]
     pub container_labels: HashMap<String, String>,

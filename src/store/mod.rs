@@ -34,4 +34,145 @@
 //!   opened and cut off; every record before it stays readable.
 //! - Offsets in a [`Position`] count bytes of the uncompressed segment.
 
-// Implementation: see the submodules.
+//! - A segment's number is never reused: the next segment is always the highest existing number
+//!   plus one, so a [`Position`] names the same bytes for as long as they exist.
+//!
+//! # Concurrency
+//! One mutex per container guards the segment list and the active file. [`ContainerStore::append`]
+//! holds it while writing (page-cache writes, short); readers hold it only to learn which
+//! segments exist and where the end is, then read the files without it. Readers open `N.log`
+//! first and `N.log.gz` only if that is missing: the compressor creates the `.gz` before it removes
+//! the `.log`, so the other order could miss both. The compressor and retention take the same
+//! mutex around creating, renaming and deleting files, so a segment deleted by retention is never
+//! resurrected as a `.gz`.
+//!
+//! # Modules
+//! - `record`: record framing and the [`Batch`] the pipeline fills.
+//! - `segment`: file names, opening a segment (plain or gzip), recovery of a torn active segment.
+//! - `last_time`: the RFC 3339 `LastTime` of the gzip header.
+//! - `container`: one container's store: append, rotation, retention.
+//! - `tail`: reading the last entries backwards.
+//! - `cursor`: reading forward from a [`Position`].
+//! - `compress`: the background compressor thread.
+//! - `stores`: all containers' stores under one root.
+
+mod compress;
+mod container;
+mod cursor;
+mod last_time;
+mod record;
+mod segment;
+mod stores;
+mod tail;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use container::ContainerStore;
+pub use cursor::Cursor;
+pub use record::Batch;
+pub use stores::Stores;
+
+/// The largest record payload the store accepts. The FIFO pipeline must cap frames at or below
+/// it; the engine splits lines at 16 KiB, so real entries are far smaller. The cap exists so a
+/// corrupt size field can never make a reader allocate gigabytes.
+pub const MAX_PAYLOAD_LEN: usize = 16 << 20;
+
+/// Rotation and retention of one container's store, from its log-opts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Rotate when the active segment is at or over this many bytes before a record; 0 never
+    /// rotates.
+    pub max_size: u64,
+    /// Segments kept, the active one included; 0 counts as 1.
+    pub max_file: u32,
+    /// Gzip sealed segments in the background.
+    pub compress: bool,
+}
+
+impl Default for StoreLimits {
+    /// The engine's `local` driver defaults.
+    fn default() -> Self {
+        Self {
+            max_size: 20 << 20,
+            max_file: 5,
+            compress: true,
+        }
+    }
+}
+
+/// A place in a container's store: a segment number and a byte offset into the uncompressed
+/// segment. Record boundaries are the only positions the store hands out.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+    #[error("cannot read {path} at offset {offset}: {source}")]
+    Read {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("cannot append to {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot sync {path}: {source}")]
+    Sync { path: PathBuf, source: io::Error },
+    #[error("cannot cut the torn record off {path} at offset {offset}: {source}")]
+    Truncate {
+        path: PathBuf,
+        offset: u64,
+        source: io::Error,
+    },
+    #[error("cannot delete {path}: {source}")]
+    Delete { path: PathBuf, source: io::Error },
+    #[error("cannot compress {path}: {source}")]
+    Compress { path: PathBuf, source: io::Error },
+    #[error("corrupt record in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("record in {path} at offset {offset} is not a LogEntry: {source}")]
+    Decode {
+        path: PathBuf,
+        offset: u64,
+        source: prost::DecodeError,
+    },
+    #[error("segment {path} is missing (neither it nor its .gz exists)")]
+    Missing { path: PathBuf },
+    #[error("cannot append to {path}: a record of {len} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
+    #[error("the store {path} was removed")]
+    Removed { path: PathBuf },
+    #[error("cannot start the store's compression thread: {source}")]
+    Thread { source: io::Error },
+}

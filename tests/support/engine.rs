@@ -45,7 +45,10 @@ impl PluginProcess {
             state,
             log,
             child: None,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         plugin.spawn();
         plugin
@@ -53,7 +56,11 @@ impl PluginProcess {
 
     fn spawn(&mut self) {
         let _ = std::fs::remove_file(&self.socket);
-        let log = OpenOptions::new().create(true).append(true).open(&self.log).expect("plugin log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("plugin log");
         let child = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"))
             .arg("serve")
             .arg("--socket")
@@ -67,7 +74,9 @@ impl PluginProcess {
             .spawn()
             .expect("start es-logging-plugin");
         self.child = Some(child);
-        wait_until(Duration::from_secs(5), "the plugin socket", || self.socket.exists());
+        wait_until(Duration::from_secs(5), "the plugin socket", || {
+            self.socket.exists()
+        });
     }
 
     /// kill -9, as a crash would.
@@ -87,7 +96,10 @@ impl PluginProcess {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "plugin did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "plugin did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -122,7 +134,10 @@ impl Drop for PluginProcess {
 pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -135,11 +150,21 @@ pub struct Api {
 
 impl Api {
     pub async fn call(&self, endpoint: &str, body: &str) -> Response<Incoming> {
+        self.try_call(endpoint, body)
+            .await
+            .expect("plugin answered")
+    }
+
+    /// Like [`call`](Self::call), but a connection the plugin cut is an `Err`.
+    pub async fn try_call(&self, endpoint: &str, body: &str) -> Result<Response<Incoming>, String> {
         let request = hyper::Request::post(Uri::new(&self.socket, endpoint))
             .header("Accept", "application/vnd.docker.plugins.v1.2+json")
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("request");
-        self.client.request(request).await.expect("plugin answered")
+        self.client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Calls and returns the status and the whole body as text.
@@ -153,12 +178,20 @@ impl Api {
     /// Calls and returns the `Err` of the JSON answer ("" for success).
     pub async fn call_err(&self, endpoint: &str, body: &str) -> String {
         let (_, text) = self.call_text(endpoint, body).await;
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{endpoint} answered non-JSON {text:?}: {e}"));
-        value.get("Err").and_then(|e| e.as_str()).unwrap_or("").to_owned()
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{endpoint} answered non-JSON {text:?}: {e}"));
+        value
+            .get("Err")
+            .and_then(|e| e.as_str())
+            .unwrap_or("")
+            .to_owned()
     }
 
     pub async fn start_logging(&self, file: &Path, id: &str, config: &[(&str, &str)]) -> String {
-        let config: serde_json::Map<String, serde_json::Value> = config.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let config: serde_json::Map<String, serde_json::Value> = config
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         let body = serde_json::json!({
             "File": file,
             "Info": {
@@ -176,11 +209,16 @@ impl Api {
                 "DaemonName": "docker"
             }
         });
-        self.call_err("/LogDriver.StartLogging", &body.to_string()).await
+        self.call_err("/LogDriver.StartLogging", &body.to_string())
+            .await
     }
 
     pub async fn stop_logging(&self, file: &Path) -> String {
-        self.call_err("/LogDriver.StopLogging", &serde_json::json!({ "File": file }).to_string()).await
+        self.call_err(
+            "/LogDriver.StopLogging",
+            &serde_json::json!({ "File": file }).to_string(),
+        )
+        .await
     }
 
     pub fn read_logs_body(id: &str, since: &str, until: &str, tail: i64, follow: bool) -> String {
@@ -193,9 +231,19 @@ impl Api {
 
     /// A non-follow ReadLogs, decoded.
     pub async fn read_logs(&self, id: &str, since: &str, until: &str, tail: i64) -> Vec<LogEntry> {
-        let answer = self.call("/LogDriver.ReadLogs", &Self::read_logs_body(id, since, until, tail, false)).await;
+        let answer = self
+            .call(
+                "/LogDriver.ReadLogs",
+                &Self::read_logs_body(id, since, until, tail, false),
+            )
+            .await;
         assert_eq!(answer.status(), 200);
-        let bytes = answer.into_body().collect().await.expect("stream").to_bytes();
+        let bytes = answer
+            .into_body()
+            .collect()
+            .await
+            .expect("stream")
+            .to_bytes();
         decode_frames(&bytes)
     }
 }
@@ -222,8 +270,16 @@ impl EngineFifo {
     pub fn create(dir: &Path, name: &str) -> Self {
         let path = dir.join(name);
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {path:?}");
-        let file = OpenOptions::new().read(true).write(true).open(&path).expect("open fifo rw");
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+            0,
+            "mkfifo {path:?}"
+        );
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open fifo rw");
         Self { path, file }
     }
 
@@ -280,5 +336,8 @@ pub fn fragments(time_nano: i64, text: &[u8], id: &str) -> Vec<LogEntry> {
 
 /// Joins ReadLogs entries back into text the way the engine shows it.
 pub fn shown_text(entries: &[LogEntry]) -> Vec<u8> {
-    entries.iter().flat_map(|e| e.line.iter().copied()).collect()
+    entries
+        .iter()
+        .flat_map(|e| e.line.iter().copied())
+        .collect()
 }

@@ -1,0 +1,646 @@
+//! One container's store: the list of segments, appends with rotation and retention, and the
+//! bookkeeping readers and the compressor consult under the store's mutex.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+use super::compress::CompressQueue;
+use super::cursor::{self, Cursor};
+use super::record::Batch;
+use super::segment::{self, Kind};
+use super::{tail, Position, StoreError, StoreLimits, MAX_PAYLOAD_LEN};
+use crate::container_id::ContainerId;
+use crate::entry::LogEntry;
+
+/// How many deleted segments' lengths are remembered for [`Cursor::skipped_bytes`]: a cursor
+/// further behind than this many rotations counts the older ones as 0 bytes.
+const DELETED_REMEMBERED: usize = 1024;
+
+pub struct ContainerStore {
+    id: ContainerId,
+    shared: Arc<Shared>,
+}
+
+/// What readers and the compressor share with the writer.
+pub(crate) struct Shared {
+    pub(crate) dir: PathBuf,
+    state: Mutex<State>,
+    end_tx: watch::Sender<Position>,
+    queue: CompressQueue,
+}
+
+pub(crate) struct State {
+    pub(crate) limits: StoreLimits,
+    /// Set by [`Shared::remove`]: the directory is gone, nothing may create files in it.
+    pub(crate) removed: bool,
+    /// Sealed segments still retained, oldest first.
+    sealed: VecDeque<Sealed>,
+    active: Active,
+    /// (number, length) of segments retention deleted, oldest first, so a cursor that finds its
+    /// segment gone can say how many bytes it skipped.
+    deleted: VecDeque<(u64, Option<u64>)>,
+    /// Sealed segments whose data may still be only in the page cache.
+    unsynced: Vec<u64>,
+    /// Files were created since the last sync: the directory needs an fsync too.
+    dir_dirty: bool,
+}
+
+pub(crate) struct Sealed {
+    pub(crate) number: u64,
+    /// Uncompressed length; None if it could not be learned at open.
+    pub(crate) len: Option<u64>,
+    /// Time of the last entry, once known (always for segments sealed by this process).
+    pub(crate) last_time: Option<i64>,
+    pub(crate) compressed: bool,
+    /// Sent to the compressor (once: a failed compression is retried at the next open).
+    pub(crate) queued: bool,
+}
+
+struct Active {
+    number: u64,
+    file: File,
+    path: PathBuf,
+    /// Bytes of whole records: the published end.
+    len: u64,
+    last_time: Option<i64>,
+    /// A write failed part-way, so bytes past `len` may be on disk; they are cut off before the
+    /// next append, or records would follow garbage.
+    torn: bool,
+}
+
+/// Where a position falls, for a cursor.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Located {
+    Removed,
+    /// In the active segment, which holds whole records up to `end`.
+    Active {
+        end: u64,
+    },
+    /// In a sealed segment; `next` is the following retained segment.
+    Sealed {
+        len: Option<u64>,
+        next: u64,
+    },
+    /// In a segment retention deleted; `next` is the oldest retained segment after it and
+    /// `skipped` the bytes lost from the position on (as far as they are remembered).
+    Gone {
+        next: u64,
+        skipped: u64,
+    },
+    /// After the end (a position from a store that lost a torn tail): read from `end`.
+    Beyond {
+        end: Position,
+    },
+}
+
+/// What cursor_since needs to pick a segment.
+pub(crate) struct SincePlan {
+    /// Sealed segments oldest first, with the time of their last entry if known.
+    pub(crate) sealed: Vec<(u64, Option<i64>)>,
+    pub(crate) active: u64,
+}
+
+impl ContainerStore {
+    /// Opens the store in `dir` (which must exist), recovering the active segment. `limits` is
+    /// None when the store is opened only to be read: then nothing is queued for compression
+    /// until [`ContainerStore::set_limits`] says compression is wanted.
+    pub(crate) fn open(
+        id: ContainerId,
+        dir: PathBuf,
+        limits: Option<StoreLimits>,
+        queue: CompressQueue,
+    ) -> Result<Self, StoreError> {
+        let mut files: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
+        for (number, kind, path) in segment::list(&dir)? {
+            match kind {
+                // Left by a compression cut short; the plain segment is still there.
+                Kind::Tmp => segment::remove_if_exists(&path)?,
+                Kind::Log => files.entry(number).or_default().0 = true,
+                Kind::Gz => files.entry(number).or_default().1 = true,
+            }
+        }
+        // The active segment is the highest plain one; if the highest was already compressed (a
+        // crash right after rotation lost the new file), a new active one follows it.
+        let (active_number, active_exists) = match files.last_key_value() {
+            Some((&number, &(_, false))) => (number, true),
+            Some((&number, &(_, true))) => (number + 1, false),
+            None => (1, false),
+        };
+        let mut sealed = VecDeque::new();
+        for (&number, &(plain, compressed)) in files.range(..active_number) {
+            if plain && compressed {
+                // The compressor stopped between renaming the .gz into place (after syncing it)
+                // and deleting the .log: the .gz is complete.
+                segment::remove_if_exists(&segment::log_path(&dir, number))?;
+            }
+            sealed.push_back(Sealed {
+                number,
+                len: sealed_len(&dir, number, compressed),
+                last_time: None,
+                compressed,
+                queued: false,
+            });
+        }
+        let path = segment::log_path(&dir, active_number);
+        let (file, recovered) = if active_exists {
+            let file = segment::open_active(&path)?;
+            let recovered = segment::recover(&file, &path)?;
+            (file, recovered)
+        } else {
+            let file = segment::create_active(&path)?;
+            let fresh = segment::Recovered {
+                len: 0,
+                last_time: None,
+            };
+            (file, fresh)
+        };
+        let active = Active {
+            number: active_number,
+            file,
+            path,
+            len: recovered.len,
+            last_time: recovered.last_time,
+            torn: false,
+        };
+        let end = Position {
+            segment: active.number,
+            offset: active.len,
+        };
+        let state = State {
+            limits: StoreLimits {
+                compress: false,
+                ..StoreLimits::default()
+            },
+            removed: false,
+            sealed,
+            active,
+            deleted: VecDeque::new(),
+            unsynced: Vec::new(),
+            dir_dirty: !active_exists,
+        };
+        let store = Self {
+            id,
+            shared: Arc::new(Shared {
+                dir,
+                state: Mutex::new(state),
+                end_tx: watch::Sender::new(end),
+                queue,
+            }),
+        };
+        if let Some(limits) = limits {
+            store.set_limits(limits);
+        }
+        Ok(store)
+    }
+
+    pub fn id(&self) -> &ContainerId {
+        &self.id
+    }
+
+    /// New limits apply from the next append. Turning compression on queues the sealed segments
+    /// not yet compressed.
+    pub fn set_limits(&self, limits: StoreLimits) {
+        let mut state = self.shared.lock();
+        state.limits = limits;
+        state.queue_compression(&self.shared);
+    }
+
+    /// Appends the whole batch: one `write` per segment touched (rotating between records when
+    /// the active segment is at or over max_size before a record), then deletes segments beyond
+    /// max_file (oldest first), queues sealed segments for compression, then publishes the new
+    /// end position to subscribers. Synchronous (page-cache writes).
+    ///
+    /// An error means some records were not stored: the ones before the failed write are (whole
+    /// records only) and are published; the rest are not. Failures to delete or compress old
+    /// segments are logged, not returned: the batch itself is safe.
+    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.shared.lock();
+        if state.removed {
+            return Err(self.shared.removed_error());
+        }
+        if batch.largest_payload() > MAX_PAYLOAD_LEN {
+            return Err(StoreError::TooLarge {
+                path: state.active.path.clone(),
+                len: batch.largest_payload(),
+                max: MAX_PAYLOAD_LEN,
+            });
+        }
+        let written = state.write(&self.shared.dir, batch);
+        state.retain(&self.shared.dir);
+        state.queue_compression(&self.shared);
+        let end = state.end();
+        drop(state);
+        self.shared.end_tx.send_if_modified(|published| {
+            let changed = *published != end;
+            *published = end;
+            changed
+        });
+        written
+    }
+
+    /// Makes everything appended so far durable: the active segment, segments sealed since the
+    /// last sync, and the directory entries of new segments.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let (active, active_path, unsynced, dir_dirty) = {
+            let mut state = self.shared.lock();
+            if state.removed {
+                return Err(self.shared.removed_error());
+            }
+            let active = state
+                .active
+                .file
+                .try_clone()
+                .map_err(|source| StoreError::Sync {
+                    path: state.active.path.clone(),
+                    source,
+                })?;
+            let active_path = state.active.path.clone();
+            let unsynced = std::mem::take(&mut state.unsynced);
+            let dir_dirty = std::mem::replace(&mut state.dir_dirty, false);
+            (active, active_path, unsynced, dir_dirty)
+        };
+        // fsync outside the lock: appends go on meanwhile.
+        let result = sync_files(
+            &self.shared.dir,
+            &unsynced,
+            &active,
+            &active_path,
+            dir_dirty,
+        );
+        if result.is_err() {
+            // Try again at the next sync.
+            let mut state = self.shared.lock();
+            state.unsynced.extend(unsynced);
+            state.dir_dirty |= dir_dirty;
+        }
+        result
+    }
+
+    /// The first record still on disk.
+    pub fn start(&self) -> Position {
+        let state = self.shared.lock();
+        Position {
+            segment: state
+                .sealed
+                .front()
+                .map_or(state.active.number, |sealed| sealed.number),
+            offset: 0,
+        }
+    }
+
+    /// Just after the last record.
+    pub fn end(&self) -> Position {
+        self.shared.lock().end()
+    }
+
+    /// The end position, updated after each append.
+    pub fn subscribe(&self) -> watch::Receiver<Position> {
+        self.shared.end_tx.subscribe()
+    }
+
+    /// The last `n` entries, oldest first. Reads backwards from the end using the trailing
+    /// sizes: the cost grows with `n`, not with the store's size (a compressed segment is
+    /// decompressed whole; segments are bounded by max_size).
+    pub fn tail(&self, n: usize) -> Result<Vec<LogEntry>, StoreError> {
+        Ok(tail::tail(&self.shared, n)?.0)
+    }
+
+    /// [`tail`](Self::tail), and the position just after the last entry it saw: a follow that
+    /// goes on from there misses nothing and repeats nothing, however fast the store grows.
+    pub fn tail_with_end(&self, n: usize) -> Result<(Vec<LogEntry>, Position), StoreError> {
+        tail::tail(&self.shared, n)
+    }
+
+    /// A forward reader from `from` (moved to start() if rotation deleted that data).
+    pub fn cursor(&self, from: Position) -> Cursor {
+        Cursor::new(Arc::clone(&self.shared), from)
+    }
+
+    /// A forward reader at the first segment that may hold entries with time_nano >= since
+    /// (judged by each sealed segment's last entry time), so `--since` skips whole old files.
+    /// The caller still filters the entries it reads.
+    pub fn cursor_since(&self, since_nano: i64) -> Result<Cursor, StoreError> {
+        cursor::since(Arc::clone(&self.shared), since_nano)
+    }
+
+    /// Deletes the directory; the store refuses appends and reads from then on.
+    pub(crate) fn remove(&self) -> Result<(), StoreError> {
+        self.shared.remove()
+    }
+}
+
+fn sync_files(
+    dir: &Path,
+    unsynced: &[u64],
+    active: &File,
+    active_path: &Path,
+    dir_dirty: bool,
+) -> Result<(), StoreError> {
+    for &number in unsynced {
+        // Any descriptor of the file flushes its data. A missing .log was compressed (the .gz
+        // was synced before its rename) or deleted.
+        let path = segment::log_path(dir, number);
+        match File::open(&path) {
+            Ok(file) => file
+                .sync_data()
+                .map_err(|source| StoreError::Sync { path, source })?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Sync { path, source }),
+        }
+    }
+    active.sync_data().map_err(|source| StoreError::Sync {
+        path: active_path.to_owned(),
+        source,
+    })?;
+    if dir_dirty {
+        segment::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The uncompressed length of a sealed segment found at open, if it can be learned cheaply.
+fn sealed_len(dir: &Path, number: u64, compressed: bool) -> Option<u64> {
+    let path = if compressed {
+        segment::gz_path(dir, number)
+    } else {
+        segment::log_path(dir, number)
+    };
+    let len = File::open(&path)
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })
+        .and_then(|file| {
+            if compressed {
+                segment::gz_len(&file, &path)
+            } else {
+                segment::file_len(&file, &path)
+            }
+        });
+    match len {
+        Ok(len) => Some(len),
+        Err(error) => {
+            // Only the skip shortcuts need it; reading the segment will report the problem.
+            tracing::warn!(%error, "cannot learn a sealed segment's length");
+            None
+        }
+    }
+}
+
+impl State {
+    fn end(&self) -> Position {
+        Position {
+            segment: self.active.number,
+            offset: self.active.len,
+        }
+    }
+
+    /// The retained sealed segment `number`, if the store is not removed.
+    pub(crate) fn sealed_mut(&mut self, number: u64) -> Option<&mut Sealed> {
+        if self.removed {
+            return None;
+        }
+        let index = self
+            .sealed
+            .binary_search_by_key(&number, |sealed| sealed.number)
+            .ok()?;
+        self.sealed.get_mut(index)
+    }
+
+    fn write(&mut self, dir: &Path, batch: &Batch) -> Result<(), StoreError> {
+        self.cut_torn()?;
+        let max_size = self.limits.max_size;
+        let full = |len: u64| max_size > 0 && len >= max_size;
+        let mut first = 0;
+        while first < batch.len() {
+            if full(self.active.len) {
+                self.rotate(dir)?;
+            }
+            // Take records until the segment reaches max_size: the one that reaches it is
+            // still written here, the next one goes to a new segment.
+            let mut len = self.active.len;
+            let mut next = first;
+            while next < batch.len() {
+                len += batch.record_len(next);
+                next += 1;
+                if full(len) {
+                    break;
+                }
+            }
+            if let Err(source) = (&self.active.file).write_all(batch.encoded(first..next)) {
+                self.active.torn = true;
+                // Best effort now; if this fails too, the next append tries again first.
+                if let Err(error) = self.cut_torn() {
+                    tracing::warn!(%error, "cannot cut a failed write off the active segment");
+                }
+                return Err(StoreError::Write {
+                    path: self.active.path.clone(),
+                    source,
+                });
+            }
+            self.active.len = len;
+            self.active.last_time = Some(batch.time_nano(next - 1));
+            first = next;
+        }
+        Ok(())
+    }
+
+    fn cut_torn(&mut self) -> Result<(), StoreError> {
+        if self.active.torn {
+            self.active
+                .file
+                .set_len(self.active.len)
+                .map_err(|source| StoreError::Truncate {
+                    path: self.active.path.clone(),
+                    offset: self.active.len,
+                    source,
+                })?;
+            self.active.torn = false;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self, dir: &Path) -> Result<(), StoreError> {
+        let number = self.active.number + 1;
+        let path = segment::log_path(dir, number);
+        let file = segment::create_active(&path)?;
+        let new = Active {
+            number,
+            file,
+            path,
+            len: 0,
+            last_time: None,
+            torn: false,
+        };
+        let old = std::mem::replace(&mut self.active, new);
+        self.sealed.push_back(Sealed {
+            number: old.number,
+            len: Some(old.len),
+            last_time: old.last_time,
+            compressed: false,
+            queued: false,
+        });
+        self.unsynced.push(old.number);
+        self.dir_dirty = true;
+        Ok(())
+    }
+
+    /// Deletes the oldest segments beyond max_file. A failure is logged and retried after the
+    /// next append: the records just written are safe either way.
+    fn retain(&mut self, dir: &Path) {
+        let keep = self.limits.max_file.max(1) as usize;
+        while self.sealed.len() + 1 > keep {
+            let Some(oldest) = self.sealed.front() else {
+                break;
+            };
+            let number = oldest.number;
+            let len = oldest.len;
+            // The .tmp too: if the compressor is writing it, it finds the segment gone when it
+            // comes to rename, and drops its work.
+            let deleted = [
+                segment::log_path(dir, number),
+                segment::gz_path(dir, number),
+                segment::tmp_path(dir, number),
+            ]
+            .iter()
+            .try_for_each(|path| segment::remove_if_exists(path));
+            if let Err(error) = deleted {
+                tracing::warn!(%error, "cannot delete a segment beyond max-file");
+                break;
+            }
+            self.sealed.pop_front();
+            if self.deleted.len() == DELETED_REMEMBERED {
+                self.deleted.pop_front();
+            }
+            self.deleted.push_back((number, len));
+            self.unsynced.retain(|&unsynced| unsynced != number);
+        }
+    }
+
+    fn queue_compression(&mut self, shared: &Arc<Shared>) {
+        if !self.limits.compress || self.removed {
+            return;
+        }
+        for sealed in self.sealed.iter_mut() {
+            if !sealed.compressed && !sealed.queued {
+                sealed.queued = shared.queue.send(Arc::clone(shared), sealed.number);
+            }
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere while holding the lock leaves the bookkeeping as consistent as after
+        // any failed append; refusing every later append would lose more.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn removed_error(&self) -> StoreError {
+        StoreError::Removed {
+            path: self.dir.clone(),
+        }
+    }
+
+    fn remove(&self) -> Result<(), StoreError> {
+        // Under the lock, so the compressor cannot create a file in the directory meanwhile.
+        let mut state = self.lock();
+        state.removed = true;
+        match fs::remove_dir_all(&self.dir) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
+                path: self.dir.clone(),
+                source: error,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn locate(&self, at: Position) -> Located {
+        let state = self.lock();
+        if state.removed {
+            return Located::Removed;
+        }
+        let end = state.end();
+        if at > end {
+            return Located::Beyond { end };
+        }
+        if at.segment == end.segment {
+            return Located::Active { end: end.offset };
+        }
+        let next_after = |index: usize| {
+            state
+                .sealed
+                .get(index)
+                .map_or(end.segment, |sealed| sealed.number)
+        };
+        match state
+            .sealed
+            .binary_search_by_key(&at.segment, |sealed| sealed.number)
+        {
+            Ok(index) => Located::Sealed {
+                len: state.sealed[index].len,
+                next: next_after(index + 1),
+            },
+            Err(index) => {
+                let next = next_after(index);
+                let skipped = state
+                    .deleted
+                    .iter()
+                    .filter(|(number, _)| (at.segment..next).contains(number))
+                    .map(|&(number, len)| {
+                        let len = len.unwrap_or(0);
+                        if number == at.segment {
+                            len.saturating_sub(at.offset)
+                        } else {
+                            len
+                        }
+                    })
+                    .sum();
+                Located::Gone { next, skipped }
+            }
+        }
+    }
+
+    /// For tail: the retained segments, newest first, and the end.
+    pub(crate) fn tail_plan(&self) -> Result<(Vec<u64>, Position), StoreError> {
+        let state = self.lock();
+        if state.removed {
+            return Err(self.removed_error());
+        }
+        let mut newest_first = vec![state.active.number];
+        newest_first.extend(state.sealed.iter().rev().map(|sealed| sealed.number));
+        Ok((newest_first, state.end()))
+    }
+
+    /// For cursor_since: the sealed segments oldest first with their last time if known, and the
+    /// active segment's number.
+    pub(crate) fn since_plan(&self) -> Result<SincePlan, StoreError> {
+        let state = self.lock();
+        if state.removed {
+            return Err(self.removed_error());
+        }
+        let sealed = state
+            .sealed
+            .iter()
+            .map(|sealed| (sealed.number, sealed.last_time))
+            .collect();
+        Ok(SincePlan {
+            sealed,
+            active: state.active.number,
+        })
+    }
+
+    pub(crate) fn remember_last_time(&self, number: u64, time_nano: i64) {
+        if let Some(sealed) = self.lock().sealed_mut(number) {
+            sealed.last_time = Some(time_nano);
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! All containers' stores under one root directory, opened once and cached, with the one
+//! compressor thread they share.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use super::compress::Compressor;
+use super::container::ContainerStore;
+use super::segment;
+use super::{StoreError, StoreLimits};
+use crate::container_id::ContainerId;
+
+pub struct Stores {
+    root: PathBuf,
+    /// Open stores, never evicted (one file descriptor each): a container's store stays open
+    /// until [`Stores::remove`].
+    open: Mutex<HashMap<ContainerId, Arc<ContainerStore>>>,
+    /// Dropped after `open` (field order), so the thread is joined last.
+    compressor: Compressor,
+}
+
+impl Stores {
+    /// Opens the root (created 0700 if missing) and starts the compressor thread.
+    pub fn open(root: PathBuf) -> Result<Self, StoreError> {
+        segment::create_dir(&root)?;
+        Ok(Self {
+            root,
+            open: Mutex::new(HashMap::new()),
+            compressor: Compressor::start()?,
+        })
+    }
+
+    /// Opens (creating if needed) and caches the store; if already open, updates its limits.
+    pub fn open_container(
+        &self,
+        id: &ContainerId,
+        limits: StoreLimits,
+    ) -> Result<Arc<ContainerStore>, StoreError> {
+        let mut open = self.lock();
+        if let Some(store) = open.get(id) {
+            store.set_limits(limits);
+            return Ok(Arc::clone(store));
+        }
+        let dir = self.dir(id);
+        segment::create_dir(&dir)?;
+        let store = Arc::new(ContainerStore::open(
+            id.clone(),
+            dir,
+            Some(limits),
+            self.compressor.queue(),
+        )?);
+        open.insert(id.clone(), Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// The store if its directory exists (opened and cached), without creating anything. A
+    /// store opened here compresses nothing until `open_container` gives it limits.
+    pub fn existing(&self, id: &ContainerId) -> Result<Option<Arc<ContainerStore>>, StoreError> {
+        let mut open = self.lock();
+        if let Some(store) = open.get(id) {
+            return Ok(Some(Arc::clone(store)));
+        }
+        let dir = self.dir(id);
+        match fs::metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Open { path: dir, source }),
+        }
+        let store = Arc::new(ContainerStore::open(
+            id.clone(),
+            dir,
+            None,
+            self.compressor.queue(),
+        )?);
+        open.insert(id.clone(), Arc::clone(&store));
+        Ok(Some(store))
+    }
+
+    /// Deletes the container's directory and forgets it. Handles still held elsewhere refuse
+    /// appends and reads from then on.
+    pub fn remove(&self, id: &ContainerId) -> Result<(), StoreError> {
+        // Holding the map lock: an open_container racing this cannot recreate the directory
+        // halfway through its deletion.
+        let mut open = self.lock();
+        if let Some(store) = open.remove(id) {
+            return store.remove();
+        }
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
+                path: dir,
+                source: error,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every container directory with the time of its last write (the mtime of its newest
+    /// segment, or of the directory if it has none). Names that are not container ids are
+    /// skipped.
+    pub fn list(&self) -> Result<Vec<(ContainerId, SystemTime)>, StoreError> {
+        let list_error = |source| StoreError::List {
+            path: self.root.clone(),
+            source,
+        };
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.root).map_err(list_error)? {
+            let entry = entry.map_err(list_error)?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| ContainerId::parse(name).ok())
+            else {
+                continue;
+            };
+            match last_write(&entry.path()) {
+                Ok(Some(time)) => found.push((id, time)),
+                Ok(None) => {}
+                // Removed meanwhile.
+                Err(StoreError::List { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(found)
+    }
+
+    fn dir(&self, id: &ContainerId) -> PathBuf {
+        self.root.join(id.as_str())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ContainerId, Arc<ContainerStore>>> {
+        // The map stays valid whatever panicked while it was held.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The mtime of the newest segment in `dir` (or of `dir`); None if `dir` is not a directory.
+fn last_write(dir: &Path) -> Result<Option<SystemTime>, StoreError> {
+    let stat_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| StoreError::List { path, source }
+    };
+    let meta = fs::metadata(dir).map_err(stat_error(dir))?;
+    if !meta.is_dir() {
+        return Ok(None);
+    }
+    let newest = segment::list(dir)?
+        .into_iter()
+        .rfind(|(_, kind, _)| *kind != segment::Kind::Tmp);
+    let meta = match newest {
+        Some((_, _, path)) => match fs::metadata(&path) {
+            Ok(meta) => meta,
+            // Compressed or deleted meanwhile: the directory's mtime changed with it.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => meta,
+            Err(source) => return Err(StoreError::List { path, source }),
+        },
+        None => meta,
+    };
+    meta.modified().map(Some).map_err(stat_error(dir))
+}

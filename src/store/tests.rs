@@ -1,0 +1,709 @@
+//! Tests of the whole store through its public API: against a model with proptest, torn-write
+//! recovery at every cut, compression, `--since` skipping, and what tail may touch.
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use prost::Message;
+
+use super::*;
+use crate::container_id::ContainerId;
+use crate::entry::LogEntry;
+
+fn id(digit: char) -> ContainerId {
+    ContainerId::parse(&digit.to_string().repeat(64)).unwrap()
+}
+
+/// An entry whose line is `len` bytes derived from `seq`, stamped `seq` seconds after 2026.
+fn entry(seq: u64, len: usize) -> LogEntry {
+    let line: Vec<u8> = (0..len).map(|i| (seq as usize * 31 + i) as u8).collect();
+    LogEntry {
+        source: if seq % 2 == 0 { "stdout" } else { "stderr" }.into(),
+        time_nano: 1_767_225_600_000_000_000 + seq as i64 * 1_000_000_000,
+        line: Bytes::from(line),
+        partial: false,
+        partial_log_metadata: None,
+    }
+}
+
+fn batch_of(entries: &[LogEntry]) -> Batch {
+    let mut batch = Batch::default();
+    for entry in entries {
+        batch.push(&entry.encode_to_vec(), entry.time_nano);
+    }
+    batch
+}
+
+fn record_len(entry: &LogEntry) -> u64 {
+    entry.encoded_len() as u64 + 8
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    stores: Stores,
+    store: Arc<ContainerStore>,
+}
+
+impl Fixture {
+    fn new(limits: StoreLimits) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let store = stores.open_container(&id('a'), limits).unwrap();
+        Self { dir, stores, store }
+    }
+
+    fn container_dir(&self) -> PathBuf {
+        self.dir.path().join("root").join(id('a').as_str())
+    }
+
+    /// Closes everything and opens the store again, as after a restart.
+    fn reopen(self, limits: StoreLimits) -> Self {
+        let Self { dir, stores, store } = self;
+        drop(store);
+        drop(stores);
+        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let store = stores.open_container(&id('a'), limits).unwrap();
+        Self { dir, stores, store }
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Waits until every sealed segment is compressed (only the active one is plain, no tmp).
+fn wait_compressed(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = files(dir);
+        let plain = names.iter().filter(|name| name.ends_with(".log")).count();
+        let tmp = names.iter().any(|name| name.ends_with(".tmp"));
+        if plain <= 1 && !tmp {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not compressed: {names:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn read_all(cursor: &mut Cursor, max_bytes: usize) -> Vec<(LogEntry, Position)> {
+    let mut all = Vec::new();
+    loop {
+        let got = cursor.read(max_bytes).unwrap();
+        if got.is_empty() {
+            return all;
+        }
+        all.extend(got);
+    }
+}
+
+/// (number, records with the position after each, length)
+type ModelSegment = (u64, Vec<(LogEntry, Position)>, u64);
+
+/// The store as it should be: segments with their records and the position after each.
+struct Model {
+    limits: StoreLimits,
+    segments: Vec<ModelSegment>,
+}
+
+impl Model {
+    fn new(limits: StoreLimits) -> Self {
+        Self {
+            limits,
+            segments: vec![(1, Vec::new(), 0)],
+        }
+    }
+
+    fn append(&mut self, entries: &[LogEntry]) {
+        for entry in entries {
+            let (number, _, len) = self.segments.last().unwrap();
+            if self.limits.max_size > 0 && *len >= self.limits.max_size {
+                let next = number + 1;
+                self.segments.push((next, Vec::new(), 0));
+            }
+            let (number, records, len) = self.segments.last_mut().unwrap();
+            *len += record_len(entry);
+            let after = Position {
+                segment: *number,
+                offset: *len,
+            };
+            records.push((entry.clone(), after));
+        }
+        let keep = self.limits.max_file.max(1) as usize;
+        while self.segments.len() > keep {
+            self.segments.remove(0);
+        }
+    }
+
+    fn retained(&self) -> Vec<(LogEntry, Position)> {
+        self.segments
+            .iter()
+            .flat_map(|(_, records, _)| records.iter().cloned())
+            .collect()
+    }
+
+    fn start(&self) -> Position {
+        Position {
+            segment: self.segments[0].0,
+            offset: 0,
+        }
+    }
+
+    fn end(&self) -> Position {
+        let (number, _, len) = self.segments.last().unwrap();
+        Position {
+            segment: *number,
+            offset: *len,
+        }
+    }
+}
+
+fn check_against(model: &Model, store: &ContainerStore, max_bytes: usize) {
+    let retained = model.retained();
+    let entries: Vec<LogEntry> = retained.iter().map(|(entry, _)| entry.clone()).collect();
+    assert_eq!(store.start(), model.start());
+    assert_eq!(store.end(), model.end());
+    for n in [0, 1, 2, 3, 7, entries.len(), entries.len() + 5] {
+        let want = &entries[entries.len().saturating_sub(n)..];
+        assert_eq!(store.tail(n).unwrap(), want, "tail({n})");
+    }
+    let mut cursor = store.cursor(store.start());
+    assert_eq!(read_all(&mut cursor, max_bytes), retained);
+    assert_eq!(cursor.position(), model.end());
+    for (index, (_, after)) in retained.iter().enumerate() {
+        let mut cursor = store.cursor(*after);
+        assert_eq!(read_all(&mut cursor, max_bytes), retained[index + 1..]);
+    }
+}
+
+/// Record length of a 10-byte line: max_size is often a multiple of it, so segments reach
+/// max_size exactly and the "at or over" edge of rotation is exercised.
+const TEN_BYTE_RECORD: u64 = 38;
+
+fn line_len() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        2 => Just(0usize),
+        4 => Just(10usize),
+        8 => 0usize..300,
+        1 => 39_000usize..41_000,
+    ]
+}
+
+fn limits() -> impl Strategy<Value = StoreLimits> {
+    let max_size = prop_oneof![100u64..4000, (1u64..20).prop_map(|k| k * TEN_BYTE_RECORD)];
+    (max_size, 1u32..=4, any::<bool>()).prop_map(|(max_size, max_file, compress)| StoreLimits {
+        max_size,
+        max_file,
+        compress,
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(
+        limits in limits(),
+        batches in prop::collection::vec(prop::collection::vec(line_len(), 0..6), 1..10),
+        max_bytes in prop_oneof![Just(1usize), 50usize..500, Just(1 << 20)],
+    ) {
+        prop_assert_eq!(record_len(&entry(1, 10)), TEN_BYTE_RECORD);
+        let fixture = Fixture::new(limits);
+        let mut model = Model::new(limits);
+        let mut seq = 0;
+        for lens in batches {
+            let entries: Vec<LogEntry> = lens
+                .into_iter()
+                .map(|len| {
+                    seq += 1;
+                    entry(seq, len)
+                })
+                .collect();
+            fixture.store.append(&batch_of(&entries)).unwrap();
+            model.append(&entries);
+            check_against(&model, &fixture.store, max_bytes);
+        }
+        // The same after a restart.
+        let fixture = fixture.reopen(limits);
+        check_against(&model, &fixture.store, max_bytes);
+    }
+}
+
+#[test]
+fn rotation_happens_before_a_record_at_or_over_max_size() {
+    let one = record_len(&entry(1, 10));
+    let limits = StoreLimits {
+        max_size: 2 * one,
+        max_file: 10,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    let entries: Vec<LogEntry> = (1..=5).map(|seq| entry(seq, 10)).collect();
+    fixture.store.append(&batch_of(&entries)).unwrap();
+    // Two records reach max_size exactly: segments of 2, 2 and 1 records.
+    assert_eq!(
+        files(&fixture.container_dir()),
+        [
+            "00000000000000000001.log",
+            "00000000000000000002.log",
+            "00000000000000000003.log"
+        ]
+    );
+    assert_eq!(
+        fixture.store.end(),
+        Position {
+            segment: 3,
+            offset: one
+        }
+    );
+}
+
+/// Writes `before` then `last`, cuts the active segment `cut` bytes into `last` (or adds
+/// `garbage` after it), reopens, and checks that `before` survives and appending goes on.
+/// Returns whether `last` had opened a new segment.
+fn check_recovery(
+    before: &[LogEntry],
+    last: &LogEntry,
+    cut: Option<usize>,
+    garbage: &[u8],
+) -> bool {
+    let limits = StoreLimits {
+        max_size: 300,
+        max_file: 100,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    fixture.store.append(&batch_of(before)).unwrap();
+    let good_end = fixture.store.end();
+    fixture
+        .store
+        .append(&batch_of(std::slice::from_ref(last)))
+        .unwrap();
+    let end = fixture.store.end();
+    let active = fixture
+        .container_dir()
+        .join(format!("{:020}.log", end.segment));
+    let fixture = {
+        // Closed before the damage, as after a crash.
+        let Fixture { dir, stores, store } = fixture;
+        drop(store);
+        drop(stores);
+        let file = OpenOptions::new().append(true).open(&active).unwrap();
+        if let Some(cut) = cut {
+            file.set_len(end.offset - record_len(last) + cut as u64)
+                .unwrap();
+        }
+        (&file).write_all(garbage).unwrap();
+        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let store = stores.open_container(&id('a'), limits).unwrap();
+        Fixture { dir, stores, store }
+    };
+    let mut expected = before.to_vec();
+    if cut.is_none() {
+        expected.push(last.clone());
+        assert_eq!(fixture.store.end(), end);
+    } else if end.segment == good_end.segment {
+        assert_eq!(fixture.store.end(), good_end);
+    } else {
+        // The last record opened a new segment: that segment is now empty.
+        assert_eq!(
+            fixture.store.end(),
+            Position {
+                segment: end.segment,
+                offset: 0
+            }
+        );
+    }
+    assert_eq!(fixture.store.tail(usize::MAX).unwrap(), expected);
+    let next = entry(1000, 5);
+    fixture
+        .store
+        .append(&batch_of(std::slice::from_ref(&next)))
+        .unwrap();
+    expected.push(next);
+    let fixture = fixture.reopen(limits);
+    assert_eq!(fixture.store.tail(usize::MAX).unwrap(), expected);
+    let read: Vec<LogEntry> = read_all(&mut fixture.store.cursor(fixture.store.start()), 1000)
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect();
+    assert_eq!(read, expected);
+    end.segment != good_end.segment
+}
+
+#[test]
+fn torn_last_record_is_cut_at_every_offset() {
+    let all: Vec<LogEntry> = (1..=7).map(|seq| entry(seq, 40)).collect();
+    let mut new_segment = Vec::new();
+    // max_size is 300 and these records 68 bytes: five fill a segment, so after five the last
+    // record opens a new one, after six it joins the active one.
+    assert_eq!(record_len(&all[0]), 68);
+    for before in [&all[..5], &all[..6]] {
+        for last in [entry(8, 3), entry(9, 400)] {
+            for cut in 0..record_len(&last) as usize {
+                new_segment.push(check_recovery(before, &last, Some(cut), b""));
+            }
+        }
+    }
+    assert!(new_segment.contains(&true) && new_segment.contains(&false));
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut() {
+    let before: Vec<LogEntry> = (1..=3).map(|seq| entry(seq, 10)).collect();
+    let mut rng_state = 0x2545_f491_4f6c_dd1du64;
+    for len in [1, 3, 4, 7, 8, 9, 100, 5000] {
+        let garbage: Vec<u8> = (0..len)
+            .map(|_| {
+                rng_state ^= rng_state << 13;
+                rng_state ^= rng_state >> 7;
+                rng_state ^= rng_state << 17;
+                rng_state as u8
+            })
+            .collect();
+        check_recovery(&before, &entry(4, 10), None, &garbage);
+        // Garbage that looks like a record's start (a big size) too.
+        let mut sized = vec![0, 0, 1, 0];
+        sized.extend(&garbage);
+        check_recovery(&before, &entry(4, 10), None, &sized);
+    }
+}
+
+#[test]
+fn compressed_segments_carry_last_time_and_read_across() {
+    let limits = StoreLimits {
+        max_size: 400,
+        max_file: 100,
+        compress: true,
+    };
+    let fixture = Fixture::new(limits);
+    let mut model = Model::new(limits);
+    for seq in 1..=40 {
+        let entries = [entry(seq, 50)];
+        fixture.store.append(&batch_of(&entries)).unwrap();
+        model.append(&entries);
+    }
+    let dir = fixture.container_dir();
+    wait_compressed(&dir);
+    assert!(model.segments.len() > 4);
+    for (number, records, _) in &model.segments[..model.segments.len() - 1] {
+        let path = dir.join(format!("{number:020}.log.gz"));
+        let mut decoder = flate2::read::GzDecoder::new(fs::File::open(&path).unwrap());
+        let extra = decoder.header().unwrap().extra().unwrap().to_vec();
+        let json: serde_json::Value = serde_json::from_slice(&extra).unwrap();
+        let (last, _) = records.last().unwrap();
+        assert_eq!(
+            json["LastTime"],
+            last_time::format_rfc3339_nanos(last.time_nano)
+        );
+        let mut content = Vec::new();
+        decoder.read_to_end(&mut content).unwrap();
+        assert_eq!(content.len() as u64, records.last().unwrap().1.offset);
+    }
+    check_against(&model, &fixture.store, 300);
+
+    // --since: starts in the segment holding the first entry at or after the time.
+    let since = entry(23, 0).time_nano;
+    let holding = model
+        .retained()
+        .iter()
+        .find(|(entry, _)| entry.time_nano >= since)
+        .unwrap()
+        .1
+        .segment;
+    assert!(holding > 2);
+    let cursor = fixture.store.cursor_since(since).unwrap();
+    assert_eq!(
+        cursor.position(),
+        Position {
+            segment: holding,
+            offset: 0
+        }
+    );
+    let mut cursor = fixture.store.cursor_since(since).unwrap();
+    let read = read_all(&mut cursor, 1000);
+    assert!(read.iter().any(|(entry, _)| entry.time_nano == since));
+    assert_eq!(
+        fixture.store.cursor_since(i64::MIN).unwrap().position(),
+        fixture.store.start()
+    );
+    assert_eq!(
+        fixture.store.cursor_since(i64::MAX).unwrap().position(),
+        Position {
+            segment: fixture.store.end().segment,
+            offset: 0
+        }
+    );
+    // After a restart the times come from the gzip headers.
+    let fixture = fixture.reopen(limits);
+    assert_eq!(
+        fixture.store.cursor_since(since).unwrap().position(),
+        Position {
+            segment: holding,
+            offset: 0
+        }
+    );
+    check_against(&model, &fixture.store, 300);
+}
+
+#[test]
+fn reopen_removes_tmp_and_compresses_what_was_left_plain() {
+    let plain = StoreLimits {
+        max_size: 200,
+        max_file: 100,
+        compress: false,
+    };
+    let fixture = Fixture::new(plain);
+    let entries: Vec<LogEntry> = (1..=20).map(|seq| entry(seq, 40)).collect();
+    fixture.store.append(&batch_of(&entries)).unwrap();
+    let dir = fixture.container_dir();
+    fs::write(dir.join(format!("{:020}.log.gz.tmp", 1)), b"half").unwrap();
+    // Opened for reading only: nothing gets compressed, the tmp goes.
+    let fixture = {
+        let Fixture { dir, stores, store } = fixture;
+        drop(store);
+        drop(stores);
+        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let store = stores.existing(&id('a')).unwrap().unwrap();
+        Fixture { dir, stores, store }
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let names = files(&dir);
+    assert!(names.iter().all(|name| name.ends_with(".log")), "{names:?}");
+    // Logging again with compression on: the sealed ones are compressed.
+    let store = fixture
+        .stores
+        .open_container(&id('a'), StoreLimits::default())
+        .unwrap();
+    wait_compressed(&dir);
+    assert_eq!(store.tail(100).unwrap(), entries);
+}
+
+#[test]
+fn tail_reads_only_the_last_segments() {
+    for compress in [false, true] {
+        let limits = StoreLimits {
+            max_size: 1000,
+            max_file: 1000,
+            compress,
+        };
+        let fixture = Fixture::new(limits);
+        let entries: Vec<LogEntry> = (1..=300).map(|seq| entry(seq, 80)).collect();
+        for chunk in entries.chunks(7) {
+            fixture.store.append(&batch_of(chunk)).unwrap();
+        }
+        let dir = fixture.container_dir();
+        if compress {
+            wait_compressed(&dir);
+        }
+        let end = fixture.store.end().segment;
+        assert!(end > 20);
+        // Every segment but the last two becomes garbage: reading any of them fails.
+        for name in files(&dir) {
+            let number: u64 = name[..20].parse().unwrap();
+            if number + 2 <= end {
+                let path = dir.join(&name);
+                let len = fs::metadata(&path).unwrap().len() as usize;
+                fs::write(&path, vec![0xff; len]).unwrap();
+            }
+        }
+        assert_eq!(fixture.store.tail(10).unwrap(), entries[290..]);
+        assert!(fixture.store.tail(300).is_err(), "the garbage is detected");
+    }
+}
+
+#[test]
+fn cursor_moves_past_deleted_segments_and_counts_the_bytes() {
+    let one = record_len(&entry(1, 30));
+    let limits = StoreLimits {
+        max_size: 3 * one,
+        max_file: 2,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    let mut seq = 0;
+    let mut next = || {
+        seq += 1;
+        entry(seq, 30)
+    };
+    let first: Vec<LogEntry> = (0..6).map(|_| next()).collect();
+    fixture.store.append(&batch_of(&first)).unwrap();
+    let mut cursor = fixture.store.cursor(fixture.store.start());
+    let read = cursor.read(1).unwrap();
+    assert_eq!(read.len(), 1);
+    // Two more segments: 1 and 2 are deleted.
+    let more: Vec<LogEntry> = (0..6).map(|_| next()).collect();
+    fixture.store.append(&batch_of(&more)).unwrap();
+    assert_eq!(fixture.store.start().segment, 3);
+    let read = read_all(&mut cursor, 1 << 20);
+    assert_eq!(read[0].0, more[0]);
+    assert_eq!(cursor.skipped_bytes(), 2 * one + 3 * one);
+    // A cursor made at a deleted position starts at start().
+    let stale = fixture.store.cursor(Position {
+        segment: 1,
+        offset: one,
+    });
+    assert_eq!(stale.position(), fixture.store.start());
+    assert_eq!(stale.skipped_bytes(), 5 * one);
+    // And one past the end waits at the end.
+    let ahead = fixture.store.cursor(Position {
+        segment: 99,
+        offset: 0,
+    });
+    assert_eq!(ahead.position(), fixture.store.end());
+}
+
+#[test]
+fn corrupt_sealed_segment_is_an_error_naming_path_and_offset() {
+    let limits = StoreLimits {
+        max_size: 200,
+        max_file: 10,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    let entries: Vec<LogEntry> = (1..=10).map(|seq| entry(seq, 30)).collect();
+    fixture.store.append(&batch_of(&entries)).unwrap();
+    let path = fixture.container_dir().join(format!("{:020}.log", 1));
+    let one = record_len(&entries[0]);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[one as usize + 2] ^= 0x40;
+    fs::write(&path, bytes).unwrap();
+    let mut cursor = fixture.store.cursor(fixture.store.start());
+    // The record before the damage is delivered, then the error.
+    assert_eq!(cursor.read(1 << 20).unwrap().len(), 1);
+    let error = cursor.read(1 << 20).unwrap_err().to_string();
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(error.contains(&format!("offset {one}")), "{error}");
+    let error = fixture.store.tail(100).unwrap_err().to_string();
+    assert!(error.contains(&path.display().to_string()), "{error}");
+}
+
+#[test]
+fn payload_that_is_not_a_log_entry_is_a_decode_error() {
+    let fixture = Fixture::new(StoreLimits::default());
+    let mut batch = Batch::default();
+    batch.push(&[0xff, 0xff, 0xff], 1);
+    fixture.store.append(&batch).unwrap();
+    assert!(matches!(
+        fixture.store.tail(1),
+        Err(StoreError::Decode { offset: 0, .. })
+    ));
+    assert!(matches!(
+        fixture.store.cursor(fixture.store.start()).read(100),
+        Err(StoreError::Decode { offset: 0, .. })
+    ));
+}
+
+#[test]
+fn subscribers_see_the_end_after_each_append() {
+    let fixture = Fixture::new(StoreLimits::default());
+    let mut end = fixture.store.subscribe();
+    assert_eq!(
+        *end.borrow_and_update(),
+        Position {
+            segment: 1,
+            offset: 0
+        }
+    );
+    fixture.store.append(&batch_of(&[entry(1, 5)])).unwrap();
+    assert!(end.has_changed().unwrap());
+    assert_eq!(*end.borrow_and_update(), fixture.store.end());
+    fixture.store.sync().unwrap();
+}
+
+#[test]
+fn retention_racing_compression_leaves_no_stray_files() {
+    let limits = StoreLimits {
+        max_size: 50_000,
+        max_file: 2,
+        compress: true,
+    };
+    let fixture = Fixture::new(limits);
+    let mut model = Model::new(limits);
+    for seq in 1..=60 {
+        let entries = [entry(seq, 20_000)];
+        fixture.store.append(&batch_of(&entries)).unwrap();
+        model.append(&entries);
+    }
+    let dir = fixture.container_dir();
+    wait_compressed(&dir);
+    let expected: Vec<String> = model
+        .segments
+        .iter()
+        .enumerate()
+        .map(|(index, (number, _, _))| {
+            let suffix = if index + 1 == model.segments.len() {
+                "log"
+            } else {
+                "log.gz"
+            };
+            format!("{number:020}.{suffix}")
+        })
+        .collect();
+    assert_eq!(files(&dir), expected);
+    check_against(&model, &fixture.store, 1 << 16);
+}
+
+#[test]
+fn stores_list_existing_and_remove() {
+    let fixture = Fixture::new(StoreLimits::default());
+    fixture.store.append(&batch_of(&[entry(1, 5)])).unwrap();
+    let root = fixture.dir.path().join("root");
+    fs::create_dir(root.join("not-a-container")).unwrap();
+    let listed = fixture.stores.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, id('a'));
+    assert!(fixture.stores.existing(&id('b')).unwrap().is_none());
+    assert!(!root.join(id('b').as_str()).exists());
+    let again = fixture.stores.existing(&id('a')).unwrap().unwrap();
+    assert!(Arc::ptr_eq(&again, &fixture.store));
+
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&fixture.container_dir()), 0o700);
+    assert_eq!(
+        mode(&fixture.container_dir().join(format!("{:020}.log", 1))),
+        0o600
+    );
+
+    fixture.stores.remove(&id('a')).unwrap();
+    assert!(!fixture.container_dir().exists());
+    assert!(fixture.stores.existing(&id('a')).unwrap().is_none());
+    assert!(matches!(
+        fixture.store.append(&batch_of(&[entry(2, 5)])),
+        Err(StoreError::Removed { .. })
+    ));
+    assert!(fixture.stores.list().unwrap().is_empty());
+    // Removing what does not exist is fine.
+    fixture.stores.remove(&id('b')).unwrap();
+}
+
+#[test]
+fn oversized_payload_is_refused_before_writing() {
+    let fixture = Fixture::new(StoreLimits::default());
+    let mut batch = Batch::default();
+    batch.push(&entry(1, 5).encode_to_vec(), 1);
+    batch.push(&vec![0; MAX_PAYLOAD_LEN + 1], 2);
+    assert!(matches!(
+        fixture.store.append(&batch),
+        Err(StoreError::TooLarge { .. })
+    ));
+    assert_eq!(
+        fixture.store.end(),
+        Position {
+            segment: 1,
+            offset: 0
+        }
+    );
+}
