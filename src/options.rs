@@ -93,10 +93,8 @@ impl LogOptions {
             parse_bool(value("compress")).ok_or_else(|| bad("compress", value("compress")))?;
         // The engine refuses compress with one file only when the user asked for compress; our
         // default is compress=true, so only an explicit compress=true with max-file=1 is an error.
-        if compress && max_file == 1 {
-            if config.contains_key("compress") {
-                return Err(OptionError::CompressSingleFile);
-            }
+        if compress && max_file == 1 && config.contains_key("compress") {
+            return Err(OptionError::CompressSingleFile);
         }
         let mut ignored = Vec::new();
         let mut keys: Vec<&String> = config.keys().collect();

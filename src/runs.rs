@@ -144,9 +144,11 @@ mod tests {
     fn table_survives_a_reload_without_the_env() {
         let dir = tempfile::tempdir().unwrap();
         let table = RunTable::load(dir.path()).unwrap();
-        let mut info = Info::default();
-        info.container_id = "c".repeat(64);
-        info.container_env = vec!["SECRET=x".into()];
+        let info = Info {
+            container_id: "c".repeat(64),
+            container_env: vec!["SECRET=x".into()],
+            ..Info::default()
+        };
         table
             .insert(RunRecord {
                 file: "/f1".into(),

@@ -252,7 +252,8 @@ async fn start_logging_refuses_bad_input_with_errors_naming_it() {
     let regular = plugin.dir.path().join("regular");
     std::fs::write(&regular, b"x").unwrap();
     let id = container_id(4);
-    let cases: Vec<(std::path::PathBuf, String, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (std::path::PathBuf, String, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             regular.clone(),
             id.clone(),

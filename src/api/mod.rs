@@ -127,7 +127,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
         "/LogDriver.StartLogging" => {
             let request: types::StartLogging = match parse(&path, &body) {
                 Ok(r) => r,
-                Err(answer) => return answer,
+                Err(answer) => return *answer,
             };
             match plugin.start_logging(request) {
                 Ok(()) => ok(),
@@ -154,7 +154,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
 fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
     let request: types::ReadLogs = match parse(path, body) {
         Ok(r) => r,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let id = match ContainerId::parse(&request.info.container_id) {
         Ok(id) => id,
@@ -194,7 +194,7 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
     stream_answer(rx)
 }
 
-fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Answer> {
+fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Box<Answer>> {
     // The engine sends an empty body for some calls; treat it as `{}`.
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
@@ -202,10 +202,10 @@ fn parse<T: serde::de::DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, A
         body
     };
     serde_json::from_slice(body).map_err(|error| {
-        err_answer(
+        Box::new(err_answer(
             StatusCode::BAD_REQUEST,
             &format!("{path}: the request body is not the JSON the engine sends: {error}"),
-        )
+        ))
     })
 }
 
