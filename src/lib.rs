@@ -21,6 +21,8 @@
 //! - [`store`]: the per-container segment files: append, rotation, compression, tail, follow.
 //! - [`readlogs`]: `/LogDriver.ReadLogs`: tail, since/until and follow over the store.
 //! - [`retention`]: removal of local copies of containers not seen for a long time.
+//! - [`shipper`]: following the stores into Elasticsearch: documents, bulk, retries, checkpoints.
+//! - [`metrics`]: counters and the Prometheus text endpoint.
 //! - [`api`]: the plugin's HTTP API on its unix socket: routing and request/answer shapes.
 //! - [`plugin`]: the running plugin: ties runs, stores and the API together; shutdown order.
 
@@ -29,6 +31,7 @@ pub mod container_id;
 pub mod entry;
 pub mod fifo;
 pub mod frame;
+pub mod metrics;
 pub mod options;
 pub mod pipeline;
 pub mod plugin;
@@ -36,4 +39,5 @@ pub mod readlogs;
 pub mod retention;
 pub mod runs;
 pub mod settings;
+pub mod shipper;
 pub mod store;

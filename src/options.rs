@@ -10,11 +10,14 @@
 
 use std::collections::HashMap;
 
+use crate::shipper::config::EsOptions;
 use crate::store::StoreLimits;
 
 /// One log-opt of ours.
 pub struct OptionSpec {
     pub name: &'static str,
+    /// The plugin setting (env) that gives a host-wide default; the log-opt overrides it.
+    pub setting: Option<&'static str>,
     pub default: &'static str,
     pub accepts: &'static str,
     pub meaning: &'static str,
@@ -23,23 +26,61 @@ pub struct OptionSpec {
 pub const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "max-size",
+        setting: None,
         default: "20m",
         accepts: "a size: a whole number with an optional k, m or g suffix (powers of 1024)",
         meaning: "size at which the local copy rotates to a new file",
     },
     OptionSpec {
         name: "max-file",
+        setting: None,
         default: "5",
         accepts: "a whole number from 1 to 1000",
         meaning: "files of the local copy kept for `docker logs` (the active one included)",
     },
     OptionSpec {
         name: "compress",
+        setting: None,
         default: "true",
         accepts: "true or false",
         meaning: "gzip rotated files of the local copy",
     },
+    es("hosts", "ES_HOSTS", "", "a comma-separated list of URLs or host[:port]; scheme defaults to http, port to 9200", "Elasticsearch nodes; with neither hosts nor cloud_id only the local copy is kept"),
+    es("user", "ES_USER", "", "a user name", "basic authentication user"),
+    es("password", "ES_PASSWORD", "", "a password", "basic authentication password (prefer the plugin setting: log-opts show in docker inspect)"),
+    es("api_key", "ES_API_KEY", "", "id:key, or the base64 encoding of id:key", "API key authentication (instead of user/password)"),
+    es("cloud_id", "ES_CLOUD_ID", "", "an Elastic Cloud id (label:base64)", "Elastic Cloud deployment to ship to (instead of hosts)"),
+    es("cloud_auth", "ES_CLOUD_AUTH", "", "user:password", "Elastic Cloud basic authentication"),
+    es("index", "ES_INDEX", "logs-docker-default", "an index or data stream name; may hold %{[container.name]}, %{[container.id]}, %{[container.image.name]}, %{[container.labels.KEY]}, %{[agent.version]}, %{+yyyy.MM.dd}", "where documents go; logs-<dataset>-<namespace> names are data streams"),
+    es("pipeline", "ES_PIPELINE", "", "an ingest pipeline name", "ingest pipeline applied to every document"),
+    es("name", "ES_AGENT_NAME", "", "any text", "agent.name of every document (default: the host name)"),
+    es("timeout", "ES_TIMEOUT", "90s", "a duration such as 30s or 2m", "time limit of one bulk request"),
+    es("backoff_init", "ES_BACKOFF_INIT", "1s", "a duration such as 500ms or 1s", "first wait before retrying a failed request"),
+    es("backoff_max", "ES_BACKOFF_MAX", "60s", "a duration such as 30s or 1m", "longest wait between retries"),
+    es("proxy_url", "ES_PROXY_URL", "", "an http(s) or socks5 URL", "proxy for every request to Elasticsearch"),
+    es("ssl.certificate_authorities", "ES_SSL_CA", "", "the path of a PEM file (inside the plugin: put it under the state mount)", "CA certificates trusted for Elasticsearch, in addition to the system ones"),
+    es("ssl.verification_mode", "ES_SSL_VERIFICATION_MODE", "full", "full or none", "TLS verification: full checks the chain and the host name; none checks nothing"),
+    es("bulk_max_bytes", "ES_BULK_MAX_BYTES", "5m", "a size with k or m (64k to 90m)", "largest bulk request body before compression"),
+    es("flush_interval", "ES_FLUSH_INTERVAL", "1s", "a duration from 10ms to 1m", "longest time a line waits for a fuller batch"),
+    es("workers", "ES_WORKERS", "2", "a whole number from 1 to 16", "bulk requests in flight at once per destination"),
+    es("compression_level", "ES_COMPRESSION_LEVEL", "1", "0 (off) to 9", "gzip level of bulk bodies"),
 ];
+
+const fn es(
+    name: &'static str,
+    setting: &'static str,
+    default: &'static str,
+    accepts: &'static str,
+    meaning: &'static str,
+) -> OptionSpec {
+    OptionSpec {
+        name,
+        setting: Some(setting),
+        default,
+        accepts,
+        meaning,
+    }
+}
 
 /// Keys the engine itself puts into the map; never ours to judge.
 const ENGINE_KEYS: &[&str] = &["mode", "max-buffer-size"];
@@ -59,6 +100,8 @@ pub enum OptionError {
         suggestion: &'static str,
         all: String,
     },
+    #[error("{0}")]
+    Index(String),
     #[error("log-opt compress=true needs max-file of 2 or more (a single file is never rotated into a compressed one)")]
     CompressSingleFile,
 }
@@ -67,18 +110,25 @@ pub enum OptionError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogOptions {
     pub store: StoreLimits,
+    /// Where to ship; `None` keeps the local copy only.
+    pub es: Option<EsOptions>,
     /// Keys neither ours nor the engine's: kept to say in the log that they were ignored.
     pub ignored: Vec<String>,
 }
 
 impl LogOptions {
-    /// Parses the `Config` map of StartLogging or ReadLogs (`None` when the engine sent null).
-    pub fn parse(config: Option<&HashMap<String, String>>) -> Result<Self, OptionError> {
+    /// Parses the `Config` map of StartLogging (`None` when the engine sent null) over the
+    /// host-wide defaults of the plugin settings (keyed by option name).
+    pub fn parse(
+        config: Option<&HashMap<String, String>>,
+        defaults: &HashMap<String, String>,
+    ) -> Result<Self, OptionError> {
         let empty = HashMap::new();
         let config = config.unwrap_or(&empty);
         let value = |name: &'static str| -> &str {
             config
                 .get(name)
+                .or_else(|| defaults.get(name))
                 .map(String::as_str)
                 .unwrap_or_else(|| spec(name).default)
         };
@@ -96,6 +146,7 @@ impl LogOptions {
         if compress && max_file == 1 && config.contains_key("compress") {
             return Err(OptionError::CompressSingleFile);
         }
+        let es = EsOptions::parse(&value)?;
         let mut ignored = Vec::new();
         let mut keys: Vec<&String> = config.keys().collect();
         keys.sort();
@@ -117,6 +168,7 @@ impl LogOptions {
             ignored.push(key.clone());
         }
         Ok(Self {
+            es,
             store: StoreLimits {
                 max_size,
                 max_file,
@@ -134,7 +186,7 @@ fn spec(name: &str) -> &'static OptionSpec {
         .unwrap_or_else(|| panic!("option {name} missing from OPTIONS"))
 }
 
-fn bad(name: &'static str, value: &str) -> OptionError {
+pub(crate) fn bad(name: &'static str, value: &str) -> OptionError {
     OptionError::BadValue {
         name: spec(name).name,
         value: value.chars().take(100).collect(),
@@ -212,12 +264,12 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        LogOptions::parse(Some(&map))
+        LogOptions::parse(Some(&map), &HashMap::new())
     }
 
     #[test]
     fn defaults_are_the_local_drivers() {
-        let o = LogOptions::parse(None).unwrap();
+        let o = LogOptions::parse(None, &HashMap::new()).unwrap();
         assert_eq!(
             o.store,
             StoreLimits {
@@ -283,6 +335,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.ignored, vec!["env", "labels", "syslog-address", "tag"]);
+    }
+
+    #[test]
+    fn every_option_of_ours_is_known_and_near_misses_are_caught() {
+        for o in OPTIONS {
+            assert_eq!(near_miss(o.name), Some(o.name));
+        }
+        assert_eq!(near_miss("host"), Some("hosts"));
+        assert_eq!(near_miss("api-key"), Some("api_key"));
     }
 
     #[test]

@@ -24,10 +24,13 @@ use tracing::Instrument;
 use crate::api::types::{Info, StartLogging};
 use crate::container_id::{ContainerId, InvalidContainerId};
 use crate::fifo::{Fifo, FifoError};
+use crate::metrics::Metrics;
 use crate::options::{LogOptions, OptionError};
 use crate::pipeline::{Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
+use crate::shipper::config::EsOptions;
+use crate::shipper::{ShipError, Shippers};
 use crate::store::{ContainerStore, StoreError, Stores};
 
 /// How long StopLogging waits for the final drain before answering anyway: the engine must
@@ -49,6 +52,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("StartLogging has no File")]
     NoFile,
+    #[error("{0}")]
+    Ship(#[from] ShipError),
 }
 
 struct ActiveRun {
@@ -56,6 +61,8 @@ struct ActiveRun {
     stop: Option<oneshot::Sender<StopRequest>>,
     /// Set when ReadLogs is served for this container while this run is active.
     read_logs_served: Arc<AtomicBool>,
+    /// Where its lines are shipped, if anywhere.
+    es: Option<EsOptions>,
 }
 
 /// Per container: how many runs are active, watched by follow streams.
@@ -66,7 +73,9 @@ struct Activity {
 pub struct Plugin {
     settings: Settings,
     stores: Stores,
-    table: RunTable,
+    table: Arc<RunTable>,
+    shippers: Shippers,
+    metrics: Arc<Metrics>,
     active: Mutex<HashMap<String, ActiveRun>>,
     activity: Mutex<HashMap<ContainerId, Activity>>,
     tracker: TaskTracker,
@@ -92,14 +101,33 @@ impl Plugin {
                 RunTable::empty(state_dir)
             }
         };
-        Ok(Arc::new(Self {
-            settings,
-            stores,
-            table,
-            active: Mutex::new(HashMap::new()),
-            activity: Mutex::new(HashMap::new()),
-            tracker: TaskTracker::new(),
-            shutdown,
+        let table = Arc::new(table);
+        let tracker = TaskTracker::new();
+        let metrics = Arc::new(Metrics::default());
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<Plugin>| {
+            let me = me.clone();
+            let on_drained = Arc::new(move |id: &ContainerId| {
+                if let Some(plugin) = me.upgrade() {
+                    plugin.drained(id);
+                }
+            });
+            Self {
+                shippers: Shippers::new(
+                    state_dir.to_owned(),
+                    Arc::clone(&metrics),
+                    shutdown.clone(),
+                    tracker.clone(),
+                    on_drained,
+                ),
+                metrics,
+                settings,
+                stores,
+                table,
+                active: Mutex::new(HashMap::new()),
+                activity: Mutex::new(HashMap::new()),
+                tracker,
+                shutdown,
+            }
         }))
     }
 
@@ -111,6 +139,27 @@ impl Plugin {
         &self.stores
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Everything a container's logging run shipped: release its ended runs, and its local copy
+    /// when DESTROY_LOGS_ON_STOP says so and it has not started again.
+    fn drained(&self, id: &ContainerId) {
+        if let Err(error) = self.table.remove_stopped(id.as_str()) {
+            log_table_error(&error);
+        }
+        if self.settings.destroy_logs_on_stop && !self.is_active(id) {
+            match self.stores.remove(id) {
+                Ok(()) => tracing::info!(
+                    container = id.short(),
+                    "local copy removed after shipping (DESTROY_LOGS_ON_STOP)"
+                ),
+                Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
+            }
+        }
+    }
+
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
     }
@@ -119,9 +168,18 @@ impl Plugin {
         &self.tracker
     }
 
-    /// Reopens every FIFO of the run table that still exists.
+    /// Reopens every FIFO of the run table that still exists, and resumes shipping for
+    /// containers whose lines were not all shipped.
     pub fn recover(self: &Arc<Self>) {
-        for record in self.table.all() {
+        let mut resumed = std::collections::HashSet::new();
+        for record in self.table.all().into_iter().filter(|r| r.stopped) {
+            if resumed.insert(record.info.container_id.clone()) {
+                if let Err(error) = self.resume_shipping(&record) {
+                    tracing::warn!(%error, container = %record.info.container_id, "cannot resume shipping of a stopped container");
+                }
+            }
+        }
+        for record in self.table.all().into_iter().filter(|r| !r.stopped) {
             let result = self.reopen(&record);
             if let Err(error) = result {
                 tracing::warn!(%error, file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it");
@@ -130,11 +188,28 @@ impl Plugin {
         }
     }
 
+    fn resume_shipping(&self, record: &RunRecord) -> Result<(), StartError> {
+        let id = ContainerId::parse(&record.info.container_id)?;
+        let options = LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
+        let Some(es) = options.es else {
+            self.drained(&id);
+            return Ok(());
+        };
+        let store = self.stores.open_container(&id, options.store)?;
+        self.shippers.attach(&es, &record.info, &id, store)?;
+        self.shippers.stopped(&es, &id);
+        Ok(())
+    }
+
     fn reopen(self: &Arc<Self>, record: &RunRecord) -> Result<(), StartError> {
         let id = ContainerId::parse(&record.info.container_id)?;
-        let options = LogOptions::parse(Some(&record.info.config))?;
+        let options = LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
         let fifo = Fifo::open(Path::new(&record.file))?;
         let store = self.stores.open_container(&id, options.store)?;
+        if let Some(es) = &options.es {
+            self.shippers
+                .attach(es, &record.info, &id, Arc::clone(&store))?;
+        }
         let recent = store.tail(REPLAY_WINDOW).unwrap_or_else(|error| {
             tracing::warn!(%error, container = id.short(), "cannot read the end of the local copy; a crash-time round may be stored twice");
             Vec::new()
@@ -146,6 +221,7 @@ impl Plugin {
             fifo,
             store,
             Some(ReplayFilter::new(recent)),
+            options.es,
         );
         Ok(())
     }
@@ -155,9 +231,17 @@ impl Plugin {
             return Err(StartError::NoFile);
         }
         let id = ContainerId::parse(&request.info.container_id)?;
-        let options = LogOptions::parse(Some(&request.info.config))?;
+        let options =
+            LogOptions::parse(Some(&request.info.config), &self.settings.option_defaults)?;
+        if let Some(es) = &options.es {
+            self.shippers.validate(es, &request.info)?;
+        }
         let fifo = Fifo::open(Path::new(&request.file))?;
         let store = self.stores.open_container(&id, options.store)?;
+        if let Some(es) = &options.es {
+            self.shippers
+                .attach(es, &request.info, &id, Arc::clone(&store))?;
+        }
         if !options.ignored.is_empty() {
             tracing::debug!(container = id.short(), ignored = ?options.ignored, "log-opts for other drivers ignored");
         }
@@ -171,12 +255,13 @@ impl Plugin {
         let record = RunRecord {
             file: request.file.clone(),
             info: strip_secrets(request.info),
+            stopped: false,
         };
         if let Err(error) = self.table.insert(record) {
             log_table_error(&error);
         }
         tracing::info!(container = id.short(), file = %request.file, "logging started");
-        self.launch(request.file, id, fifo, store, None);
+        self.launch(request.file, id, fifo, store, None, options.es);
         Ok(())
     }
 
@@ -187,6 +272,7 @@ impl Plugin {
         fifo: Fifo,
         store: Arc<ContainerStore>,
         replay: Option<ReplayFilter>,
+        es: Option<EsOptions>,
     ) {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.lock_active().insert(
@@ -195,17 +281,20 @@ impl Plugin {
                 id: id.clone(),
                 stop: Some(stop_tx),
                 read_logs_served: Arc::new(AtomicBool::new(false)),
+                es,
             },
         );
         self.add_run(&id, 1);
         let plugin = Arc::clone(self);
         let shutdown = self.shutdown.child_token();
+        let metrics = Arc::clone(&self.metrics);
         let span = tracing::info_span!("run", container = id.short());
         self.tracker.spawn(
             async move {
                 let (end, stats) = Pipeline::new(fifo, store, replay)
                     .run(stop_rx, shutdown)
                     .await;
+                metrics.ingest.record(&stats);
                 plugin.run_ended(&file, end, stats);
             }
             .instrument(span),
@@ -264,8 +353,19 @@ impl Plugin {
             self.add_run(&run.id, -1);
             return;
         }
-        self.forget_record(file);
         let now_idle = self.add_run(&run.id, -1) == 0;
+        if let Some(es) = &run.es {
+            // Kept in the table until shipped, so a restart resumes shipping; the destination
+            // releases it (and applies DESTROY_LOGS_ON_STOP) once everything is acknowledged.
+            if let Err(error) = self.table.mark_stopped(file) {
+                log_table_error(&error);
+            }
+            if now_idle {
+                self.shippers.stopped(es, &run.id);
+            }
+            return;
+        }
+        self.forget_record(file);
         let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
         if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
             match self.stores.remove(&run.id) {

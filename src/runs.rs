@@ -21,6 +21,9 @@ const VERSION: u32 = 1;
 pub struct RunRecord {
     pub file: String,
     pub info: Info,
+    /// The run ended but its lines are not all shipped yet: resume shipping after a restart.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +88,27 @@ impl RunTable {
         let mut runs = self.lock();
         runs.insert(record.file.clone(), record);
         self.save(&runs)
+    }
+
+    /// Marks a run as ended, kept until its container's lines are shipped.
+    pub fn mark_stopped(&self, file: &str) -> Result<(), RunsError> {
+        let mut runs = self.lock();
+        if let Some(run) = runs.get_mut(file) {
+            run.stopped = true;
+            self.save(&runs)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets every ended run of a container (its lines are all shipped).
+    pub fn remove_stopped(&self, container_id: &str) -> Result<(), RunsError> {
+        let mut runs = self.lock();
+        let before = runs.len();
+        runs.retain(|_, r| !(r.stopped && r.info.container_id == container_id));
+        if runs.len() != before {
+            self.save(&runs)?;
+        }
+        Ok(())
     }
 
     pub fn remove(&self, file: &str) -> Result<(), RunsError> {

@@ -7,10 +7,15 @@
 //! | `LOG_DRIVER_LEVEL` | `info` | the plugin's own log level: error, warn, info, debug, trace |
 //! | `DESTROY_LOGS_ON_STOP` | `false` | remove a container's local copy when its logging stops for good |
 //! | `LOCAL_LOGS_MAX_AGE` | `7d` | remove local copies of containers that logged nothing for this long; `0` keeps them |
+//! | `SPOOL_MAX_SIZE` | `1g` | unshipped data kept beyond max-file while Elasticsearch is away, plugin-wide |
+//! | `METRICS_ADDR` | (off) | `host:port` for the Prometheus text endpoint `/metrics` |
+//! | `ES_*` | (unset) | host-wide defaults of the Elasticsearch log-opts (`options::OPTIONS` names each) |
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::options::parse_bool;
+use crate::options::{parse_bool, parse_size, OPTIONS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -18,6 +23,11 @@ pub struct Settings {
     pub destroy_logs_on_stop: bool,
     /// `None`: never remove local copies for age.
     pub local_logs_max_age: Option<Duration>,
+    /// Bytes of unshipped segments kept beyond max-file, summed over all containers.
+    pub spool_max_size: u64,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log-opt defaults from `ES_*` settings, keyed by log-opt name. May hold credentials.
+    pub option_defaults: HashMap<String, String>,
 }
 
 impl Default for Settings {
@@ -26,6 +36,9 @@ impl Default for Settings {
             log_level: "info".into(),
             destroy_logs_on_stop: false,
             local_logs_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            spool_max_size: 1 << 30,
+            metrics_addr: None,
+            option_defaults: HashMap::new(),
         }
     }
 }
@@ -74,6 +87,27 @@ impl Settings {
                 value,
                 accepts: "a duration such as 12h, 7d or 30d, or 0 to keep local copies forever",
             })?;
+        }
+        if let Some(value) = get("SPOOL_MAX_SIZE") {
+            settings.spool_max_size = parse_size(&value).ok_or(SettingError {
+                name: "SPOOL_MAX_SIZE",
+                value,
+                accepts: "a size such as 512m or 4g",
+            })?;
+        }
+        if let Some(value) = get("METRICS_ADDR") {
+            settings.metrics_addr = Some(value.trim().parse().map_err(|_| SettingError {
+                name: "METRICS_ADDR",
+                value,
+                accepts: "an address and port such as 127.0.0.1:9876",
+            })?);
+        }
+        for option in OPTIONS {
+            if let Some(value) = option.setting.and_then(&get) {
+                settings
+                    .option_defaults
+                    .insert(option.name.to_owned(), value);
+            }
         }
         Ok(settings)
     }

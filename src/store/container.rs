@@ -17,6 +17,17 @@ use super::{tail, Position, StoreError, StoreLimits, MAX_PAYLOAD_LEN};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 
+/// The number of a new store's first segment: microseconds since the epoch. Document ids and
+/// checkpoints name (segment, offset); a store removed (DESTROY_LOGS_ON_STOP, age) and created
+/// again for the same container must never reuse a number, or its new lines would collide with
+/// ids Elasticsearch already holds and be answered 409 (dropped as duplicates).
+fn first_segment_number() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
+}
+
 /// How many deleted segments' lengths are remembered for [`Cursor::skipped_bytes`]: a cursor
 /// further behind than this many rotations counts the older ones as 0 bytes.
 const DELETED_REMEMBERED: usize = 1024;
@@ -129,7 +140,7 @@ impl ContainerStore {
         let (active_number, active_exists) = match files.last_key_value() {
             Some((&number, &(_, false))) => (number, true),
             Some((&number, &(_, true))) => (number + 1, false),
-            None => (1, false),
+            None => (first_segment_number(), false),
         };
         let mut sealed = VecDeque::new();
         for (&number, &(plain, compressed)) in files.range(..active_number) {

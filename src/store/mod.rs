@@ -12,7 +12,9 @@
 //!
 //! Segments are numbered, never renamed (the engine's drivers shift `container.log.N` on every
 //! rotation; a stable number lets a checkpoint say "segment 7, offset 1234" for good). The number
-//! is 20 decimal digits so names sort in order.
+//! is 20 decimal digits so names sort in order. A new store's first number is the current time
+//! in microseconds, so a store removed and created again never reuses a (segment, offset): those
+//! pairs are the document ids in Elasticsearch.
 //!
 //! # Record layout (the engine's `local` driver layout)
 //!

@@ -1,0 +1,84 @@
+# es-logging-plugin: build, package and test the Docker managed logging plugin.
+# `make help` lists the targets. Every docker command talks to the engine DOCKER_HOST names
+# (or the docker CLI's default), e.g. `make install DOCKER_HOST=unix:///tmp/d/docker.sock`.
+
+# The plugin's name in the engine. `es-logging-plugin:latest` is what
+# `docker run --log-driver es-logging-plugin` resolves to.
+PLUGIN ?= es-logging-plugin:latest
+# Host folder mounted as the plugin's state dir by `make install` (config.json's default).
+STATE_SOURCE ?= /var/lib/es-logging-plugin
+CARGO ?= cargo
+DOCKER ?= docker
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+# The plugin folder `docker plugin create` takes: config.json beside rootfs/.
+PLUGIN_DIR ?= $(TARGET_DIR)/plugin
+
+BIN := $(TARGET_DIR)/release/es-logging-plugin
+ROOTFS := $(PLUGIN_DIR)/rootfs
+CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
+
+ifdef DOCKER_HOST
+export DOCKER_HOST
+endif
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.PHONY: help build rootfs plugin install push test e2e check
+
+help: ## List the targets and the variables they take
+	@echo 'Targets:'
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z0-9-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo 'Variables (current value):'
+	@echo '  PLUGIN=$(PLUGIN)  STATE_SOURCE=$(STATE_SOURCE)  PLUGIN_DIR=$(PLUGIN_DIR)'
+	@echo '  DOCKER_HOST=$(or $(DOCKER_HOST),(docker CLI default))'
+
+build: ## Build the release binary (cargo build --release)
+	$(CARGO) build --release --locked
+
+rootfs: build ## Assemble the plugin folder (target/plugin): config.json, rootfs/ with the binary, its shared libraries, CA certificates
+	rm -rf '$(ROOTFS)' '$(PLUGIN_DIR)/config.json'
+	mkdir -p '$(ROOTFS)/bin' '$(ROOTFS)/etc/ssl/certs' '$(ROOTFS)/run/docker/plugins' \
+		'$(ROOTFS)/var/lib/es-logging-plugin' '$(ROOTFS)/tmp'
+	cp '$(BIN)' '$(ROOTFS)/bin/es-logging-plugin'
+	@# Exactly the libraries the dynamic linker resolves for this binary, the loader included,
+	@# at the paths the binary asks for.
+	{ ldd '$(BIN)' || true; } | awk '$$2 == "=>" && $$3 ~ /^\// { print $$3 } $$1 ~ /^\// { print $$1 }' \
+		| sort -u | while read -r lib; do cp --parents -L "$$lib" '$(ROOTFS)'; done
+	test -s '$(CA_BUNDLE)' || { echo 'missing $(CA_BUNDLE): apt-get install ca-certificates' >&2; exit 1; }
+	cp -L '$(CA_BUNDLE)' '$(ROOTFS)/etc/ssl/certs/ca-certificates.crt'
+	cp plugin/config.json '$(PLUGIN_DIR)/config.json'
+
+plugin: rootfs ## Create the plugin PLUGIN in the engine from the plugin folder (docker plugin create)
+	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
+
+install: rootfs ## Create and enable PLUGIN, replacing an older install; local copies go to STATE_SOURCE
+	@# The engine does not create a bind mount's source (the plugin would fail to start), so
+	@# create it here unless the engine is remote: then create it on that host first.
+	@if [[ '$(DOCKER_HOST)' != tcp://* && '$(DOCKER_HOST)' != ssh://* ]]; then mkdir -p '$(STATE_SOURCE)'; fi
+	if $(DOCKER) plugin inspect '$(PLUGIN)' >/dev/null 2>&1; then $(DOCKER) plugin rm -f '$(PLUGIN)'; fi
+	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
+	$(DOCKER) plugin set '$(PLUGIN)' state.source='$(STATE_SOURCE)'
+	$(DOCKER) plugin enable '$(PLUGIN)'
+	@echo 'Installed. Use it with: docker run --log-driver $(patsubst %:latest,%,$(PLUGIN)) ...'
+
+push: rootfs ## Push the plugin to a registry: make push PLUGIN=registry/name:tag
+	@[[ '$(PLUGIN)' == */* ]] || { echo 'push needs a registry name: make push PLUGIN=registry/name:tag' >&2; exit 1; }
+	if $(DOCKER) plugin inspect '$(PLUGIN)' >/dev/null 2>&1; then $(DOCKER) plugin rm -f '$(PLUGIN)'; fi
+	@# The engine keeps one plugin per rootfs content: with this very build installed under
+	@# another name (make install), create answers "content sha256:... already exists".
+	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)' || { echo 'If the error says "already exists": this build is installed under another name; run docker plugin rm -f on it first, or push from another engine.' >&2; exit 1; }
+	$(DOCKER) plugin push '$(PLUGIN)'
+
+test: build ## Run every test: unit, integration and the real-Docker end-to-end tests (root; see .ci/run)
+	$(CARGO) test --locked
+	$(MAKE) e2e
+
+e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
+	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
+
+check: ## fmt --check, clippy -D warnings, docs, then every test
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps
+	$(MAKE) test

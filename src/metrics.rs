@@ -1,0 +1,201 @@
+//! Counters, and the Prometheus text endpoint that shows them (`METRICS_ADDR`, off by default).
+//!
+//! Exposition format 0.0.4: `# HELP`, `# TYPE`, then `name{labels} value` lines. Destinations
+//! are labelled by their hosts (no credentials); containers are never labels (unbounded).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::Response;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub struct DestinationMetrics {
+    acked: AtomicU64,
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    dead_lettered: AtomicU64,
+    requests: AtomicU64,
+    bytes_sent: AtomicU64,
+    dropped_bytes: AtomicU64,
+}
+
+impl DestinationMetrics {
+    pub fn add_acked(&self, n: u64) {
+        self.acked.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_duplicate(&self, n: u64) {
+        self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_retry(&self, n: u64) {
+        self.retries.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_request(&self, bytes: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub fn add_dropped_bytes(&self, n: u64) {
+        self.dropped_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Plugin-wide counters of the FIFO side.
+#[derive(Default)]
+pub struct IngestMetrics {
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+    pub frames_skipped: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+impl IngestMetrics {
+    /// Adds a finished (or interrupted) logging run's counts.
+    pub fn record(&self, stats: &crate::pipeline::RunStats) {
+        self.entries.fetch_add(stats.entries, Ordering::Relaxed);
+        self.bytes.fetch_add(stats.bytes, Ordering::Relaxed);
+        self.frames_skipped
+            .fetch_add(stats.oversized + stats.invalid, Ordering::Relaxed);
+        self.lost.fetch_add(stats.lost, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub ingest: IngestMetrics,
+    destinations: Mutex<BTreeMap<String, Arc<DestinationMetrics>>>,
+}
+
+impl Metrics {
+    pub fn destination(&self, label: &str) -> Arc<DestinationMetrics> {
+        let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(label.to_owned()).or_default())
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        fn get(a: &AtomicU64) -> u64 {
+            a.load(Ordering::Relaxed)
+        }
+        let plain = [
+            (
+                "eslp_lines_read_total",
+                "Log entries read from container FIFOs and stored",
+                get(&self.ingest.entries),
+            ),
+            (
+                "eslp_bytes_read_total",
+                "Bytes read from container FIFOs",
+                get(&self.ingest.bytes),
+            ),
+            (
+                "eslp_frames_skipped_total",
+                "Frames skipped as oversized or not a LogEntry",
+                get(&self.ingest.frames_skipped),
+            ),
+            (
+                "eslp_lines_lost_total",
+                "Entries lost because the local copy could not be written",
+                get(&self.ingest.lost),
+            ),
+        ];
+        for (name, help, value) in plain {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+        let per: [(&str, &str, fn(&DestinationMetrics) -> u64); 7] = [
+            (
+                "eslp_documents_acked_total",
+                "Documents Elasticsearch wrote",
+                |m| get(&m.acked),
+            ),
+            (
+                "eslp_documents_duplicate_total",
+                "Documents answered 409 (already indexed: a replay)",
+                |m| get(&m.duplicates),
+            ),
+            (
+                "eslp_documents_retried_total",
+                "Document sends retried",
+                |m| get(&m.retries),
+            ),
+            (
+                "eslp_documents_dead_lettered_total",
+                "Documents refused for good, kept in the dead-letter file",
+                |m| get(&m.dead_lettered),
+            ),
+            ("eslp_bulk_requests_total", "Bulk requests sent", |m| {
+                get(&m.requests)
+            }),
+            (
+                "eslp_bulk_bytes_total",
+                "Bytes of bulk bodies sent (after compression)",
+                |m| get(&m.bytes_sent),
+            ),
+            (
+                "eslp_dropped_by_retention_bytes_total",
+                "Unshipped bytes removed by retention before shipping",
+                |m| get(&m.dropped_bytes),
+            ),
+        ];
+        for (name, help, value) in per {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+            for (label, m) in map.iter() {
+                let label = label.replace('\\', "\\\\").replace('"', "\\\"");
+                out.push_str(&format!("{name}{{destination=\"{label}\"}} {}\n", value(m)));
+            }
+        }
+        out
+    }
+}
+
+/// Serves `/metrics` (any path) until shutdown.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, %addr, "cannot listen for metrics (METRICS_ADDR); metrics are off");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics at /metrics");
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |_request| {
+                let body = metrics.render();
+                async move {
+                    let mut answer = Response::new(Full::new(Bytes::from(body)));
+                    answer.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    Ok::<_, Infallible>(answer)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,376 @@
+//! Where and how a container's lines are shipped: the Elasticsearch log-opts (and the plugin
+//! settings that give them host-wide defaults), parsed into one value. Containers whose
+//! `EsOptions` are equal share one destination.
+//!
+//! Accepted forms, as the Elastic Logging Plugin takes them: `hosts` is a comma list of URLs or
+//! `host[:port]` (scheme http, port 9200 by default); `api_key` is `id:key` or already base64;
+//! `cloud_id` is `label:base64(host$es_id$kibana_id)` (a port may follow host or es_id, default
+//! 443) and becomes `https://<es_id>.<host>:<port>`; `cloud_auth` is `user:password`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine;
+use elasticsearch::http::Url;
+
+use crate::options::{bad, parse_size, OptionError};
+use crate::shipper::index::IndexTemplate;
+
+/// A credential: compared and hashed like a string, never shown.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Auth {
+    None,
+    Basic {
+        user: String,
+        password: Secret,
+    },
+    /// base64(id:key), as sent in `Authorization: ApiKey ...`.
+    ApiKey(Secret),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verification {
+    Full,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EsOptions {
+    pub hosts: Vec<Url>,
+    pub auth: Auth,
+    pub index: IndexTemplate,
+    pub pipeline: Option<String>,
+    pub agent_name: Option<String>,
+    pub timeout: Duration,
+    pub backoff_init: Duration,
+    pub backoff_max: Duration,
+    pub proxy_url: Option<Url>,
+    pub ca_file: Option<PathBuf>,
+    pub verification: Verification,
+    pub bulk_max_bytes: usize,
+    pub flush_interval: Duration,
+    pub workers: usize,
+    pub compression_level: u32,
+}
+
+impl EsOptions {
+    /// `value(name)` gives the effective text of each option (log-opt, else setting, else
+    /// default). `None` when neither hosts nor cloud_id is set.
+    pub fn parse<'a>(
+        value: &impl Fn(&'static str) -> &'a str,
+    ) -> Result<Option<Self>, OptionError> {
+        let text = |name: &'static str| Some(value(name).trim()).filter(|v| !v.is_empty());
+        let hosts = match (text("hosts"), text("cloud_id")) {
+            (Some(hosts), _) => parse_hosts(hosts)?,
+            (None, Some(cloud_id)) => {
+                vec![cloud_url(cloud_id).ok_or_else(|| bad("cloud_id", cloud_id))?]
+            }
+            (None, None) => return Ok(None),
+        };
+        let auth = match (text("api_key"), text("user"), text("cloud_auth")) {
+            (Some(key), _, _) => Auth::ApiKey(Secret(encode_api_key(key))),
+            (None, Some(user), _) => Auth::Basic {
+                user: user.to_owned(),
+                password: Secret(value("password").to_owned()),
+            },
+            (None, None, Some(cloud_auth)) => match cloud_auth.split_once(':') {
+                Some((user, password)) => Auth::Basic {
+                    user: user.to_owned(),
+                    password: Secret(password.to_owned()),
+                },
+                None => return Err(bad_secret("cloud_auth")),
+            },
+            (None, None, None) => Auth::None,
+        };
+        let index =
+            IndexTemplate::parse(value("index")).map_err(|e| OptionError::Index(e.to_string()))?;
+        let duration = |name: &'static str, min: Duration, max: Duration| {
+            humantime::parse_duration(value(name).trim())
+                .ok()
+                .filter(|d| (min..=max).contains(d))
+                .ok_or_else(|| bad(name, value(name)))
+        };
+        let number = |name: &'static str, min: u64, max: u64| {
+            value(name)
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| bad(name, value(name)))
+        };
+        let proxy_url = match text("proxy_url") {
+            Some(p) => Some(
+                Url::parse(p)
+                    .ok()
+                    .filter(|u| ["http", "https", "socks5", "socks5h"].contains(&u.scheme()))
+                    .ok_or_else(|| bad("proxy_url", p))?,
+            ),
+            None => None,
+        };
+        let verification = match value("ssl.verification_mode").trim() {
+            "full" | "" => Verification::Full,
+            "none" => Verification::None,
+            other => return Err(bad("ssl.verification_mode", other)),
+        };
+        let bulk_max_bytes = parse_size(value("bulk_max_bytes"))
+            .filter(|n| (64 << 10..=90 << 20).contains(n))
+            .ok_or_else(|| bad("bulk_max_bytes", value("bulk_max_bytes")))?
+            as usize;
+        Ok(Some(Self {
+            hosts,
+            auth,
+            index,
+            pipeline: text("pipeline").map(str::to_owned),
+            agent_name: text("name").map(str::to_owned),
+            timeout: duration("timeout", Duration::from_secs(1), Duration::from_secs(3600))?,
+            backoff_init: duration(
+                "backoff_init",
+                Duration::from_millis(1),
+                Duration::from_secs(600),
+            )?,
+            backoff_max: duration(
+                "backoff_max",
+                Duration::from_millis(1),
+                Duration::from_secs(3600),
+            )?,
+            proxy_url,
+            ca_file: text("ssl.certificate_authorities").map(PathBuf::from),
+            verification,
+            bulk_max_bytes,
+            flush_interval: duration(
+                "flush_interval",
+                Duration::from_millis(10),
+                Duration::from_secs(60),
+            )?,
+            workers: number("workers", 1, 16)? as usize,
+            compression_level: number("compression_level", 0, 9)? as u32,
+        }))
+    }
+
+    /// A name for logs and metrics: the hosts, without credentials.
+    pub fn label(&self) -> String {
+        self.hosts
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}://{}:{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn bad_secret(name: &'static str) -> OptionError {
+    // Never echo a credential back: docker run output and the plugin log would show it.
+    bad(name, "<hidden>")
+}
+
+fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
+    let mut hosts = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let with_scheme = if item.contains("://") {
+            item.to_owned()
+        } else {
+            format!("http://{item}")
+        };
+        let mut url = Url::parse(&with_scheme)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+            .ok_or_else(|| bad("hosts", &strip_credentials(item)))?;
+        if url.port().is_none() && !item.contains("://") {
+            let _ = url.set_port(Some(9200));
+        } else if url.port().is_none() && url.scheme() == "http" {
+            // `http://es` means port 9200 to every Elasticsearch client, not 80.
+            let _ = url.set_port(Some(9200));
+        }
+        hosts.push(url);
+    }
+    if hosts.is_empty() {
+        return Err(bad("hosts", text));
+    }
+    Ok(hosts)
+}
+
+/// An item of `hosts` as it may be shown in an error: without a `user:password@` part.
+fn strip_credentials(item: &str) -> String {
+    match (item.find("://"), item.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &item[..s + 3], &item[at + 1..]),
+        (None, Some(at)) => item[at + 1..].to_owned(),
+        _ => item.to_owned(),
+    }
+}
+
+fn encode_api_key(key: &str) -> String {
+    // `id:key` is encoded here; anything without a colon is taken as already encoded.
+    if key.contains(':') {
+        base64::engine::general_purpose::STANDARD.encode(key)
+    } else {
+        key.to_owned()
+    }
+}
+
+/// `label:base64(host$es_id$kibana_id)` -> `https://es_id.host:port`.
+fn cloud_url(cloud_id: &str) -> Option<Url> {
+    let encoded = cloud_id.rsplit(':').next()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let mut parts = decoded.split('$');
+    let host_part = parts.next()?;
+    let es_part = parts.next()?;
+    let (host, host_port) = split_port(host_part);
+    let (es_id, es_port) = split_port(es_part);
+    if host.is_empty() || es_id.is_empty() {
+        return None;
+    }
+    let port = es_port.or(host_port).unwrap_or(443);
+    Url::parse(&format!("https://{es_id}.{host}:{port}")).ok()
+}
+
+fn split_port(text: &str) -> (&str, Option<u16>) {
+    match text.rsplit_once(':') {
+        Some((name, port)) => match port.parse() {
+            Ok(port) => (name, Some(port)),
+            Err(_) => (text, None),
+        },
+        None => (text, None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(pairs: &[(&'static str, &'static str)]) -> Result<Option<EsOptions>, OptionError> {
+        let map: HashMap<&str, &str> = pairs.iter().copied().collect();
+        let value = |name: &'static str| -> &str {
+            map.get(name).copied().unwrap_or_else(|| {
+                crate::options::OPTIONS
+                    .iter()
+                    .find(|o| o.name == name)
+                    .map(|o| o.default)
+                    .unwrap_or("")
+            })
+        };
+        EsOptions::parse(&value)
+    }
+
+    #[test]
+    fn no_hosts_means_local_copy_only() {
+        assert_eq!(parse(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn hosts_default_to_http_and_9200() {
+        let es = parse(&[("hosts", "es1, https://es2:9243,http://es3")])
+            .unwrap()
+            .unwrap();
+        let urls: Vec<String> = es.hosts.iter().map(|u| u.to_string()).collect();
+        assert_eq!(
+            urls,
+            ["http://es1:9200/", "https://es2:9243/", "http://es3:9200/"]
+        );
+        assert_eq!(es.workers, 2);
+        assert_eq!(es.bulk_max_bytes, 5 << 20);
+        assert_eq!(es.timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn api_key_is_encoded_once() {
+        let es = parse(&[("hosts", "es"), ("api_key", "id:secret")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(es.auth, Auth::ApiKey(Secret("aWQ6c2VjcmV0".into())));
+        let es = parse(&[("hosts", "es"), ("api_key", "aWQ6c2VjcmV0")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(es.auth, Auth::ApiKey(Secret("aWQ6c2VjcmV0".into())));
+    }
+
+    #[test]
+    fn cloud_id_becomes_the_es_url() {
+        // label:base64("us-east-1.aws.found.io$abc123$kib456")
+        let id = format!(
+            "my-deploy:{}",
+            base64::engine::general_purpose::STANDARD
+                .encode("us-east-1.aws.found.io$abc123$kib456")
+        );
+        assert_eq!(
+            cloud_url(&id).unwrap().as_str(),
+            "https://abc123.us-east-1.aws.found.io/"
+        );
+        let id = base64::engine::general_purpose::STANDARD.encode("host.io:9243$es1$kb");
+        assert_eq!(
+            cloud_url(&id).unwrap().as_str(),
+            "https://es1.host.io:9243/"
+        );
+        let id = base64::engine::general_purpose::STANDARD.encode("host.io$es1:9244$kb");
+        assert_eq!(
+            cloud_url(&id).unwrap().as_str(),
+            "https://es1.host.io:9244/"
+        );
+        assert!(cloud_url("garbage!").is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_option_and_never_show_secrets() {
+        let err = parse(&[("hosts", "ftp://x")]).unwrap_err().to_string();
+        assert!(err.contains("log-opt hosts"), "{err}");
+        let err = parse(&[("hosts", "https://elastic:hunter2@/")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse(&[("hosts", "es"), ("cloud_auth", "nocolon-hunter2")])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        for (name, v) in [
+            ("workers", "0"),
+            ("timeout", "forever"),
+            ("compression_level", "10"),
+            ("ssl.verification_mode", "certificate"),
+            ("bulk_max_bytes", "1g"),
+        ] {
+            let err = parse(&[("hosts", "es"), (name, v)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let es = parse(&[("hosts", "es"), ("user", "u"), ("password", "hunter2")])
+            .unwrap()
+            .unwrap();
+        assert!(!format!("{es:?}").contains("hunter2"));
+    }
+}

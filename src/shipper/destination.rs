@@ -1,0 +1,640 @@
+//! One destination: a set of Elasticsearch hosts with one set of options, shared by every
+//! container whose options are equal. One task follows each attached container's store from its
+//! checkpoint, turns entries into documents (rejoining split lines), and keeps up to `workers`
+//! bulk requests in flight. Answers are taken in the order the requests were made, so a
+//! checkpoint only ever moves past what Elasticsearch accepted (written, 409 duplicate, or
+//! dead-lettered); a request is retried until that is true for every document in it. Nothing
+//! here can slow a container: the store is the spool.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::bulk::{self, ItemVerdict, RequestVerdict};
+use super::checkpoint::Checkpoint;
+use super::client::Client;
+use super::config::EsOptions;
+use super::deadletter::DeadLetters;
+use super::document::{self, ContainerDoc};
+use super::index::ResolvedIndex;
+use crate::container_id::ContainerId;
+use crate::entry::LogEntry;
+use crate::metrics::DestinationMetrics;
+use crate::store::{ContainerStore, Cursor, Position};
+
+/// A split line is rejoined up to this size; longer, it continues in another document.
+pub const MAX_MESSAGE: usize = 1 << 20;
+/// A line whose last fragment never came (the process died mid-line) is shipped as it is after
+/// this long.
+pub const FRAGMENT_WAIT: Duration = Duration::from_secs(5);
+/// Bytes of records read from a store per step.
+const READ_STEP: usize = 256 << 10;
+
+/// A container to ship.
+pub struct SourceSpec {
+    pub id: ContainerId,
+    pub store: Arc<ContainerStore>,
+    pub doc: ContainerDoc,
+    pub index: ResolvedIndex,
+}
+
+pub enum Command {
+    Attach(SourceSpec),
+    /// The container has no logging run any more: ship what is left, then let it go.
+    Stopped(ContainerId),
+    /// It logs again.
+    Started(ContainerId),
+}
+
+/// Called with a container whose store is fully shipped after its logging stopped.
+pub type OnDrained = Arc<dyn Fn(&ContainerId) + Send + Sync>;
+
+struct Pending {
+    start: Position,
+    end: Position,
+    time_nano: i64,
+    stream: String,
+    message: Vec<u8>,
+    partial_id: String,
+    since: Instant,
+}
+
+struct Source {
+    id: ContainerId,
+    store: Arc<ContainerStore>,
+    doc: ContainerDoc,
+    index: ResolvedIndex,
+    cursor: Cursor,
+    /// Just after the last entry read.
+    read_to: Position,
+    pending: Option<Pending>,
+    checkpoint: Checkpoint,
+    acked: Position,
+    stopped: bool,
+    skipped_reported: u64,
+    wake_task: CancellationToken,
+}
+
+/// One document of a batch: its NDJSON bytes and the store position just after it.
+struct Item {
+    range: Range<usize>,
+    source: ContainerId,
+    end: Position,
+}
+
+#[derive(Default)]
+struct Batch {
+    ndjson: Vec<u8>,
+    items: Vec<Item>,
+    data_stream: bool,
+}
+
+/// What a finished request acknowledges: per container, the position just after its last
+/// document in the request.
+type Acks = Vec<(ContainerId, Position)>;
+
+struct Shared {
+    options: EsOptions,
+    label: String,
+    client: Client,
+    dead_letters: DeadLetters,
+    metrics: Arc<DestinationMetrics>,
+    shutdown: CancellationToken,
+}
+
+pub struct Destination {
+    shared: Arc<Shared>,
+    sources: HashMap<ContainerId, Source>,
+    order: Vec<ContainerId>,
+    next_source: usize,
+    checkpoints_dir: PathBuf,
+    wake: Arc<Notify>,
+    on_drained: OnDrained,
+}
+
+impl Destination {
+    pub fn new(
+        options: EsOptions,
+        client: Client,
+        dead_letters: DeadLetters,
+        metrics: Arc<DestinationMetrics>,
+        checkpoints_dir: PathBuf,
+        shutdown: CancellationToken,
+        on_drained: OnDrained,
+    ) -> Self {
+        let label = options.label();
+        Self {
+            shared: Arc::new(Shared {
+                options,
+                label,
+                client,
+                dead_letters,
+                metrics,
+                shutdown,
+            }),
+            sources: HashMap::new(),
+            order: Vec::new(),
+            next_source: 0,
+            checkpoints_dir,
+            wake: Arc::new(Notify::new()),
+            on_drained,
+        }
+    }
+
+    /// Ships until shutdown. On shutdown requests in flight are dropped unacknowledged: they are
+    /// sent again after the restart, and their ids make that harmless.
+    pub async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let workers = self.shared.options.workers;
+        let tick = self.shared.options.flush_interval.min(FRAGMENT_WAIT);
+        let mut in_flight = FuturesOrdered::new();
+        loop {
+            if in_flight.len() < workers {
+                let batch = self.fill();
+                if !batch.items.is_empty() {
+                    in_flight.push_back(deliver(Arc::clone(&self.shared), batch));
+                    continue;
+                }
+            }
+            if in_flight.is_empty() {
+                self.release_drained();
+            }
+            tokio::select! {
+                Some(acks) = in_flight.next(), if !in_flight.is_empty() => {
+                    if let Some(acks) = acks { self.acknowledge(acks) }
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                _ = self.wake.notified(), if in_flight.len() < workers => {}
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.shared.shutdown.cancelled() => break,
+            }
+        }
+        for source in self.sources.values_mut() {
+            source.wake_task.cancel();
+            let _ = source.checkpoint.flush();
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Attach(spec) => self.attach(spec),
+            Command::Stopped(id) => {
+                if let Some(source) = self.sources.get_mut(&id) {
+                    source.stopped = true;
+                }
+            }
+            Command::Started(id) => {
+                if let Some(source) = self.sources.get_mut(&id) {
+                    source.stopped = false;
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, spec: SourceSpec) {
+        if let Some(source) = self.sources.get_mut(&spec.id) {
+            source.stopped = false;
+            return;
+        }
+        let (checkpoint, saved) =
+            Checkpoint::load(&self.checkpoints_dir, &spec.id, &self.shared.label);
+        // A store new to this destination ships from its end at attach time... unless it is
+        // empty so far, the common case of a new container.
+        let from = saved.unwrap_or_else(|| {
+            let end = spec.store.end();
+            if end == spec.store.start() {
+                spec.store.start()
+            } else {
+                end
+            }
+        });
+        let cursor = spec.store.cursor(from);
+        let wake_task = CancellationToken::new();
+        let mut changes = spec.store.subscribe();
+        let wake = Arc::clone(&self.wake);
+        let cancel = wake_task.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = cancel.cancelled() => return,
+                }
+                wake.notify_one();
+            }
+        });
+        tracing::info!(container = spec.id.short(), destination = %self.shared.label, from = ?from, "shipping attached");
+        self.order.push(spec.id.clone());
+        self.sources.insert(
+            spec.id.clone(),
+            Source {
+                read_to: cursor.position(),
+                acked: cursor.position(),
+                id: spec.id,
+                store: spec.store,
+                doc: spec.doc,
+                index: spec.index,
+                cursor,
+                pending: None,
+                checkpoint,
+                stopped: false,
+                skipped_reported: 0,
+                wake_task,
+            },
+        );
+        self.wake.notify_one();
+    }
+
+    /// Reads from the sources, round-robin, into a batch of about bulk_max_bytes.
+    fn fill(&mut self) -> Batch {
+        let max = self.shared.options.bulk_max_bytes;
+        let mut batch = Batch::default();
+        let n = self.order.len();
+        for k in 0..n {
+            if batch.ndjson.len() >= max {
+                break;
+            }
+            let id = &self.order[(self.next_source + k) % n];
+            let Some(source) = self.sources.get_mut(id) else {
+                continue;
+            };
+            source.fill(&mut batch, max, &self.shared);
+        }
+        if n > 0 {
+            self.next_source = (self.next_source + 1) % n;
+        }
+        batch
+    }
+
+    fn acknowledge(&mut self, acks: Acks) {
+        for (id, end) in acks {
+            if let Some(source) = self.sources.get_mut(&id) {
+                source.acked = source.acked.max(end);
+                if let Err(error) = source.checkpoint.advance(source.acked, false) {
+                    tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; a restart would resend more");
+                }
+            }
+        }
+    }
+
+    /// Lets go of stopped containers whose every line is acknowledged.
+    fn release_drained(&mut self) {
+        let done: Vec<ContainerId> = self
+            .sources
+            .values()
+            .filter(|s| {
+                s.stopped
+                    && s.pending.is_none()
+                    && s.acked == s.read_to
+                    && s.read_to >= s.store.end()
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        for id in done {
+            if let Some(mut source) = self.sources.remove(&id) {
+                source.wake_task.cancel();
+                let _ = source.checkpoint.advance(source.acked, true);
+                tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
+                self.order.retain(|o| o != &id);
+                (self.on_drained)(&id);
+            }
+        }
+    }
+}
+
+impl Source {
+    fn fill(&mut self, batch: &mut Batch, max: usize, shared: &Shared) {
+        while batch.ndjson.len() < max {
+            let read = tokio::task::block_in_place(|| self.cursor.read(READ_STEP.min(max)));
+            let entries = match read {
+                Ok(entries) => entries,
+                Err(error) => {
+                    tracing::error!(%error, container = self.id.short(), "cannot read the local copy for shipping; skipping to what follows");
+                    self.skip_unreadable();
+                    break;
+                }
+            };
+            self.report_skipped(shared);
+            if entries.is_empty() {
+                break;
+            }
+            for (entry, after) in entries {
+                self.take(entry, after, batch);
+            }
+        }
+        let overdue = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| self.stopped || p.since.elapsed() >= FRAGMENT_WAIT);
+        if overdue && self.read_to >= self.store.end() {
+            if let Some(pending) = self.pending.take() {
+                self.emit(batch, pending);
+            }
+        }
+    }
+
+    /// Rejoins fragments of one line into one document; emits complete documents.
+    fn take(&mut self, entry: LogEntry, after: Position, batch: &mut Batch) {
+        let start = std::mem::replace(&mut self.read_to, after);
+        if !entry.partial {
+            if let Some(pending) = self.pending.take() {
+                self.emit(batch, pending);
+            }
+            let single = Pending {
+                start,
+                end: after,
+                time_nano: entry.time_nano,
+                stream: entry.source,
+                message: entry.line.to_vec(),
+                partial_id: String::new(),
+                since: Instant::now(),
+            };
+            self.emit(batch, single);
+            return;
+        }
+        let meta = entry.partial_log_metadata.unwrap_or_default();
+        let continues = self.pending.as_ref().is_some_and(|p| {
+            p.partial_id == meta.id && p.message.len() + entry.line.len() <= MAX_MESSAGE
+        });
+        if !continues {
+            if let Some(pending) = self.pending.take() {
+                self.emit(batch, pending);
+            }
+            self.pending = Some(Pending {
+                start,
+                end: after,
+                time_nano: entry.time_nano,
+                stream: entry.source,
+                message: Vec::with_capacity(entry.line.len() * 2),
+                partial_id: meta.id,
+                since: Instant::now(),
+            });
+        }
+        if let Some(pending) = self.pending.as_mut() {
+            pending.message.extend_from_slice(&entry.line);
+            pending.end = after;
+            pending.since = Instant::now();
+        }
+        if meta.last {
+            if let Some(pending) = self.pending.take() {
+                self.emit(batch, pending);
+            }
+        }
+    }
+
+    fn emit(&mut self, batch: &mut Batch, line: Pending) {
+        let begin = batch.ndjson.len();
+        let id = document::document_id(self.id.as_str(), line.start.segment, line.start.offset);
+        let index = self.index.name_for(line.time_nano);
+        document::append_create(
+            &mut batch.ndjson,
+            &index,
+            &id,
+            &self.doc,
+            line.time_nano,
+            &line.stream,
+            &line.message,
+        );
+        batch.data_stream = batch.data_stream || self.index.data_stream().is_some();
+        batch.items.push(Item {
+            range: begin..batch.ndjson.len(),
+            source: self.id.clone(),
+            end: line.end,
+        });
+    }
+
+    /// After a read error: move past the unreadable segment so one bad file cannot stop shipping.
+    fn skip_unreadable(&mut self) {
+        let next = Position {
+            segment: self.cursor.position().segment + 1,
+            offset: 0,
+        };
+        if next <= self.store.end() {
+            self.cursor = self.store.cursor(next);
+            self.read_to = self.cursor.position();
+        }
+    }
+
+    fn report_skipped(&mut self, shared: &Shared) {
+        let skipped = self.cursor.skipped_bytes();
+        if skipped > self.skipped_reported {
+            let lost = skipped - self.skipped_reported;
+            self.skipped_reported = skipped;
+            shared.metrics.add_dropped_bytes(lost);
+            tracing::error!(container = self.id.short(), lost_bytes = lost, "unshipped log data was removed by retention before it could be shipped (raise SPOOL_MAX_SIZE or max-file)");
+        }
+    }
+}
+
+/// Sends a batch until every document in it is written, a duplicate, or dead-lettered. `None`
+/// when shutdown came first.
+async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
+    let options = &shared.options;
+    // Chunks still to deliver, last one first; a 413 splits a chunk into two.
+    let mut chunks: Vec<Vec<usize>> = vec![(0..batch.items.len()).collect()];
+    let mut backoff = Backoff::new(options.backoff_init, options.backoff_max);
+    while let Some(mut todo) = chunks.pop() {
+        while !todo.is_empty() {
+            if shared.shutdown.is_cancelled() {
+                return None;
+            }
+            let mut ndjson =
+                Vec::with_capacity(todo.iter().map(|&i| batch.items[i].range.len()).sum());
+            for &i in &todo {
+                ndjson.extend_from_slice(&batch.ndjson[batch.items[i].range.clone()]);
+            }
+            let body = match bulk::encode_body(&ndjson, options.compression_level) {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::error!(%error, "cannot compress a bulk body; sending it plain next time");
+                    return None;
+                }
+            };
+            shared.metrics.add_request(body.len() as u64);
+            let answer = match shared.client.bulk(body, batch.data_stream).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    shared.metrics.add_retry(todo.len() as u64);
+                    backoff
+                        .warn_and_wait(
+                            &shared,
+                            &format!("bulk request failed: {error}"),
+                            tracing::Level::WARN,
+                        )
+                        .await?;
+                    continue;
+                }
+            };
+            match bulk::classify(answer.status, &answer.body, todo.len()) {
+                RequestVerdict::Items(verdicts) => {
+                    let mut again = Vec::new();
+                    let mut progress = false;
+                    for (&i, verdict) in todo.iter().zip(verdicts) {
+                        match verdict {
+                            ItemVerdict::Written => {
+                                shared.metrics.add_acked(1);
+                                progress = true;
+                            }
+                            ItemVerdict::Duplicate => {
+                                shared.metrics.add_duplicate(1);
+                                progress = true;
+                            }
+                            ItemVerdict::Retry { .. } => again.push(i),
+                            ItemVerdict::Reject { status, reason } => {
+                                let item = &batch.items[i];
+                                shared.dead_letters.record(
+                                    &batch.ndjson[item.range.clone()],
+                                    status,
+                                    &reason,
+                                );
+                                shared.metrics.add_dead_lettered(1);
+                                tracing::warn!(container = item.source.short(), status, %reason, node = %answer.node, "document refused for good by Elasticsearch; written to the dead-letter file");
+                                progress = true;
+                            }
+                        }
+                    }
+                    if progress {
+                        backoff.reset();
+                    }
+                    if !again.is_empty() {
+                        shared.metrics.add_retry(again.len() as u64);
+                        backoff.wait(&shared).await?;
+                    }
+                    todo = again;
+                }
+                RequestVerdict::TooLarge if todo.len() > 1 => {
+                    let second = todo.split_off(todo.len() / 2);
+                    tracing::info!(documents = todo.len() + second.len(), node = %answer.node, "bulk request too large for the server (413); splitting");
+                    chunks.push(second);
+                }
+                RequestVerdict::TooLarge => {
+                    let item = &batch.items[todo[0]];
+                    shared.dead_letters.record(
+                        &batch.ndjson[item.range.clone()],
+                        413,
+                        "document alone is larger than the server accepts",
+                    );
+                    shared.metrics.add_dead_lettered(1);
+                    tracing::warn!(container = item.source.short(), "one document alone is too large for the server (413); written to the dead-letter file");
+                    todo.clear();
+                }
+                RequestVerdict::RetryAll { reason } => {
+                    shared.metrics.add_retry(todo.len() as u64);
+                    backoff
+                        .warn_and_wait(
+                            &shared,
+                            &format!("{} answered: {reason}", answer.node),
+                            tracing::Level::WARN,
+                        )
+                        .await?;
+                }
+                RequestVerdict::Unauthorized { status, reason } => {
+                    shared.metrics.add_retry(todo.len() as u64);
+                    let message = format!("{} refused our credentials (HTTP {status}: {reason}); check user/password or api_key (ES_USER, ES_PASSWORD, ES_API_KEY). Logs are kept locally and shipping resumes once they are accepted", answer.node);
+                    backoff.slow_wait(&shared, &message).await?;
+                }
+                RequestVerdict::Refused { status, reason } => {
+                    shared.metrics.add_retry(todo.len() as u64);
+                    let message = format!("{} refused the bulk request (HTTP {status}: {reason}); check the index and pipeline options. Logs are kept locally and retried", answer.node);
+                    backoff.slow_wait(&shared, &message).await?;
+                }
+            }
+        }
+    }
+    let mut acks: Acks = Vec::new();
+    for item in &batch.items {
+        match acks.iter_mut().find(|(id, _)| id == &item.source) {
+            Some((_, end)) => *end = (*end).max(item.end),
+            None => acks.push((item.source.clone(), item.end)),
+        }
+    }
+    Some(acks)
+}
+
+/// Capped exponential backoff with full jitter, reset after progress; every wait is raced
+/// against shutdown (`None` then).
+struct Backoff {
+    init: Duration,
+    max: Duration,
+    next: Duration,
+    last_warning: Option<Instant>,
+}
+
+impl Backoff {
+    fn new(init: Duration, max: Duration) -> Self {
+        Self {
+            init,
+            max,
+            next: init,
+            last_warning: None,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = self.init;
+    }
+
+    fn step(&mut self) -> Duration {
+        let ceiling = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // Full jitter between half and all of the ceiling: spreads retries of many
+        // destinations without ever retrying at once in a tight loop.
+        let jitter = jitter_fraction();
+        ceiling.mul_f64(0.5 + 0.5 * jitter)
+    }
+
+    async fn wait(&mut self, shared: &Shared) -> Option<()> {
+        let pause = self.step();
+        sleep_or_shutdown(pause, &shared.shutdown).await
+    }
+
+    async fn warn_and_wait(
+        &mut self,
+        shared: &Shared,
+        message: &str,
+        _level: tracing::Level,
+    ) -> Option<()> {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::warn!(destination = %shared.label, "{message}; retrying with backoff (logs are kept locally)");
+            self.last_warning = Some(Instant::now());
+        }
+        self.wait(shared).await
+    }
+
+    async fn slow_wait(&mut self, shared: &Shared, message: &str) -> Option<()> {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::error!(destination = %shared.label, "{message}");
+            self.last_warning = Some(Instant::now());
+        }
+        self.next = self.max;
+        self.wait(shared).await
+    }
+}
+
+async fn sleep_or_shutdown(pause: Duration, shutdown: &CancellationToken) -> Option<()> {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => Some(()),
+        _ = shutdown.cancelled() => None,
+    }
+}
+
+/// A number in [0, 1) that differs between calls; jitter needs no cryptographic randomness.
+fn jitter_fraction() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}

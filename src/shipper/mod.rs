@@ -1,0 +1,202 @@
+//! Shipping the local copies to Elasticsearch.
+//!
+//! - [`config`]: the Elasticsearch log-opts as one typed, hashable value (a destination key).
+//! - [`index`]: the `index` option: placeholders, data stream names, validation.
+//! - [`document`]: one log line as an ECS document in a bulk body; deterministic ids.
+//! - [`bulk`]: bulk bodies and the meaning of every answer (a pure classification).
+//! - [`client`]: the nodes of a destination: failover, resting failed nodes, flavor.
+//! - [`checkpoint`]: how far each container's store is shipped, across restarts.
+//! - [`deadletter`]: documents refused for good.
+//! - [`destination`]: the task that follows stores and keeps bulk requests in flight.
+//!
+//! [`Shippers`] holds one destination per distinct set of options; containers with equal
+//! options share it.
+
+pub mod bulk;
+pub mod checkpoint;
+pub mod client;
+pub mod config;
+pub mod deadletter;
+pub mod destination;
+pub mod document;
+pub mod index;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::api::types::Info;
+use crate::container_id::ContainerId;
+use crate::metrics::Metrics;
+use crate::store::ContainerStore;
+use config::EsOptions;
+use destination::{Command, Destination, OnDrained, SourceSpec};
+use document::{Agent, ContainerDoc};
+use index::ResolvedIndex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("{0}")]
+    Index(#[from] index::IndexError),
+    #[error("{0}")]
+    Client(#[from] client::ClientError),
+}
+
+pub struct Shippers {
+    state_dir: PathBuf,
+    host_name: String,
+    agent_id: String,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    on_drained: OnDrained,
+    destinations: Mutex<HashMap<EsOptions, mpsc::UnboundedSender<Command>>>,
+}
+
+impl Shippers {
+    pub fn new(
+        state_dir: PathBuf,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+        on_drained: OnDrained,
+    ) -> Self {
+        let agent_id = agent_id(&state_dir);
+        Self {
+            state_dir,
+            host_name: host_name(),
+            agent_id,
+            metrics,
+            shutdown,
+            tracker,
+            on_drained,
+            destinations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn agent(&self, options: &EsOptions) -> Agent {
+        Agent {
+            name: options
+                .agent_name
+                .clone()
+                .unwrap_or_else(|| self.host_name.clone()),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            id: self.agent_id.clone(),
+        }
+    }
+
+    /// Checks what StartLogging must refuse (an index that does not resolve for this
+    /// container, an unreadable CA file) without starting anything.
+    pub fn validate(&self, options: &EsOptions, info: &Info) -> Result<(), ShipError> {
+        options.index.resolve(info, env!("CARGO_PKG_VERSION"))?;
+        if !self.lock().contains_key(options) {
+            client::Client::new(options)?;
+        }
+        Ok(())
+    }
+
+    /// Starts (or resumes) shipping a container's store.
+    pub fn attach(
+        &self,
+        options: &EsOptions,
+        info: &Info,
+        id: &ContainerId,
+        store: Arc<ContainerStore>,
+    ) -> Result<(), ShipError> {
+        let agent = self.agent(options);
+        let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
+        let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
+        let sender = self.destination(options)?;
+        let _ = sender.send(Command::Attach(SourceSpec {
+            id: id.clone(),
+            store,
+            doc,
+            index,
+        }));
+        Ok(())
+    }
+
+    /// The container's logging stopped: ship what is left, then release it.
+    pub fn stopped(&self, options: &EsOptions, id: &ContainerId) {
+        if let Some(sender) = self.lock().get(options) {
+            let _ = sender.send(Command::Stopped(id.clone()));
+        }
+    }
+
+    fn destination(
+        &self,
+        options: &EsOptions,
+    ) -> Result<mpsc::UnboundedSender<Command>, ShipError> {
+        let mut map = self.lock();
+        if let Some(sender) = map.get(options) {
+            return Ok(sender.clone());
+        }
+        let label = options.label();
+        let client = client::Client::new(options)?;
+        let destination = Destination::new(
+            options.clone(),
+            client,
+            deadletter::DeadLetters::new(self.state_dir.join("dead-letter"), &label),
+            self.metrics.destination(&label),
+            self.state_dir.join("checkpoints"),
+            self.shutdown.clone(),
+            Arc::clone(&self.on_drained),
+        );
+        let _ = std::fs::create_dir_all(self.state_dir.join("checkpoints"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let span = tracing::info_span!("ship", destination = %label);
+        self.tracker.spawn(destination.run(rx).instrument(span));
+        tracing::info!(destination = %label, "shipping destination started");
+        map.insert(options.clone(), tx.clone());
+        Ok(tx)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<EsOptions, mpsc::UnboundedSender<Command>>> {
+        self.destinations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The Docker host's name for `host.name`: the plugin runs in the host's network namespace,
+/// whose UTS name is the host's.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".into()
+    }
+}
+
+/// A stable id for this plugin installation (`agent.id`), kept in the state dir.
+fn agent_id(state_dir: &std::path::Path) -> String {
+    let path = state_dir.join("agent-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return id.to_owned();
+        }
+    }
+    let mut bytes = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if read.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = nanos.to_le_bytes();
+    }
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = crate::runs::write_atomically(&path, id.as_bytes());
+    id
+}

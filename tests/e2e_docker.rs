@@ -1,0 +1,682 @@
+//! End-to-end tests against a real Docker Engine: a private dockerd, the plugin installed from a
+//! loopback registry, busybox containers logging through it (see `support/docker.rs`).
+//!
+//! One engine serves every scenario: starting it and installing the plugin costs far more than
+//! any scenario. Scenarios run in sequence, each under `catch_unwind`, and every failure is
+//! reported at the end with the tail of the engine's log. `E2E_ONLY=name,name` runs a subset.
+//!
+//! The test is `#[ignore]`d so a plain `cargo test` stays quick and needs no root; `make test`,
+//! `make e2e` and `.ci/run` run it explicitly, and there it fails (never skips) when the machine
+//! lacks Docker.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use support::docker::{signal, Docker, DRIVER, IMAGE};
+use support::wait_for;
+
+type Scenario = fn(&Docker);
+
+const SCENARIOS: &[(&str, Scenario)] = &[
+    (
+        "stdout_stderr_of_stopped_container",
+        stdout_stderr_of_stopped_container,
+    ),
+    ("tail", tail),
+    ("since_until", since_until),
+    ("follow", follow),
+    (
+        "restarted_container_keeps_both_runs",
+        restarted_container_keeps_both_runs,
+    ),
+    (
+        "hundred_thousand_lines_in_order",
+        hundred_thousand_lines_in_order,
+    ),
+    (
+        "logs_are_served_by_the_plugin",
+        logs_are_served_by_the_plugin,
+    ),
+    ("bad_log_opts_fail_docker_run", bad_log_opts_fail_docker_run),
+    ("rotation_keeps_tail_correct", rotation_keeps_tail_correct),
+    (
+        "plugin_killed_mid_stream_loses_nothing",
+        plugin_killed_mid_stream_loses_nothing,
+    ),
+    (
+        "plugin_stops_promptly_on_disable",
+        plugin_stops_promptly_on_disable,
+    ),
+];
+
+#[test]
+#[ignore = "starts a private Docker Engine (root, docker.io, busybox-static, docker-registry): run `make e2e`"]
+fn e2e_docker_engine() {
+    let only: Option<Vec<String>> = std::env::var("E2E_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    if let Some(only) = &only {
+        for name in only {
+            assert!(
+                SCENARIOS.iter().any(|(n, _)| n == name),
+                "E2E_ONLY names unknown scenario {name:?}"
+            );
+        }
+    }
+
+    let started = Instant::now();
+    let docker = Docker::start();
+    eprintln!("e2e: engine and plugin ready in {:.1?}", started.elapsed());
+
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for (name, scenario) in SCENARIOS {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
+            continue;
+        }
+        ran += 1;
+        let t = Instant::now();
+        eprintln!("e2e: {name} ...");
+        match catch_unwind(AssertUnwindSafe(|| scenario(&docker))) {
+            Ok(()) => eprintln!("e2e: {name} ok ({:.1?})", t.elapsed()),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(non-string panic)".to_string());
+                eprintln!("e2e: {name} FAILED ({:.1?})", t.elapsed());
+                failures.push(format!("{name}: {message}"));
+            }
+        }
+    }
+    eprintln!("e2e: {ran} scenarios in {:.1?}", started.elapsed());
+    if !failures.is_empty() {
+        docker.keep_files();
+        docker.fail(&format!(
+            "{} of {ran} end-to-end scenarios failed:\n\n{}",
+            failures.len(),
+            failures.join("\n\n")
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// stdout and stderr come back on their own streams, from a container that has exited
+/// (the engine's throwaway-logger path: StartLogging, ReadLogs, StopLogging).
+fn stdout_stderr_of_stopped_container(docker: &Docker) {
+    let name = "e2e-streams";
+    docker.run_logged(
+        name,
+        &[],
+        "echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2; echo out-3",
+    );
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    let logs = docker.logs(name, &[]);
+    assert_eq!(
+        logs.stdout, "out-1\nout-2\nout-3\n",
+        "stdout of docker logs"
+    );
+    assert_eq!(logs.stderr, "err-1\nerr-2\n", "stderr of docker logs");
+    // Asked again, the answer is the same: reading must not consume or rotate the copy.
+    let again = docker.logs(name, &[]);
+    assert_eq!(
+        (again.stdout, again.stderr),
+        (logs.stdout, logs.stderr),
+        "a second docker logs"
+    );
+    docker.docker_ok(&["rm", name]);
+}
+
+fn tail(docker: &Docker) {
+    let name = "e2e-tail";
+    docker.run_logged(name, &[], "seq 1 1000");
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    assert_eq!(
+        docker.logs(name, &["--tail", "5"]).stdout,
+        numbers(996..=1000)
+    );
+    assert_eq!(docker.logs(name, &["--tail", "1"]).stdout, "1000\n");
+    assert_eq!(docker.logs(name, &["--tail", "0"]).stdout, "", "--tail 0");
+    let all = numbers(1..=1000);
+    assert_eq!(
+        docker.logs(name, &["--tail", "1000"]).stdout,
+        all,
+        "--tail 1000"
+    );
+    assert_eq!(
+        docker.logs(name, &["--tail", "5000"]).stdout,
+        all,
+        "--tail 5000"
+    );
+    assert_eq!(
+        docker.logs(name, &["--tail", "all"]).stdout,
+        all,
+        "--tail all"
+    );
+    docker.docker_ok(&["rm", name]);
+}
+
+/// --since/--until at instants between lines printed 300 ms apart, taken from the plugin's
+/// own timestamps (`docker logs --timestamps`).
+fn since_until(docker: &Docker) {
+    let name = "e2e-since";
+    docker.run_logged(
+        name,
+        &[],
+        "for i in 1 2 3 4 5 6; do echo s$i; sleep 0.3; done",
+    );
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    let stamped = docker.logs(name, &["--timestamps"]).stdout;
+    let times: Vec<(i128, &str)> = stamped
+        .lines()
+        .map(|l| {
+            let (ts, text) = l
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("no timestamp in {l:?}"));
+            (parse_rfc3339_nanos(ts), text)
+        })
+        .collect();
+    let texts: Vec<&str> = times.iter().map(|(_, t)| *t).collect();
+    assert_eq!(texts, ["s1", "s2", "s3", "s4", "s5", "s6"], "--timestamps");
+    assert!(
+        times.windows(2).all(|w| w[0].0 < w[1].0),
+        "timestamps not increasing: {stamped}"
+    );
+    let between = |a: usize, b: usize| unix_arg((times[a].0 + times[b].0) / 2);
+
+    let since = between(1, 2); // between s2 and s3
+    assert_eq!(
+        docker.logs(name, &["--since", &since]).stdout,
+        "s3\ns4\ns5\ns6\n",
+        "--since {since}"
+    );
+    let until = between(3, 4); // between s4 and s5
+    assert_eq!(
+        docker.logs(name, &["--until", &until]).stdout,
+        "s1\ns2\ns3\ns4\n",
+        "--until {until}"
+    );
+    assert_eq!(
+        docker
+            .logs(name, &["--since", &since, "--until", &until])
+            .stdout,
+        "s3\ns4\n",
+        "--since {since} --until {until}"
+    );
+    assert_eq!(
+        docker
+            .logs(name, &["--since", &since, "--tail", "2"])
+            .stdout,
+        "s5\ns6\n",
+        "--since with --tail 2"
+    );
+    let after_all = unix_arg(times[5].0 + 1_000_000_000);
+    assert_eq!(
+        docker.logs(name, &["--since", &after_all]).stdout,
+        "",
+        "--since after the last line"
+    );
+    assert_eq!(
+        docker.logs(name, &["--since", "1h"]).stdout,
+        "s1\ns2\ns3\ns4\ns5\ns6\n",
+        "--since 1h"
+    );
+    docker.docker_ok(&["rm", name]);
+}
+
+/// `docker logs -f` streams lines while the container runs, and ends by itself when the
+/// container's logging stops.
+fn follow(docker: &Docker) {
+    let name = "e2e-follow";
+    docker.run_logged(
+        name,
+        &[],
+        "i=0; while [ $i -lt 40 ]; do i=$((i+1)); echo f$i; sleep 0.1; done",
+    );
+    wait_for(secs(30), "f1 in docker logs", || {
+        docker
+            .logs(name, &[])
+            .stdout
+            .starts_with("f1\n")
+            .then_some(())
+    });
+    let mut child = docker
+        .command(&["logs", "-f", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn docker logs -f");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got: Vec<(Instant, String)> = Vec::new();
+    let deadline = Instant::now() + secs(60);
+    while got.last().map(|(_, l)| l.as_str()) != Some("f40") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(item) => got.push(item),
+            Err(_) => break,
+        }
+    }
+    let exited_by_itself = wait_child(&mut child, secs(20));
+    let _ = reader.join();
+    let lines: Vec<&str> = got.iter().map(|(_, l)| l.as_str()).collect();
+    let expected: Vec<String> = (1..=40).map(|i| format!("f{i}")).collect();
+    assert_eq!(lines, expected, "lines seen by docker logs -f");
+    let spread = got.last().unwrap().0 - got.first().unwrap().0;
+    assert!(
+        spread >= Duration::from_secs(1),
+        "docker logs -f delivered all 40 lines within {spread:?}: it did not stream them as \
+         the container printed them (4 s)"
+    );
+    assert!(
+        exited_by_itself,
+        "docker logs -f still running 20 s after the container's last line"
+    );
+    docker.docker_ok(&["rm", "-f", name]);
+}
+
+/// A container started again appends to the same copy: both runs' lines, in order.
+fn restarted_container_keeps_both_runs(docker: &Docker) {
+    let name = "e2e-restart";
+    let script = "n=$(cat /count 2>/dev/null || echo 0); n=$((n+1)); echo $n >/count; \
+                  echo run-$n; echo err-run-$n >&2";
+    docker.run_logged(name, &[], script);
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    assert_eq!(docker.logs(name, &[]).stdout, "run-1\n");
+    docker.docker_ok(&["start", name]);
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    let logs = docker.logs(name, &[]);
+    assert_eq!(logs.stdout, "run-1\nrun-2\n", "stdout after docker start");
+    assert_eq!(
+        logs.stderr, "err-run-1\nerr-run-2\n",
+        "stderr after docker start"
+    );
+    docker.docker_ok(&["rm", name]);
+}
+
+fn hundred_thousand_lines_in_order(docker: &Docker) {
+    let name = "e2e-100k";
+    let t = Instant::now();
+    docker.run_logged(name, &[], "seq 1 100000");
+    assert_eq!(docker.wait_exit(name, secs(180)), 0);
+    let ran = t.elapsed();
+    let t = Instant::now();
+    let logs = docker.logs(name, &[]);
+    eprintln!(
+        "e2e:   100k lines: container ran {ran:.1?}, docker logs read them in {:.1?}",
+        t.elapsed()
+    );
+    assert_numbers(&logs.stdout, 1, 100_000, "docker logs of seq 1 100000");
+    assert_eq!(logs.stderr, "");
+    assert_eq!(
+        docker.logs(name, &["--tail", "3"]).stdout,
+        numbers(99_998..=100_000)
+    );
+    docker.docker_ok(&["rm", name]);
+}
+
+/// With the engine's cache disabled, only the plugin can answer `docker logs`; and the plugin
+/// says in its own log (which the engine tags with the plugin id) that it served ReadLogs.
+fn logs_are_served_by_the_plugin(docker: &Docker) {
+    let name = "e2e-served";
+    let marker = format!(
+        "marker-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let id = docker.run_logged(name, &["cache-disabled=true"], &format!("echo {marker}"));
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    assert_eq!(docker.logs(name, &[]).stdout, format!("{marker}\n"));
+    let short = &id[..12];
+    let plugin_tag = format!("plugin={}", docker.plugin_id());
+    let line = wait_for(secs(15), "the plugin's ReadLogs log line", || {
+        docker
+            .dockerd_log()
+            .lines()
+            .find(|l| l.contains("ReadLogs") && l.contains(short) && l.contains(&plugin_tag))
+            .map(str::to_string)
+    });
+    eprintln!("e2e:   plugin said: {line}");
+    docker.docker_ok(&["rm", name]);
+}
+
+/// A bad value or a misspelled option of ours makes `docker run` fail with a message naming
+/// it; good options and the engine's own keys are accepted.
+fn bad_log_opts_fail_docker_run(docker: &Docker) {
+    let run = |name: &str, opts: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--name",
+            name,
+            "--network",
+            "none",
+            "--log-driver",
+            DRIVER,
+        ];
+        for opt in opts {
+            args.extend(["--log-opt", opt]);
+        }
+        args.extend([IMAGE, "echo", "accepted"]);
+        let out = docker.docker(&args);
+        let _ = docker.docker(&["rm", "-f", name]);
+        out
+    };
+    let good = run(
+        "e2e-opts-good",
+        &[
+            "max-size=1m",
+            "max-file=2",
+            "compress=false",
+            "mode=blocking",
+        ],
+    );
+    assert!(
+        good.success() && good.stdout == "accepted\n",
+        "valid log-opts refused: {} {}",
+        good.stdout,
+        good.stderr
+    );
+    let bad: [(&[&str], &str); 4] = [
+        (&["max-size=12q"], "max-size"),
+        (&["max-sise=1m"], "max-sise"),
+        (&["max-file=zero"], "max-file"),
+        // Like the engine's drivers: nothing to compress when there is one file.
+        (&["max-file=1", "compress=true"], "compress"),
+    ];
+    for (opts, must_name) in bad {
+        let opt = opts.join(" --log-opt ");
+        let out = run("e2e-opts-bad", opts);
+        assert!(
+            !out.success(),
+            "docker run --log-opt {opt} succeeded; stdout {:?}",
+            out.stdout
+        );
+        // The plugin's messages say "log-opt"; the engine's own message for a bad max-size
+        // ("invalid value for max-size", from its cache for drivers that cannot read) would
+        // mean the plugin never judged the option.
+        assert!(
+            out.stderr.contains("log-opt") && out.stderr.contains(must_name),
+            "docker run --log-opt {opt} failed without the plugin's message naming {must_name}: {}",
+            out.stderr.trim()
+        );
+        assert!(
+            !out.stdout.contains("accepted"),
+            "the container ran despite --log-opt {opt}"
+        );
+    }
+}
+
+/// Small max-size/max-file: old lines rotate away, what is kept is the newest contiguous run,
+/// --tail is right across rotated (compressed) segments, and compression happened.
+fn rotation_keeps_tail_correct(docker: &Docker) {
+    let name = "e2e-rotate";
+    let id = docker.run_logged(name, &["max-size=10k", "max-file=3"], "seq 1 20000");
+    assert_eq!(docker.wait_exit(name, secs(120)), 0);
+    let all = docker.logs(name, &[]).stdout;
+    let kept: Vec<&str> = all.lines().collect();
+    // One record of "12345" is about 33 bytes, so a 10k segment holds about 300 lines.
+    assert!(
+        kept.len() >= 250 && kept.len() < 20_000,
+        "expected rotation to keep between 250 and 19999 of 20000 lines, kept {}",
+        kept.len()
+    );
+    let first: u64 = kept[0].parse().expect("a number");
+    assert_numbers(&all, first, 20_000, "the lines kept after rotation");
+    assert_eq!(
+        docker.logs(name, &["--tail", "10"]).stdout,
+        numbers(19_991..=20_000)
+    );
+    let n = kept.len();
+    assert_eq!(
+        docker.logs(name, &["--tail", &n.to_string()]).stdout,
+        all,
+        "--tail {n} (everything kept)"
+    );
+    let half = n / 2;
+    assert_eq!(
+        docker.logs(name, &["--tail", &half.to_string()]).stdout,
+        numbers(20_001 - half as u64..=20_000),
+        "--tail {half}"
+    );
+    // compress defaults to true: some rotated segment of this container becomes gzip.
+    wait_for(secs(20), "a gzip-compressed rotated segment", || {
+        gzip_files_mentioning(docker.state_dir(), &id).then_some(())
+    });
+    docker.docker_ok(&["rm", name]);
+}
+
+/// kill -9 the plugin while a container prints: the engine restarts the plugin, the restarted
+/// plugin reopens the FIFO (else the 1+ MB burst that follows blocks the container), and
+/// `docker logs` has every line in order.
+fn plugin_killed_mid_stream_loses_nothing(docker: &Docker) {
+    let name = "e2e-crash";
+    let script = "i=0; while [ $i -lt 60 ]; do i=$((i+1)); echo tick-$i; sleep 0.1; done; \
+                  seq 1 200000; echo done";
+    docker.run_logged(name, &[], script);
+    wait_for(secs(30), "tick-5 in docker logs", || {
+        docker
+            .logs(name, &[])
+            .stdout
+            .contains("tick-5\n")
+            .then_some(())
+    });
+    let old = docker
+        .plugin_pid()
+        .unwrap_or_else(|| docker.fail("cannot find the plugin process (es-logging-plugin serve)"));
+    let killed_at = Instant::now();
+    signal(old, "KILL");
+    let new = wait_for(secs(30), "the engine to restart the killed plugin", || {
+        docker.plugin_pid().filter(|pid| *pid != old)
+    });
+    eprintln!(
+        "e2e:   plugin pid {old} killed; the engine restarted it as pid {new} within {:.1?}",
+        killed_at.elapsed()
+    );
+    let status = docker.wait_exit(name, secs(120));
+    assert_eq!(status, 0, "container exit code");
+    let logs = docker.logs(name, &[]).stdout;
+    let mut expected: String = (1..=60).map(|i| format!("tick-{i}\n")).collect();
+    expected.push_str(&numbers(1..=200_000));
+    expected.push_str("done\n");
+    if logs != expected {
+        panic!(
+            "docker logs after the plugin was killed: {}",
+            first_difference(&logs, &expected)
+        );
+    }
+    let enabled = docker.docker_ok(&["plugin", "inspect", "-f", "{{.Enabled}}", DRIVER]);
+    assert_eq!(enabled, "true", "plugin still enabled after its crash");
+    docker.docker_ok(&["rm", name]);
+}
+
+/// The plugin is PID 1 in its namespace: without a SIGTERM handler the engine waits 10 s and
+/// SIGKILLs it on every disable, upgrade and engine shutdown.
+fn plugin_stops_promptly_on_disable(docker: &Docker) {
+    let leftover = docker.docker_ok(&["ps", "-aq"]);
+    if !leftover.is_empty() {
+        let mut args = vec!["rm", "-f"];
+        args.extend(leftover.split_whitespace());
+        docker.docker_ok(&args);
+    }
+    let t = Instant::now();
+    docker.docker_ok(&["plugin", "disable", DRIVER]);
+    let took = t.elapsed();
+    docker.docker_ok(&["plugin", "enable", DRIVER]);
+    assert!(
+        took < secs(8),
+        "docker plugin disable took {took:.1?}: the plugin does not exit on SIGTERM \
+         (the engine SIGKILLs it after 10 s)"
+    );
+    let out = docker.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--log-driver",
+        DRIVER,
+        IMAGE,
+        "echo",
+        "again",
+    ]);
+    assert!(
+        out.success() && out.stdout == "again\n",
+        "plugin unusable after disable/enable: {} {}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// "a\nb\n..." for every number in `range`.
+fn numbers(range: std::ops::RangeInclusive<u64>) -> String {
+    let mut s = String::new();
+    for n in range {
+        s.push_str(&n.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+/// `text` must be exactly the lines `first..=last`; the failure names the first difference.
+fn assert_numbers(text: &str, first: u64, last: u64, what: &str) {
+    let expected = numbers(first..=last);
+    if text != expected {
+        panic!("{what}: {}", first_difference(text, &expected));
+    }
+}
+
+fn first_difference(actual: &str, expected: &str) -> String {
+    let a: Vec<&str> = actual.lines().collect();
+    let e: Vec<&str> = expected.lines().collect();
+    let at = a
+        .iter()
+        .zip(&e)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(e.len()));
+    format!(
+        "{} lines, expected {}; first difference at line {}: got {:?}, expected {:?}{}",
+        a.len(),
+        e.len(),
+        at + 1,
+        a.get(at),
+        e.get(at),
+        if actual.ends_with('\n') || actual.is_empty() {
+            ""
+        } else {
+            " (no final newline)"
+        }
+    )
+}
+
+/// Waits for `child` to exit by itself for up to `timeout`; kills it otherwise.
+fn wait_child(child: &mut std::process::Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// True if some file under `dir` whose path mentions `container_id` starts with the gzip magic.
+fn gzip_files_mentioning(dir: &std::path::Path, container_id: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let path = entry.path();
+        if path.is_dir() {
+            return gzip_files_mentioning(&path, container_id);
+        }
+        path.to_string_lossy().contains(container_id)
+            && std::fs::read(&path).is_ok_and(|b| b.starts_with(&[0x1f, 0x8b]))
+    })
+}
+
+/// `docker logs --since/--until` take Unix seconds with a fraction.
+fn unix_arg(nanos: i128) -> String {
+    format!(
+        "{}.{:09}",
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000)
+    )
+}
+
+/// Unix nanoseconds of an RFC 3339 UTC time as `docker logs --timestamps` prints it
+/// (`2024-05-01T12:34:56.123456789Z`, fraction of any length).
+fn parse_rfc3339_nanos(ts: &str) -> i128 {
+    fn bad(ts: &str) -> ! {
+        panic!("not an RFC 3339 UTC timestamp: {ts:?}")
+    }
+    let number = |p: &str| -> i64 { p.parse().unwrap_or_else(|_| bad(ts)) };
+    let body = ts.strip_suffix('Z').unwrap_or_else(|| bad(ts));
+    let (date, time) = body.split_once('T').unwrap_or_else(|| bad(ts));
+    let d: Vec<i64> = date.split('-').map(number).collect();
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let t: Vec<i64> = hms.split(':').map(number).collect();
+    if d.len() != 3 || t.len() != 3 || frac.len() > 9 {
+        bad(ts);
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        number(&format!("{frac:0<9}"))
+    };
+    let days = days_from_civil(d[0], d[1], d[2]);
+    let seconds = days * 86_400 + t[0] * 3_600 + t[1] * 60 + t[2];
+    seconds as i128 * 1_000_000_000 + nanos as i128
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[test]
+fn rfc3339_parsing_matches_known_instants() {
+    assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), 0);
+    assert_eq!(
+        parse_rfc3339_nanos("2024-02-29T12:00:01.5Z"),
+        1_709_208_001_500_000_000
+    );
+    assert_eq!(
+        parse_rfc3339_nanos("2026-11-22T04:25:25.150115638Z"),
+        1_795_321_525_150_115_638
+    );
+    assert_eq!(unix_arg(1_709_208_001_500_000_000), "1709208001.500000000");
+}
