@@ -177,12 +177,14 @@ mod tests {
             .insert(RunRecord {
                 file: "/f1".into(),
                 info: info.clone(),
+                stopped: false,
             })
             .unwrap();
         table
             .insert(RunRecord {
                 file: "/f2".into(),
                 info: info.clone(),
+                stopped: false,
             })
             .unwrap();
         table.remove("/f1").unwrap();

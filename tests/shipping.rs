@@ -54,6 +54,21 @@ async fn wait_for_docs(server: &EsServer, want: usize, limit: Duration) {
     }
 }
 
+/// Like wait_for_docs, but on a timeout prints what the plugin logged, for diagnosis.
+async fn wait_for_docs_or_show(server: &EsServer, want: usize, limit: Duration, plugin: &PluginProcess) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while server.doc_count() < want {
+        if tokio::time::Instant::now() >= deadline {
+            let out = plugin.output();
+            let tail: Vec<&str> = out.lines().filter(|l| !l.contains("DEBUG")).rev().take(30).collect();
+            eprintln!("only {} of {want} documents; plugin log tail:\n{}", server.doc_count(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// The messages indexed for one container, in timestamp order, and checks every id is unique.
 fn messages_of(server: &EsServer, id: &str) -> Vec<String> {
     let docs = server.docs();
@@ -113,7 +128,8 @@ async fn ships_100k_lines_of_four_containers_exactly_once_with_ecs_fields() {
         &[(1, 25_000), (2, 25_000), (3, 25_000), (4, 25_000)],
     )
     .await;
-    wait_for_docs(&server, 100_000, Duration::from_secs(60)).await;
+    let waited = wait_for_docs_or_show(&server, 100_000, Duration::from_secs(60), &plugin).await;
+    assert!(waited);
     for (id, messages, _) in &ran {
         assert_eq!(&messages_of(&server, id), messages, "container {id}");
     }
@@ -131,7 +147,7 @@ async fn ships_100k_lines_of_four_containers_exactly_once_with_ecs_fields() {
     assert_eq!(s["data_stream"]["type"], "logs");
     assert_eq!(s["data_stream"]["dataset"], "docker");
     assert_eq!(s["data_stream"]["namespace"], "default");
-    assert_eq!(s["@timestamp"], "2026-09-21T13:46:40.000000001Z");
+    assert_eq!(s["@timestamp"], "2026-09-21T14:13:20.000000001Z");
     assert!(
         s["host"]["name"].is_string()
             && s["agent"]["version"].is_string()

@@ -42,6 +42,10 @@ pub struct SourceSpec {
     pub store: Arc<ContainerStore>,
     pub doc: ContainerDoc,
     pub index: ResolvedIndex,
+    /// Where to start without a checkpoint of this destination: the store's end when the
+    /// container's logging started (taken before its FIFO is read, so nothing of this run is
+    /// skipped).
+    pub from: Position,
 }
 
 pub enum Command {

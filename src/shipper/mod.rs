@@ -112,8 +112,10 @@ impl Shippers {
         let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
         let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
         let sender = self.destination(options)?;
+        let from = store.end();
         let _ = sender.send(Command::Attach(SourceSpec {
             id: id.clone(),
+            from,
             store,
             doc,
             index,
