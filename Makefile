@@ -71,7 +71,10 @@ push: rootfs ## Push the plugin to a registry: make push PLUGIN=registry/name:ta
 	$(DOCKER) plugin push '$(PLUGIN)'
 
 test: build ## Run every test: unit, integration and the real-Docker end-to-end tests (root; see .ci/run)
-	$(CARGO) test --locked
+	$(CARGO) test --locked --lib --bins
+	@# Integration tests run real plugin processes at full rate: one at a time, so two cores
+	@# are not shared by a dozen plugins (they test behaviour, never timing).
+	$(CARGO) test --locked --tests -- --test-threads=1
 	$(MAKE) e2e
 
 e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)

@@ -17,6 +17,9 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
+/// A per-destination counter: name, help text, and how to read it.
+type Counter = (&'static str, &'static str, fn(&DestinationMetrics) -> u64);
+
 #[derive(Default)]
 pub struct DestinationMetrics {
     acked: AtomicU64,
@@ -116,7 +119,7 @@ impl Metrics {
             ));
         }
         let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        let per: [(&str, &str, fn(&DestinationMetrics) -> u64); 7] = [
+        let per: [Counter; 7] = [
             (
                 "eslp_documents_acked_total",
                 "Documents Elasticsearch wrote",

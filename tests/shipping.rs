@@ -55,13 +55,27 @@ async fn wait_for_docs(server: &EsServer, want: usize, limit: Duration) {
 }
 
 /// Like wait_for_docs, but on a timeout prints what the plugin logged, for diagnosis.
-async fn wait_for_docs_or_show(server: &EsServer, want: usize, limit: Duration, plugin: &PluginProcess) -> bool {
+async fn wait_for_docs_or_show(
+    server: &EsServer,
+    want: usize,
+    limit: Duration,
+    plugin: &PluginProcess,
+) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     while server.doc_count() < want {
         if tokio::time::Instant::now() >= deadline {
             let out = plugin.output();
-            let tail: Vec<&str> = out.lines().filter(|l| !l.contains("DEBUG")).rev().take(30).collect();
-            eprintln!("only {} of {want} documents; plugin log tail:\n{}", server.doc_count(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let tail: Vec<&str> = out
+                .lines()
+                .filter(|l| !l.contains("DEBUG"))
+                .rev()
+                .take(30)
+                .collect();
+            eprintln!(
+                "only {} of {want} documents; plugin log tail:\n{}",
+                server.doc_count(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -128,7 +142,7 @@ async fn ships_100k_lines_of_four_containers_exactly_once_with_ecs_fields() {
         &[(1, 25_000), (2, 25_000), (3, 25_000), (4, 25_000)],
     )
     .await;
-    let waited = wait_for_docs_or_show(&server, 100_000, Duration::from_secs(60), &plugin).await;
+    let waited = wait_for_docs_or_show(&server, 100_000, Duration::from_secs(180), &plugin).await;
     assert!(waited);
     for (id, messages, _) in &ran {
         assert_eq!(&messages_of(&server, id), messages, "container {id}");
@@ -184,7 +198,7 @@ async fn survives(faults: Faults, extra: &[(&str, &str)]) -> (EsServer, PluginPr
     let mut config = vec![("bulk_max_bytes", "256k")];
     config.extend_from_slice(extra);
     let ran = run_containers(&plugin, &config, &[(5, 5_000), (6, 5_000)]).await;
-    wait_for_docs(&server, 10_000, Duration::from_secs(60)).await;
+    assert!(wait_for_docs_or_show(&server, 10_000, Duration::from_secs(180), &plugin).await);
     for (id, messages, _) in &ran {
         assert_eq!(&messages_of(&server, id), messages);
     }
@@ -315,7 +329,7 @@ async fn slow_answers_past_the_timeout_are_retried_without_duplicates() {
     let ran = run_containers(&plugin, &[("timeout", "1s")], &[(7, 2_000)]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.set_faults(Faults::default());
-    wait_for_docs(&server, 2_000, Duration::from_secs(60)).await;
+    wait_for_docs(&server, 2_000, Duration::from_secs(180)).await;
     assert_eq!(messages_of(&server, &ran[0].0), ran[0].1);
     assert!(server.stats().delayed_requests > 0);
     // The slow request was stored by the server, then sent again: those are 409s, not documents.
@@ -387,7 +401,7 @@ async fn elasticsearch_down_then_back_loses_nothing_and_docker_logs_keeps_workin
         ran[0].1.len() + ran[0].1.iter().filter(|m| m.len() == 40_000).count() * 2
     );
     server.set_faults(Faults::default());
-    wait_for_docs(&server, 20_000, Duration::from_secs(60)).await;
+    wait_for_docs(&server, 20_000, Duration::from_secs(180)).await;
     assert_eq!(messages_of(&server, &ran[0].0), ran[0].1);
 }
 
