@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use es_logging_plugin::{api, plugin::Plugin, retention, settings::Settings};
+use es_logging_plugin::{api, metrics, plugin::Plugin, retention, settings::Settings};
 
 /// Docker logging plugin: a durable local copy for `docker logs`, shipped to Elasticsearch.
 #[derive(Parser)]
@@ -85,6 +85,12 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
     plugin
         .tracker()
         .spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
+    if let Some(addr) = plugin.settings().metrics_addr {
+        let metrics = Arc::clone(plugin.metrics());
+        plugin
+            .tracker()
+            .spawn(metrics::serve(addr, metrics, shutdown.clone()));
+    }
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining FIFOs and ending streams");

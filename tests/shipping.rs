@@ -495,3 +495,44 @@ async fn bad_shipping_options_fail_start_logging_with_the_option_named() {
         assert!(err.contains(want), "{config:?}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_counts_acknowledged_documents_without_container_labels() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let plugin =
+        PluginProcess::start_with_env(&[("ES_HOSTS", &server.url()), ("METRICS_ADDR", &addr)]);
+    let ran = run_containers(&plugin, &[], &[(14, 500)]).await;
+    wait_for_docs(&server, 500, Duration::from_secs(60)).await;
+    let acked = format!(
+        "eslp_documents_acked_total{{destination=\"http://127.0.0.1:{}\"}} 500",
+        server.port()
+    );
+    let fetch = move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    // The server stores documents before the plugin has read its answer: poll.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = fetch();
+        if text.contains(&acked) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains(&acked), "{text}");
+    assert!(text.contains("eslp_lines_read_total 500"), "{text}");
+    assert!(!text.contains(&ran[0].0), "a container id became a label");
+}
