@@ -209,9 +209,13 @@ async fn kill_9_mid_stream_loses_nothing_and_stores_nothing_twice() {
         })
         .collect();
     let to_write = written.clone();
+    // Paced over about 1.5 s, so the kills below land while the container is still writing.
     let writer = std::thread::spawn(move || {
         let mut fifo = fifo;
-        fifo.write_entries(&to_write);
+        for chunk in to_write.chunks(to_write.len() / 30 + 1) {
+            fifo.write_entries(chunk);
+            std::thread::sleep(Duration::from_millis(50));
+        }
         fifo
     });
     // Kill the plugin several times while the writer is busy; each restart must reopen the FIFO.
