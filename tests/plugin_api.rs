@@ -149,7 +149,6 @@ async fn read_logs_applies_tail_since_until_and_follows_until_stop() {
     let later: Vec<LogEntry> = (100..110)
         .map(|i| line("stderr", base + i * sec, format!("later {i}").as_bytes()))
         .collect();
-    fifo.write_entries(&later);
     let path = fifo.path.clone();
     let mut received = Vec::new();
     let want: Vec<LogEntry> = shown[98..]
@@ -158,10 +157,24 @@ async fn read_logs_applies_tail_since_until_and_follows_until_stop() {
         .chain(as_shown(&later))
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut written = false;
     while decode_frames(&received).len() < want.len() {
-        let frame = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .expect("follow delivered in time");
+        // The 200 comes before the plugin reads the tail: write the later entries only once the
+        // tail arrived, or a busy machine makes them the tail (regression: CI flake).
+        if !written && decode_frames(&received).len() >= 2 {
+            fifo.write_entries(&later);
+            written = true;
+        }
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(frame) => frame,
+            Err(_) => panic!(
+                "follow delivered {} of {} entries in time; the store holds {}; plugin log:\n{}",
+                decode_frames(&received).len(),
+                want.len(),
+                api.read_logs(&id, "", "", -1).await.len(),
+                plugin.output()
+            ),
+        };
         received.extend_from_slice(
             &frame
                 .expect("stream open")

@@ -7,8 +7,9 @@
 //! [`MIN_INTERVAL`] while shipping and always when a container is done: after a crash the
 //! shipper replays at most that much, and deterministic ids turn the replay into 409s.
 //!
-//! A checkpoint of another destination (the container's options changed) does not apply: the
-//! new destination starts at the store's end at the time it is attached.
+//! A container new to a destination (no checkpoint, or one of another destination because the
+//! options changed) starts at the store's end at StartLogging: the checkpoint is written then,
+//! before the FIFO is read, so every line of that run is shipped and none written before it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

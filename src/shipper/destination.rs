@@ -42,10 +42,6 @@ pub struct SourceSpec {
     pub store: Arc<ContainerStore>,
     pub doc: ContainerDoc,
     pub index: ResolvedIndex,
-    /// Where to start without a checkpoint of this destination: the store's end when the
-    /// container's logging started (taken before its FIFO is read, so nothing of this run is
-    /// skipped).
-    pub from: Position,
 }
 
 pub enum Command {
@@ -210,16 +206,9 @@ impl Destination {
         }
         let (checkpoint, saved) =
             Checkpoint::load(&self.checkpoints_dir, &spec.id, &self.shared.label);
-        // A store new to this destination ships from its end at attach time... unless it is
-        // empty so far, the common case of a new container.
-        let from = saved.unwrap_or_else(|| {
-            let end = spec.store.end();
-            if end == spec.store.start() {
-                spec.store.start()
-            } else {
-                end
-            }
-        });
+        // Shippers::attach writes a checkpoint at StartLogging, before the FIFO is read; without
+        // one (that write failed) the store's end now is the best start left.
+        let from = saved.unwrap_or_else(|| spec.store.end());
         let cursor = spec.store.cursor(from);
         let wake_task = CancellationToken::new();
         let mut changes = spec.store.subscribe();

@@ -34,6 +34,7 @@ use crate::api::types::Info;
 use crate::container_id::ContainerId;
 use crate::metrics::Metrics;
 use crate::store::ContainerStore;
+use checkpoint::Checkpoint;
 use config::EsOptions;
 use destination::{Command, Destination, OnDrained, SourceSpec};
 use document::{Agent, ContainerDoc};
@@ -112,15 +113,28 @@ impl Shippers {
         let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
         let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
         let sender = self.destination(options)?;
-        let from = store.end();
+        self.mark_start(options, id, &store);
         let _ = sender.send(Command::Attach(SourceSpec {
             id: id.clone(),
-            from,
             store,
             doc,
             index,
         }));
         Ok(())
+    }
+
+    /// A store new to this destination ships what is written from now on: the checkpoint is
+    /// written here, synchronously, before the FIFO is read, so no line of this run is skipped
+    /// however late the destination task gets to it, and a crash before the first
+    /// acknowledgement keeps the start.
+    fn mark_start(&self, options: &EsOptions, id: &ContainerId, store: &ContainerStore) {
+        let dir = self.state_dir.join("checkpoints");
+        let (mut checkpoint, saved) = Checkpoint::load(&dir, id, &options.label());
+        if saved.is_none() {
+            if let Err(error) = checkpoint.advance(store.end(), true) {
+                tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; shipping starts where the store ends when the shipper attaches");
+            }
+        }
     }
 
     /// The container's logging stopped: ship what is left, then release it.
