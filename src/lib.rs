@@ -29,6 +29,7 @@
 pub mod api;
 pub mod container_id;
 pub mod entry;
+pub mod events;
 pub mod fifo;
 pub mod frame;
 pub mod metrics;

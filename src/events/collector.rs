@@ -1,0 +1,374 @@
+//! The reconnect loop: keeps one `/events` stream open for as long as the plugin runs and hands
+//! every event, once and in order, to a sink.
+//!
+//! The rules (docs/docker-events.md, "Replay, loss and duplicates"):
+//!
+//! - **Resume with `since`.** Every connection after the first asks for `since=` the newest
+//!   `timeNano` delivered so far (the first uses the caller's `start_since`, the time of the last
+//!   event shipped by an earlier run), so the engine replays what it still buffers.
+//! - **Drop the replay of what was delivered.** `since` is inclusive: the events at exactly that
+//!   nanosecond come again. The ids ([`Event::id`](super::Event::id)) of the last
+//!   [`RECENT_IDS`] delivered events are remembered and a repeat is dropped, so within one
+//!   process the sink never sees an event twice. (Across processes the ids make Elasticsearch
+//!   answer 409 to the second `create`.)
+//! - **Report gaps.** On a connection opened with `since=T`, the engine replays inclusively, so
+//!   the first event to arrive is the one at `T` if the engine still buffers it. When the first
+//!   event is strictly newer than `T`, the engine's buffer (its last 256 events, emptied by an
+//!   engine restart) no longer reaches back to `T`, and events between `T` and that first event
+//!   may be lost: the sink gets [`CollectorItem::Gap`] before that event, it is logged at ERROR
+//!   and counted. (We cannot know that events were really lost, only that the engine can no
+//!   longer prove they were not; a restarted engine with nothing new to say reports its gap when
+//!   its first event arrives.) `start_since` is trusted to be the time of an event that matched
+//!   the same filters; with other filters that event may not come again and a gap is reported.
+//! - **Never give up.** Any failure (engine down, restart, refusal, broken stream) is retried
+//!   with capped exponential backoff with jitter ([`Backoff`]), reset after each successful
+//!   connect, the version renegotiated each time (an upgraded engine may speak another).
+//! - **Never block the engine.** The engine drops events for a subscriber that does not read
+//!   within 100 ms, so the stream is read promptly and the sink is an unbounded channel: the
+//!   caller queues on its side.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{format_since, EngineClient, EngineError, EventLine};
+use super::filters::Filters;
+
+/// How many delivered ids are remembered for dropping replays. A replay holds only events at or
+/// after the newest one delivered, so a handful would do; the engine's own buffer (256) times
+/// four also covers events the engine published slightly out of time order.
+pub const RECENT_IDS: usize = 1024;
+
+/// The first retry's delay.
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between retries: an engine restart takes seconds, and the events buffered
+/// meanwhile are only 256, so waiting longer risks losing what a retry would still catch.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the sink receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectorItem {
+    Event(EventLine),
+    /// Events after `after_nano` and before `before_nano` may be missing.
+    Gap(Gap),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The newest event delivered before the gap (or the `start_since` given).
+    pub after_nano: i64,
+    /// The first event after the gap, which follows the Gap item in the sink.
+    pub before_nano: i64,
+}
+
+/// Why [`Collector::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Shutdown,
+    /// The sink's receiver was dropped: nobody wants events any more.
+    SinkClosed,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct CollectorStats {
+    /// Events handed to the sink.
+    pub events: AtomicU64,
+    /// Replayed events dropped because they were delivered already.
+    pub duplicates: AtomicU64,
+    /// Gaps reported.
+    pub gaps: AtomicU64,
+    /// Connections opened (the first included).
+    pub connects: AtomicU64,
+    /// Failed attempts and broken or ended streams.
+    pub disconnects: AtomicU64,
+    /// Lines that were not events.
+    pub skipped_lines: AtomicU64,
+}
+
+/// Capped exponential backoff with "equal jitter": each delay is half the current step plus a
+/// random part of the other half, so many plugins restarted with one engine do not retry in
+/// lockstep, and no delay is shorter than half a step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    step: Duration,
+    random: RandomState,
+    draws: u64,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff {
+            min,
+            max: max.max(min),
+            step: min,
+            random: RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    /// The delay before the next retry; the one after is twice as long, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        self.draws += 1;
+        // std's hasher is seeded at random per process: enough randomness for jitter without a
+        // crate for it.
+        let random = self.random.hash_one(self.draws);
+        let half = self.step / 2;
+        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let jitter = Duration::from_nanos(random % spread.saturating_add(1));
+        self.step = (self.step * 2).min(self.max);
+        half + jitter
+    }
+
+    pub fn reset(&mut self) {
+        self.step = self.min;
+    }
+}
+
+/// The ids of the last [`RECENT_IDS`] events delivered, oldest first out.
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.order.len() == RECENT_IDS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+        self.set.insert(id.clone());
+        self.order.push_back(id);
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    Stopped(Stopped),
+    /// `None`: the engine closed the stream.
+    Lost(Option<EngineError>),
+}
+
+/// The events collector: see the module docs.
+#[derive(Debug)]
+pub struct Collector {
+    client: EngineClient,
+    filters: Filters,
+    min_backoff: Duration,
+    max_backoff: Duration,
+    stats: Arc<CollectorStats>,
+}
+
+/// What survives reconnects within one run.
+struct Progress {
+    /// The newest `timeNano` delivered (or the start), the next `since`.
+    newest: Option<i64>,
+    recent: RecentIds,
+}
+
+impl Collector {
+    pub fn new(client: EngineClient, filters: Filters) -> Collector {
+        Collector {
+            client,
+            filters,
+            min_backoff: MIN_BACKOFF,
+            max_backoff: MAX_BACKOFF,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Other retry delays than [`MIN_BACKOFF`]..[`MAX_BACKOFF`].
+    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Collector {
+        self.min_backoff = min;
+        self.max_backoff = max;
+        self
+    }
+
+    pub fn stats(&self) -> Arc<CollectorStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Streams events into `sink` until `shutdown` or until the sink is closed, resuming from
+    /// `start_since` (unix ns, inclusive) when given, else from now.
+    pub async fn run(
+        &self,
+        start_since: Option<i64>,
+        sink: UnboundedSender<CollectorItem>,
+        shutdown: CancellationToken,
+    ) -> Stopped {
+        let mut backoff = Backoff::new(self.min_backoff, self.max_backoff);
+        let mut progress = Progress {
+            newest: start_since,
+            recent: RecentIds::default(),
+        };
+        let mut failures: u64 = 0;
+        loop {
+            let error = match self
+                .connection(&mut progress, &sink, &shutdown, &mut backoff, &mut failures)
+                .await
+            {
+                Ended::Stopped(stopped) => return stopped,
+                Ended::Lost(error) => error,
+            };
+            self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+            failures += 1;
+            let socket = self.client.socket().display();
+            match &error {
+                // A refusal is our request or the engine's setup, not a restart: an operator
+                // should look, though we keep retrying in case the engine is being fixed.
+                Some(error @ EngineError::Status { .. }) => {
+                    tracing::error!(socket = %socket, %error, "engine refused the events stream; retrying");
+                }
+                // Only the first failure in a row is worth a warning; an engine that is down
+                // for minutes would otherwise fill the log.
+                Some(error) if failures == 1 => {
+                    tracing::warn!(socket = %socket, %error, "events stream lost; reconnecting");
+                }
+                Some(error) => {
+                    tracing::debug!(socket = %socket, %error, failures, "events retry failed")
+                }
+                None => {
+                    tracing::warn!(socket = %socket, "engine closed the events stream; reconnecting")
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Stopped::Shutdown,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    /// One connection: negotiate, open the stream, deliver until it ends.
+    async fn connection(
+        &self,
+        progress: &mut Progress,
+        sink: &UnboundedSender<CollectorItem>,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+        failures: &mut u64,
+    ) -> Ended {
+        let since = progress.newest;
+        let opened = async {
+            let api = self.client.negotiate().await?;
+            let stream = self.client.events(api, since, &self.filters).await?;
+            Ok::<_, EngineError>((api, stream))
+        };
+        let (api, mut stream) = tokio::select! {
+            _ = shutdown.cancelled() => return Ended::Stopped(Stopped::Shutdown),
+            opened = opened => match opened {
+                Ok(opened) => opened,
+                Err(error) => return Ended::Lost(Some(error)),
+            },
+        };
+        backoff.reset();
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        let since_text = since.map(format_since).unwrap_or_default();
+        if *failures > 0 {
+            tracing::info!(%api, since = %since_text, after_failures = *failures, "events stream reconnected");
+        } else {
+            tracing::debug!(%api, since = %since_text, "events stream open");
+        }
+        *failures = 0;
+
+        // Set until the first event of this connection shows whether the replay reached back.
+        let mut replay_from = since;
+        let mut skipped = 0;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return Ended::Stopped(Stopped::Shutdown),
+                next = stream.next() => next,
+            };
+            let newly_skipped = stream.skipped() - skipped;
+            skipped = stream.skipped();
+            self.stats
+                .skipped_lines
+                .fetch_add(newly_skipped, Ordering::Relaxed);
+            let line = match next {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ended::Lost(None),
+                Err(error) => return Ended::Lost(Some(error)),
+            };
+            let time_nano = line.event.time_nano;
+            if let Some(after_nano) = replay_from.take().filter(|&from| time_nano > from) {
+                let gap = Gap {
+                    after_nano,
+                    before_nano: time_nano,
+                };
+                self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    after = %format_since(after_nano),
+                    before = %format_since(time_nano),
+                    "Docker events may be missing: the engine no longer buffers the time we were disconnected"
+                );
+                if sink.send(CollectorItem::Gap(gap)).is_err() {
+                    return Ended::Stopped(Stopped::SinkClosed);
+                }
+            }
+            let id = line.event.id();
+            if progress.recent.contains(&id) {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            progress.recent.insert(id);
+            progress.newest = Some(progress.newest.map_or(time_nano, |n| n.max(time_nano)));
+            if sink.send(CollectorItem::Event(line)).is_err() {
+                return Ended::Stopped(Stopped::SinkClosed);
+            }
+            self.stats.events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(10);
+        let mut backoff = Backoff::new(min, max);
+        let mut step = min;
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} for step {step:?}"
+            );
+            step = (step * 2).min(max);
+        }
+        assert_eq!(step, max);
+        backoff.reset();
+        let delay = backoff.next_delay();
+        assert!(delay >= min / 2 && delay <= min, "{delay:?}");
+        // Jitter: not every delay of a long run at the cap is the same.
+        let delays: HashSet<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
+        assert!(delays.len() > 1);
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut recent = RecentIds::default();
+        for n in 0..RECENT_IDS + 5 {
+            recent.insert(n.to_string());
+        }
+        assert!(!recent.contains("0"));
+        assert!(!recent.contains("4"));
+        assert!(recent.contains("5"));
+        assert!(recent.contains(&(RECENT_IDS + 4).to_string()));
+        assert_eq!(recent.set.len(), RECENT_IDS);
+    }
+}
