@@ -238,8 +238,8 @@ pub fn events_path(api: ApiVersion, since: Option<i64>, filters: &Filters) -> St
     path
 }
 
-/// `seconds.nanoseconds` with nine digits: the engine reads the fraction as nanoseconds only
-/// when all nine are there (`1.5` would be 1 s + 5 ns).
+/// `seconds.nanoseconds` with nine digits. The engine scales a shorter fraction through a
+/// float64 (`1.5` is 1.5 s); with all nine digits the scale is 1 and the time exact.
 pub fn format_since(time_nano: i64) -> String {
     const NANOS: i64 = 1_000_000_000;
     format!(
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(ApiVersion::negotiate(Some("1.24")), v(1, 24));
         assert_eq!(ApiVersion::negotiate(None), FALLBACK_API);
         assert_eq!(ApiVersion::negotiate(Some("latest")), FALLBACK_API);
-        assert_eq!(v(1, 9) < v(1, 10), true);
+        assert!(v(1, 9) < v(1, 10));
         assert_eq!(
             "x.1".parse::<ApiVersion>().unwrap_err().to_string(),
             "engine API version \"x.1\" is not <major>.<minor>"
