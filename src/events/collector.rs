@@ -227,21 +227,21 @@ impl Collector {
             failures += 1;
             let socket = self.client.socket().display();
             match &error {
+                // Only the first failure in a row is worth more than DEBUG: an engine that is
+                // down for minutes would otherwise fill the log every 10 s.
+                Some(error) if failures > 1 => {
+                    tracing::debug!(socket = %socket, %error, failures, "events retry failed");
+                }
                 // A refusal is our request or the engine's setup, not a restart: an operator
                 // should look, though we keep retrying in case the engine is being fixed.
                 Some(error @ EngineError::Status { .. }) => {
                     tracing::error!(socket = %socket, %error, "engine refused the events stream; retrying");
                 }
-                // Only the first failure in a row is worth a warning; an engine that is down
-                // for minutes would otherwise fill the log.
-                Some(error) if failures == 1 => {
+                Some(error) => {
                     tracing::warn!(socket = %socket, %error, "events stream lost; reconnecting");
                 }
-                Some(error) => {
-                    tracing::debug!(socket = %socket, %error, failures, "events retry failed")
-                }
                 None => {
-                    tracing::warn!(socket = %socket, "engine closed the events stream; reconnecting")
+                    tracing::warn!(socket = %socket, "engine closed the events stream; reconnecting");
                 }
             }
             tokio::select! {

@@ -21,7 +21,7 @@
 //! - `container.*` only for container events; `container.labels` are the attributes other than
 //!   the engine's own extras ([`ENGINE_EXTRAS`]). `container.image.name` is the image exactly as
 //!   the engine names it in the event (tag included).
-//! - Label keys are dedotted as for logs ([`dedot`]); so are the keys of
+//! - Label keys are dedotted as for logs (see `dedot`); so are the keys of
 //!   `docker.event.actor.attributes`, for the same reason: `a.b` and `a.b.c` would make `a.b`
 //!   both a leaf and an object in the mapping and Elasticsearch would refuse the document.
 //! - `data_stream.*` and `event.dataset` only when the target is a data stream.

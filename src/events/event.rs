@@ -286,4 +286,14 @@ mod tests {
         other.scope = "swarm".into();
         assert_eq!(other.id(), event.id());
     }
+
+    proptest::proptest! {
+        /// Whatever the engine (or something pretending to be it) sends, parsing answers.
+        #[test]
+        fn any_bytes_parse_or_fail_without_panic(line in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok(event) = Event::parse(&line) {
+                proptest::prop_assert_eq!(event.id().len(), 32);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //!
 //! - a line is the bytes before a `\n`, without it and without a `\r` before it;
 //! - empty lines are skipped (the engine sends none, a proxy might);
-//! - a line longer than the cap is not kept: its bytes are dropped as they come, and when its
+//! - a line longer than the cap (not counting a `\r` before its `\n`) is not kept: its bytes are dropped as they come, and when its
 //!   `\n` finally arrives it is reported as [`Line::Overlong`] with its length, so one runaway
 //!   line costs at most the cap in memory and the stream goes on with the next line;
 //! - bytes after the last `\n` when the stream ends are an event cut by the disconnect: see
@@ -23,7 +23,8 @@ pub const MAX_LINE_BYTES: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     Complete(Bytes),
-    /// A line longer than the cap, dropped; `bytes` is its length without the newline.
+    /// A line longer than the cap, dropped; `bytes` is its length before the `\n` (a `\r`
+    /// included).
     Overlong {
         bytes: usize,
     },
@@ -66,7 +67,9 @@ impl LineSplitter {
         loop {
             let Some(at) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') else {
                 self.scanned = self.buffer.len();
-                if self.buffer.len() > self.cap {
+                // One byte over the cap may be the `\r` before a newline still to come: a
+                // line of exactly the cap must not depend on where a chunk ended.
+                if self.buffer.len() > self.cap + 1 {
                     *self.discarded.get_or_insert(0) += self.buffer.len();
                     self.buffer.clear();
                     self.scanned = 0;
@@ -77,16 +80,13 @@ impl LineSplitter {
             let mut line = self.buffer.split_to(end + 1).freeze();
             self.scanned = 0;
             line.truncate(end);
+            let dropped = self.discarded.take();
+            let bytes = dropped.unwrap_or(0) + line.len();
             if line.ends_with(b"\r") {
                 line.truncate(line.len() - 1);
             }
-            if let Some(dropped) = self.discarded.take() {
-                return Some(Line::Overlong {
-                    bytes: dropped + line.len(),
-                });
-            }
-            if line.len() > self.cap {
-                return Some(Line::Overlong { bytes: line.len() });
+            if dropped.is_some() || line.len() > self.cap {
+                return Some(Line::Overlong { bytes });
             }
             if !line.is_empty() {
                 return Some(Line::Complete(line));
@@ -103,6 +103,7 @@ impl LineSplitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn drain(splitter: &mut LineSplitter, out: &mut Vec<Line>) {
         while let Some(line) = splitter.next_line() {
@@ -185,5 +186,33 @@ mod tests {
             assert!(splitter.buffer.len() <= 11);
         }
         assert_eq!(out, expected);
+    }
+
+    proptest! {
+        /// Any stream cut anywhere gives the lines a whole-buffer split gives, and never more
+        /// than the cap plus one chunk in memory.
+        #[test]
+        fn any_cuts_give_the_lines_of_the_whole(
+            stream in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'\r'), any::<u8>()], 0..400),
+            mut cuts in proptest::collection::vec(0..400usize, 0..8),
+            cap in 1..64usize,
+        ) {
+            let (whole, whole_pending) = split_all(&[&stream], cap);
+            cuts.push(stream.len());
+            cuts.iter_mut().for_each(|cut| *cut = (*cut).min(stream.len()));
+            cuts.sort_unstable();
+            let mut splitter = LineSplitter::new(cap);
+            let mut lines = Vec::new();
+            let mut from = 0;
+            for cut in cuts {
+                splitter.push(&stream[from..cut]);
+                drain(&mut splitter, &mut lines);
+                prop_assert!(splitter.buffer.len() <= cap + 1);
+                from = cut;
+            }
+            prop_assert_eq!(lines, whole);
+            prop_assert_eq!(splitter.pending(), whole_pending);
+        }
     }
 }
