@@ -17,6 +17,8 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
+use crate::store::Spool;
+
 /// A per-destination counter: name, help text, and how to read it.
 type Counter = (&'static str, &'static str, fn(&DestinationMetrics) -> u64);
 
@@ -29,6 +31,8 @@ pub struct DestinationMetrics {
     requests: AtomicU64,
     bytes_sent: AtomicU64,
     dropped_bytes: AtomicU64,
+    /// A gauge: bytes stored but not yet acknowledged, over this destination's containers.
+    backlog_bytes: AtomicU64,
 }
 
 impl DestinationMetrics {
@@ -48,6 +52,10 @@ impl DestinationMetrics {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
     }
+    pub fn set_backlog_bytes(&self, n: u64) {
+        self.backlog_bytes.store(n, Ordering::Relaxed);
+    }
+
     pub fn add_dropped_bytes(&self, n: u64) {
         self.dropped_bytes.fetch_add(n, Ordering::Relaxed);
     }
@@ -63,7 +71,7 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    /// Adds a finished (or interrupted) logging run's counts.
+    /// Adds counts of a logging run (published as they grow).
     pub fn record(&self, stats: &crate::pipeline::RunStats) {
         self.entries.fetch_add(stats.entries, Ordering::Relaxed);
         self.bytes.fetch_add(stats.bytes, Ordering::Relaxed);
@@ -75,11 +83,19 @@ impl IngestMetrics {
 
 #[derive(Default)]
 pub struct Metrics {
-    pub ingest: IngestMetrics,
+    pub ingest: Arc<IngestMetrics>,
     destinations: Mutex<BTreeMap<String, Arc<DestinationMetrics>>>,
+    spool: Option<Arc<Spool>>,
 }
 
 impl Metrics {
+    pub fn new(spool: Arc<Spool>) -> Self {
+        Self {
+            spool: Some(spool),
+            ..Self::default()
+        }
+    }
+
     pub fn destination(&self, label: &str) -> Arc<DestinationMetrics> {
         let mut map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(map.entry(label.to_owned()).or_default())
@@ -118,6 +134,39 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
             ));
         }
+        if let Some(spool) = &self.spool {
+            let spool_metrics = [
+                (
+                    "eslp_spool_backlog_bytes",
+                    "gauge",
+                    "Unshipped bytes kept on disk beyond max-file (charged to SPOOL_MAX_SIZE)",
+                    spool.used(),
+                ),
+                (
+                    "eslp_spool_max_bytes",
+                    "gauge",
+                    "The spool budget (SPOOL_MAX_SIZE)",
+                    spool.max(),
+                ),
+                (
+                    "eslp_spool_dropped_bytes_total",
+                    "counter",
+                    "Unshipped bytes deleted because the spool budget was full",
+                    spool.dropped_bytes(),
+                ),
+                (
+                    "eslp_spool_dropped_entries_total",
+                    "counter",
+                    "Unshipped entries deleted because the spool budget was full",
+                    spool.dropped_entries(),
+                ),
+            ];
+            for (name, kind, help, value) in spool_metrics {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+                ));
+            }
+        }
         let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
         let per: [Counter; 7] = [
             (
@@ -154,8 +203,17 @@ impl Metrics {
                 |m| get(&m.dropped_bytes),
             ),
         ];
-        for (name, help, value) in per {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        let backlog: Counter = (
+            "eslp_backlog_bytes",
+            "Bytes stored but not yet acknowledged by Elasticsearch",
+            |m| get(&m.backlog_bytes),
+        );
+        let kinds = per
+            .iter()
+            .map(|c| (c, "counter"))
+            .chain([(&backlog, "gauge")]);
+        for ((name, help, value), kind) in kinds {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (label, m) in map.iter() {
                 let label = label.replace('\\', "\\\\").replace('"', "\\\"");
                 out.push_str(&format!("{name}{{destination=\"{label}\"}} {}\n", value(m)));

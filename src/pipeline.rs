@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::entry::LogEntry;
 use crate::fifo::{Fifo, Peek};
 use crate::frame::{FrameDecoder, PREFIX};
+use crate::metrics::IngestMetrics;
 use crate::store::{Batch, ContainerStore};
 
 /// Counts for one logging run, logged when it ends.
@@ -40,6 +41,21 @@ pub struct RunStats {
     pub lost: u64,
     /// Entries dropped after a crash because the store already had them.
     pub replayed: u64,
+}
+
+impl RunStats {
+    /// The counts added since `earlier` (a snapshot of the same run).
+    fn since(&self, earlier: &RunStats) -> RunStats {
+        RunStats {
+            entries: self.entries - earlier.entries,
+            bytes: self.bytes - earlier.bytes,
+            oversized: self.oversized - earlier.oversized,
+            invalid: self.invalid - earlier.invalid,
+            truncated_bytes: self.truncated_bytes.saturating_sub(earlier.truncated_bytes),
+            lost: self.lost - earlier.lost,
+            replayed: self.replayed - earlier.replayed,
+        }
+    }
 }
 
 /// How a run ended.
@@ -115,6 +131,9 @@ struct Drainer {
     replay: Option<ReplayFilter>,
     last_loss_report: Option<Instant>,
     lost_reported: u64,
+    /// Where the counts go as they grow (the metrics endpoint), and what was added so far.
+    metrics: Option<Arc<IngestMetrics>>,
+    published: RunStats,
 }
 
 pub struct Pipeline {
@@ -137,8 +156,16 @@ impl Pipeline {
                 replay: replay.filter(|r| !r.is_done()),
                 last_loss_report: None,
                 lost_reported: 0,
+                metrics: None,
+                published: RunStats::default(),
             },
         }
+    }
+
+    /// Publishes the run's counts to `metrics` as they grow, not only when the run ends.
+    pub fn with_metrics(mut self, metrics: Arc<IngestMetrics>) -> Self {
+        self.drainer.metrics = Some(metrics);
+        self
     }
 
     /// Drains until stopped, shut down, or the engine closes the FIFO.
@@ -213,6 +240,19 @@ impl Drainer {
     /// Stores and consumes everything whole in the pipe, round after round, until it is empty or
     /// holds only the start of a frame.
     fn drain(&mut self, fifo: &Fifo) -> std::io::Result<Drained> {
+        let drained = self.drain_rounds(fifo);
+        self.publish();
+        drained
+    }
+
+    fn publish(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.record(&self.stats.since(&self.published));
+            self.published = self.stats;
+        }
+    }
+
+    fn drain_rounds(&mut self, fifo: &Fifo) -> std::io::Result<Drained> {
         loop {
             let n = match fifo.peek(&mut self.peeked)? {
                 Peek::Empty => return Ok(Drained::Empty),
@@ -285,6 +325,7 @@ impl Drainer {
 
     fn discard_incomplete(&mut self, fifo: &Fifo, left: usize) {
         self.stats.truncated_bytes += left as u64;
+        self.publish();
         if let Err(error) = fifo.consume(left) {
             tracing::debug!(%error, "cannot discard the incomplete frame");
         }

@@ -31,7 +31,7 @@ use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
 use crate::shipper::config::EsOptions;
 use crate::shipper::{ShipError, Shippers};
-use crate::store::{ContainerStore, StoreError, Stores};
+use crate::store::{ContainerStore, Spool, StoreError, Stores};
 
 /// How long StopLogging waits for the final drain before answering anyway: the engine must
 /// never hang on us, and the drain of a full 1 MiB pipe takes milliseconds.
@@ -91,7 +91,8 @@ impl Plugin {
         state_dir: &Path,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
-        let stores = Stores::open(state_dir.join("containers"))?;
+        let spool = Arc::new(Spool::new(settings.spool_max_size));
+        let stores = Stores::open(state_dir.join("containers"), Arc::clone(&spool))?;
         let table = match RunTable::load(state_dir) {
             Ok(table) => table,
             Err(error) => {
@@ -103,7 +104,7 @@ impl Plugin {
         };
         let table = Arc::new(table);
         let tracker = TaskTracker::new();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(spool));
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<Plugin>| {
             let me = me.clone();
             let on_drained = Arc::new(move |id: &ContainerId| {
@@ -292,9 +293,9 @@ impl Plugin {
         self.tracker.spawn(
             async move {
                 let (end, stats) = Pipeline::new(fifo, store, replay)
+                    .with_metrics(Arc::clone(&metrics.ingest))
                     .run(stop_rx, shutdown)
                     .await;
-                metrics.ingest.record(&stats);
                 plugin.run_ended(&file, end, stats);
             }
             .instrument(span),

@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::docker::{signal, Docker, DRIVER, IMAGE};
+use support::noida::Noida;
 use support::wait_for;
 
 type Scenario = fn(&Docker);
@@ -47,6 +48,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "plugin_killed_mid_stream_loses_nothing",
         plugin_killed_mid_stream_loses_nothing,
+    ),
+    (
+        "containers_ship_to_elasticsearch",
+        containers_ship_to_elasticsearch,
     ),
     (
         "plugin_stops_promptly_on_disable",
@@ -547,6 +552,59 @@ fn plugin_stops_promptly_on_disable(docker: &Docker) {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+/// A container's lines reach Elasticsearch (noida-db, on loopback: the plugin runs in the host's
+/// network) through the installed plugin, each once, with the container's fields; `docker logs`
+/// still works beside it.
+fn containers_ship_to_elasticsearch(docker: &Docker) {
+    let noida = Noida::start();
+    let name = "e2e-ship";
+    let hosts = format!("hosts={}", noida.url());
+    let index = "logs-e2e-default";
+    let id = docker.run_logged(
+        name,
+        &[
+            &hosts,
+            &format!("index={index}"),
+            "max-size=200k",
+            "max-file=3",
+        ],
+        "seq 1 20000; echo to-stderr >&2",
+    );
+    assert_eq!(docker.wait_exit(name, secs(120)), 0);
+    let t = Instant::now();
+    wait_for(secs(120), "20001 documents in noida-db", || {
+        (noida.count(index) >= 20_001).then_some(())
+    });
+    eprintln!(
+        "e2e:   20001 lines indexed {:.1?} after the container exited",
+        t.elapsed()
+    );
+    // Nothing twice: the count settles at exactly the lines printed.
+    std::thread::sleep(secs(2));
+    assert_eq!(noida.count(index), 20_001);
+    let (status, body) = noida.request(
+        "POST",
+        &format!("/{index}/_search"),
+        r#"{"query":{"term":{"stream":"stderr"}}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let hits = answer["hits"]["hits"].as_array().expect("hits");
+    assert_eq!(hits.len(), 1, "{body}");
+    let doc = &hits[0]["_source"];
+    assert_eq!(doc["message"], "to-stderr");
+    assert_eq!(doc["container"]["id"], id.as_str());
+    assert_eq!(doc["container"]["name"], name);
+    assert_eq!(doc["container"]["image"]["name"], "busybox");
+    assert_eq!(doc["container"]["image"]["tag"], "local");
+    // docker logs keeps its max-file window, unaffected by shipping.
+    assert_eq!(
+        docker.logs(name, &["--tail", "2"]).stdout,
+        numbers(19_999..=20_000)
+    );
+    docker.docker_ok(&["rm", name]);
+}
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)

@@ -7,6 +7,8 @@
 mod engine;
 #[path = "support/es_server.rs"]
 mod es_server;
+#[path = "support/noida.rs"]
+mod noida;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -496,6 +498,34 @@ async fn bad_shipping_options_fail_start_logging_with_the_option_named() {
     }
 }
 
+/// A free loopback address for METRICS_ADDR.
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+fn fetch_metrics(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_counts_acknowledged_documents_without_container_labels() {
     let server = EsServer::start(ServerOptions::default()).await;
@@ -513,16 +543,7 @@ async fn metrics_endpoint_counts_acknowledged_documents_without_container_labels
         "eslp_documents_acked_total{{destination=\"http://127.0.0.1:{}\"}} 500",
         server.port()
     );
-    let fetch = move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        stream.read_to_string(&mut text).unwrap();
-        text
-    };
+    let fetch = move || fetch_metrics(&addr);
     // The server stores documents before the plugin has read its answer: poll.
     let mut text = String::new();
     for _ in 0..200 {
@@ -535,4 +556,172 @@ async fn metrics_endpoint_counts_acknowledged_documents_without_container_labels
     assert!(text.contains(&acked), "{text}");
     assert!(text.contains("eslp_lines_read_total 500"), "{text}");
     assert!(!text.contains(&ran[0].0), "a container id became a label");
+}
+
+/// A server that drops every connection (Elasticsearch down) and a plugin shipping to it with
+/// short backoffs and metrics on; returns the metrics address too.
+async fn outage_with_metrics(extra_env: &[(&str, &str)]) -> (EsServer, PluginProcess, String) {
+    let server = EsServer::start(ServerOptions::default()).await;
+    server.set_faults(Faults {
+        drop_connection: true,
+        ..Faults::default()
+    });
+    let addr = free_addr();
+    let url = server.url();
+    let mut env = vec![
+        ("ES_HOSTS", url.as_str()),
+        ("ES_BACKOFF_INIT", "20ms"),
+        ("ES_BACKOFF_MAX", "300ms"),
+        ("METRICS_ADDR", addr.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let plugin = PluginProcess::start_with_env(&env);
+    (server, plugin, addr)
+}
+
+/// Regression: retention deleted unshipped segments beyond max-file while Elasticsearch was
+/// down. They now stay as backlog (not shown by docker logs) and all arrive when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_beyond_max_file_survives_an_outage_and_ships_in_full() {
+    let (server, plugin, addr) = outage_with_metrics(&[]).await;
+    let ran = run_containers(
+        &plugin,
+        &[("max-size", "100k"), ("max-file", "2")],
+        &[(15, 20_000)],
+    )
+    .await;
+    // docker logs shows the max-file window only, as the engine's drivers do.
+    let shown = plugin.client().read_logs(&ran[0].0, "", "", -1).await;
+    assert!(
+        !shown.is_empty() && shown.len() < 5_000,
+        "docker logs shows {} entries, more than two 100k segments",
+        shown.len()
+    );
+    let text = fetch_metrics(&addr);
+    assert!(metric(&text, "eslp_spool_backlog_bytes") > 0, "{text}");
+    server.set_faults(Faults::default());
+    wait_for_docs(&server, 20_000, Duration::from_secs(180)).await;
+    assert_eq!(messages_of(&server, &ran[0].0), ran[0].1);
+    // Shipped: the backlog is deleted and the budget given back.
+    let mut used = u64::MAX;
+    for _ in 0..100 {
+        used = metric(&fetch_metrics(&addr), "eslp_spool_backlog_bytes");
+        if used == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(used, 0, "backlog left after everything shipped");
+    assert_eq!(
+        metric(&fetch_metrics(&addr), "eslp_spool_dropped_entries_total"),
+        0
+    );
+}
+
+/// Past SPOOL_MAX_SIZE the oldest unshipped entries go: counted in the metrics, logged at
+/// ERROR, and everything newer still arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_drops_unshipped_entries_counted_and_logged() {
+    let (server, plugin, addr) = outage_with_metrics(&[("SPOOL_MAX_SIZE", "300k")]).await;
+    let ran = run_containers(
+        &plugin,
+        &[
+            ("max-size", "100k"),
+            ("max-file", "2"),
+            ("compress", "false"),
+        ],
+        &[(16, 20_000)],
+    )
+    .await;
+    let text = fetch_metrics(&addr);
+    let dropped = metric(&text, "eslp_spool_dropped_entries_total") as usize;
+    assert!(dropped > 0, "{text}");
+    assert!(metric(&text, "eslp_spool_backlog_bytes") <= 300 * 1024);
+    assert!(plugin.output().contains("the spool budget is full"));
+    server.set_faults(Faults::default());
+    let total = ran[0].1.len();
+    // Dropped counts entries (a 40 KB line is 3): at least total - dropped lines remain.
+    wait_for_docs(&server, total - dropped, Duration::from_secs(180)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let indexed = messages_of(&server, &ran[0].0);
+    let n = indexed.len();
+    assert!(n < total, "nothing was dropped after all");
+    assert!(
+        n + dropped >= total,
+        "{n} indexed + {dropped} dropped < {total} lines"
+    );
+    // Batches already read stay in memory and arrive; what the budget deleted is a run of
+    // lines behind them. Only fragments of a line cut by that hole may stand alone.
+    let position: std::collections::HashMap<&String, usize> =
+        ran[0].1.iter().enumerate().map(|(i, m)| (m, i)).collect();
+    let strays = indexed
+        .iter()
+        .filter(|m| !position.contains_key(m))
+        .filter(|m| !m.bytes().all(|b| b.is_ascii_lowercase()))
+        .count();
+    assert_eq!(strays, 0, "documents that are neither lines nor fragments");
+    let order: Vec<usize> = indexed
+        .iter()
+        .filter_map(|m| position.get(m).copied())
+        .collect();
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "lines out of order or twice"
+    );
+    assert_eq!(
+        order.last(),
+        Some(&(total - 1)),
+        "the newest line is missing"
+    );
+}
+
+/// HTTPS with a private CA: trusted through `ssl.certificate_authorities`, or not verified with
+/// `ssl.verification_mode=none`; without either the handshake fails, loudly, and the lines wait
+/// in the local copy (docker logs has them) instead of being lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_right_ca_and_keeps_lines_until_it_is_trusted() {
+    let server = EsServer::start(ServerOptions {
+        tls: true,
+        ..ServerOptions::default()
+    })
+    .await;
+    let plugin =
+        PluginProcess::start_with_env(&[("ES_BACKOFF_INIT", "20ms"), ("ES_BACKOFF_MAX", "200ms")]);
+    let ca_path = plugin.dir.path().join("ca.pem");
+    std::fs::write(&ca_path, server.ca_pem().expect("a TLS server has a CA")).unwrap();
+    let ca = ca_path.to_str().unwrap().to_owned();
+    let url = server.url();
+    assert!(url.starts_with("https://"));
+    let trusted = run_containers(
+        &plugin,
+        &[("hosts", &url), ("ssl.certificate_authorities", &ca)],
+        &[(19, 1_000)],
+    )
+    .await;
+    let unverified = run_containers(
+        &plugin,
+        &[("hosts", &url), ("ssl.verification_mode", "none")],
+        &[(20, 1_000)],
+    )
+    .await;
+    let untrusted = run_containers(&plugin, &[("hosts", &url)], &[(21, 1_000)]).await;
+    wait_for_docs(&server, 2_000, Duration::from_secs(60)).await;
+    assert_eq!(messages_of(&server, &trusted[0].0), trusted[0].1);
+    assert_eq!(messages_of(&server, &unverified[0].0), unverified[0].1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        messages_of(&server, &untrusted[0].0).is_empty(),
+        "shipped over TLS to a server whose CA is not trusted"
+    );
+    assert!(server.stats().tls_handshake_failures > 0);
+    let shown = plugin.client().read_logs(&untrusted[0].0, "", "", -1).await;
+    assert!(
+        shown.len() >= 1_000,
+        "the untrusted container's lines are kept locally"
+    );
+    let log = plugin.output();
+    assert!(
+        log.to_lowercase().contains("certificate"),
+        "the failure names the certificate problem"
+    );
 }

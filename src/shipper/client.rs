@@ -167,10 +167,14 @@ impl Client {
                         body,
                         node: node.label.clone(),
                     }),
-                    Err(error) => Err(format!("{}: answer cut short: {error}", node.label)),
+                    Err(error) => Err(format!(
+                        "{}: answer cut short: {}",
+                        node.label,
+                        with_causes(&error)
+                    )),
                 }
             }
-            Err(error) => Err(format!("{}: {error}", node.label)),
+            Err(error) => Err(format!("{}: {}", node.label, with_causes(&error))),
         };
         match &result {
             Ok(answer) if answer.status < 500 && answer.status != 429 => self.node_ok(node),
@@ -259,6 +263,22 @@ impl Client {
         lock(&node.health).flavor = flavor;
         flavor
     }
+}
+
+/// An error and its sources, `: `-separated: the transport's own message ("error sending
+/// request") hides the cause an operator needs (refused connection, unknown certificate issuer).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

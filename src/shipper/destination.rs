@@ -166,14 +166,17 @@ impl Destination {
             }
             tokio::select! {
                 Some(acks) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(acks) = acks { self.acknowledge(acks) }
+                    if let Some(acks) = acks {
+                        self.acknowledge(acks);
+                        self.measure_backlog();
+                    }
                 }
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => break,
                 },
                 _ = self.wake.notified(), if in_flight.len() < workers => {}
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(tick) => self.measure_backlog(),
                 _ = self.shared.shutdown.cancelled() => break,
             }
         }
@@ -270,11 +273,23 @@ impl Destination {
         for (id, end) in acks {
             if let Some(source) = self.sources.get_mut(&id) {
                 source.acked = source.acked.max(end);
+                // Retention may now delete the backlog shipped past.
+                source.store.set_pin(Some(source.acked));
                 if let Err(error) = source.checkpoint.advance(source.acked, false) {
                     tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; a restart would resend more");
                 }
             }
         }
+    }
+
+    /// The backlog gauge: what is stored but not acknowledged, over every container.
+    fn measure_backlog(&self) {
+        let backlog = self
+            .sources
+            .values()
+            .map(|source| source.store.bytes_after(source.acked))
+            .sum();
+        self.shared.metrics.set_backlog_bytes(backlog);
     }
 
     /// Lets go of stopped containers whose every line is acknowledged.
@@ -293,6 +308,7 @@ impl Destination {
         for id in done {
             if let Some(mut source) = self.sources.remove(&id) {
                 source.wake_task.cancel();
+                source.store.set_pin(None);
                 let _ = source.checkpoint.advance(source.acked, true);
                 tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
                 self.order.retain(|o| o != &id);

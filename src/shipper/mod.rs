@@ -130,11 +130,15 @@ impl Shippers {
     fn mark_start(&self, options: &EsOptions, id: &ContainerId, store: &ContainerStore) {
         let dir = self.state_dir.join("checkpoints");
         let (mut checkpoint, saved) = Checkpoint::load(&dir, id, &options.label());
-        if saved.is_none() {
-            if let Err(error) = checkpoint.advance(store.end(), true) {
+        let from = saved.unwrap_or_else(|| {
+            let end = store.end();
+            if let Err(error) = checkpoint.advance(end, true) {
                 tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; shipping starts where the store ends when the shipper attaches");
             }
-        }
+            end
+        });
+        // Before the FIFO is read: nothing still to ship may be deleted by rotation meanwhile.
+        store.set_pin(Some(from));
     }
 
     /// The container's logging stopped: ship what is left, then release it.

@@ -13,6 +13,7 @@ use super::compress::CompressQueue;
 use super::cursor::{self, Cursor};
 use super::record::Batch;
 use super::segment::{self, Kind};
+use super::spool::Spool;
 use super::{tail, Position, StoreError, StoreLimits, MAX_PAYLOAD_LEN};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
@@ -50,6 +51,7 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     end_tx: watch::Sender<Position>,
     queue: CompressQueue,
+    spool: Arc<Spool>,
 }
 
 pub(crate) struct State {
@@ -66,6 +68,9 @@ pub(crate) struct State {
     unsynced: Vec<u64>,
     /// Files were created since the last sync: the directory needs an fsync too.
     dir_dirty: bool,
+    /// The oldest position a shipper still needs: segments at or after it are kept beyond
+    /// max_file as backlog, within the spool budget.
+    pin: Option<Position>,
 }
 
 pub(crate) struct Sealed {
@@ -77,6 +82,11 @@ pub(crate) struct Sealed {
     pub(crate) compressed: bool,
     /// Sent to the compressor (once: a failed compression is retried at the next open).
     pub(crate) queued: bool,
+    /// Entries in it, when known (not for segments found on disk at open).
+    entries: Option<u64>,
+    /// Bytes charged to the spool: non-zero for a backlog segment (beyond max_file, unshipped),
+    /// which `docker logs` no longer shows.
+    charged: u64,
 }
 
 struct Active {
@@ -86,6 +96,8 @@ struct Active {
     /// Bytes of whole records: the published end.
     len: u64,
     last_time: Option<i64>,
+    /// Entries written to it, when known (not for a segment recovered at open).
+    entries: Option<u64>,
     /// A write failed part-way, so bytes past `len` may be on disk; they are cut off before the
     /// next append, or records would follow garbage.
     torn: bool,
@@ -132,6 +144,7 @@ impl ContainerStore {
         dir: PathBuf,
         limits: Option<StoreLimits>,
         queue: CompressQueue,
+        spool: Arc<Spool>,
     ) -> Result<Self, StoreError> {
         let mut files: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
         for (number, kind, path) in segment::list(&dir)? {
@@ -162,6 +175,8 @@ impl ContainerStore {
                 last_time: None,
                 compressed,
                 queued: false,
+                entries: None,
+                charged: 0,
             });
         }
         let path = segment::log_path(&dir, active_number);
@@ -170,6 +185,7 @@ impl ContainerStore {
             let recovered = segment::recover(&file, &path)?;
             (file, recovered)
         } else {
+            // A new segment: its entries are counted from here.
             let file = segment::create_active(&path)?;
             let fresh = segment::Recovered {
                 len: 0,
@@ -183,6 +199,7 @@ impl ContainerStore {
             path,
             len: recovered.len,
             last_time: recovered.last_time,
+            entries: (!active_exists).then_some(0),
             torn: false,
         };
         let end = Position {
@@ -200,6 +217,7 @@ impl ContainerStore {
             deleted: VecDeque::new(),
             unsynced: Vec::new(),
             dir_dirty: !active_exists,
+            pin: None,
         };
         let store = Self {
             id,
@@ -208,6 +226,7 @@ impl ContainerStore {
                 state: Mutex::new(state),
                 end_tx: watch::Sender::new(end),
                 queue,
+                spool,
             }),
         };
         if let Some(limits) = limits {
@@ -252,7 +271,7 @@ impl ContainerStore {
             });
         }
         let written = state.write(&self.shared.dir, batch);
-        state.retain(&self.shared.dir);
+        state.retain(&self.shared, &self.id);
         state.queue_compression(&self.shared);
         let end = state.end();
         drop(state);
@@ -302,16 +321,58 @@ impl ContainerStore {
         result
     }
 
-    /// The first record still on disk.
+    /// The first record `docker logs` shows (backlog kept only for shipping is not shown).
     pub fn start(&self) -> Position {
         let state = self.shared.lock();
         Position {
             segment: state
                 .sealed
-                .front()
+                .iter()
+                .find(|sealed| sealed.charged == 0)
                 .map_or(state.active.number, |sealed| sealed.number),
             offset: 0,
         }
+    }
+
+    /// Tells retention what a shipper still needs: segments at or after `pin` outlive
+    /// max_file as backlog, within the spool budget; None lets them go. Setting it deletes the
+    /// backlog that is no longer needed.
+    pub fn set_pin(&self, pin: Option<Position>) {
+        let mut state = self.shared.lock();
+        if state.pin == pin || state.removed {
+            return;
+        }
+        state.pin = pin;
+        state.retain(&self.shared, &self.id);
+    }
+
+    /// Bytes stored after `from` (uncompressed, as far as the lengths are known): what a
+    /// shipper at `from` has left to send.
+    pub fn bytes_after(&self, from: Position) -> u64 {
+        let state = self.shared.lock();
+        let end = state.end();
+        if from >= end {
+            return 0;
+        }
+        let sealed: u64 = state
+            .sealed
+            .iter()
+            .filter(|sealed| sealed.number >= from.segment)
+            .map(|sealed| {
+                let len = sealed.len.unwrap_or(0);
+                if sealed.number == from.segment {
+                    len.saturating_sub(from.offset)
+                } else {
+                    len
+                }
+            })
+            .sum();
+        let active = if from.segment == end.segment {
+            end.offset.saturating_sub(from.offset)
+        } else {
+            end.offset
+        };
+        sealed + active
     }
 
     /// Just after the last record.
@@ -466,6 +527,9 @@ impl State {
             }
             self.active.len = len;
             self.active.last_time = Some(batch.time_nano(next - 1));
+            if let Some(entries) = self.active.entries.as_mut() {
+                *entries += (next - first) as u64;
+            }
             first = next;
         }
         Ok(())
@@ -496,6 +560,7 @@ impl State {
             path,
             len: 0,
             last_time: None,
+            entries: Some(0),
             torn: false,
         };
         let old = std::mem::replace(&mut self.active, new);
@@ -505,42 +570,105 @@ impl State {
             last_time: old.last_time,
             compressed: false,
             queued: false,
+            entries: old.entries,
+            charged: 0,
         });
         self.unsynced.push(old.number);
         self.dir_dirty = true;
         Ok(())
     }
 
-    /// Deletes the oldest segments beyond max_file. A failure is logged and retried after the
-    /// next append: the records just written are safe either way.
-    fn retain(&mut self, dir: &Path) {
-        let keep = self.limits.max_file.max(1) as usize;
-        while self.sealed.len() + 1 > keep {
-            let Some(oldest) = self.sealed.front() else {
-                break;
-            };
-            let number = oldest.number;
-            let len = oldest.len;
-            // The .tmp too: if the compressor is writing it, it finds the segment gone when it
-            // comes to rename, and drops its work.
-            let deleted = [
-                segment::log_path(dir, number),
-                segment::gz_path(dir, number),
-                segment::tmp_path(dir, number),
-            ]
-            .iter()
-            .try_for_each(|path| segment::remove_if_exists(path));
-            if let Err(error) = deleted {
-                tracing::warn!(%error, "cannot delete a segment beyond max-file");
-                break;
-            }
-            self.sealed.pop_front();
-            if self.deleted.len() == DELETED_REMEMBERED {
-                self.deleted.pop_front();
-            }
-            self.deleted.push_back((number, len));
-            self.unsynced.retain(|&unsynced| unsynced != number);
+    /// Deletes the oldest segments beyond max_file, except those a shipper still needs (at or
+    /// after the pin): they stay as backlog while the spool budget has room for them. When it
+    /// has not, the oldest backlog segment goes, and the loss is counted and logged at ERROR.
+    /// A failure to delete is logged and retried after the next append: the records just
+    /// written are safe either way.
+    fn retain(&mut self, shared: &Shared, id: &ContainerId) {
+        if self.removed {
+            return;
         }
+        let window = (self.limits.max_file.max(1) - 1) as usize;
+        loop {
+            let beyond = self.sealed.len().saturating_sub(window);
+            let Some(oldest) = self.sealed.front() else {
+                return;
+            };
+            if beyond == 0 {
+                return;
+            }
+            let (number, len, entries) = (oldest.number, oldest.len, oldest.entries);
+            let needed = self.pin.is_some_and(|pin| number >= pin.segment);
+            if needed {
+                if self.charge_backlog(shared, beyond) {
+                    return;
+                }
+                // Over budget: the oldest unshipped data goes.
+                if !self.delete_oldest(&shared.dir, &shared.spool) {
+                    return;
+                }
+                let bytes = len.unwrap_or(0);
+                shared.spool.record_drop(bytes, entries);
+                tracing::error!(
+                    container = id.short(),
+                    segment = number,
+                    lost_bytes = bytes,
+                    lost_entries = ?entries,
+                    spool_max = shared.spool.max(),
+                    "the spool budget is full: unshipped log entries deleted before Elasticsearch acknowledged them (raise SPOOL_MAX_SIZE, or bring Elasticsearch back)"
+                );
+            } else if !self.delete_oldest(&shared.dir, &shared.spool) {
+                return;
+            }
+        }
+    }
+
+    /// Charges the first `beyond` sealed segments (the backlog) that are not charged yet. False
+    /// when one does not fit the budget.
+    fn charge_backlog(&mut self, shared: &Shared, beyond: usize) -> bool {
+        for sealed in self.sealed.iter_mut().take(beyond) {
+            if sealed.charged > 0 {
+                continue;
+            }
+            let size = segment::disk_size(&shared.dir, sealed.number, sealed.compressed)
+                .or(sealed.len)
+                .unwrap_or(0)
+                .max(1);
+            if !shared.spool.try_charge(size) {
+                return false;
+            }
+            sealed.charged = size;
+        }
+        true
+    }
+
+    /// Deletes the oldest sealed segment and gives back its spool charge. False if it could not
+    /// be deleted (logged).
+    fn delete_oldest(&mut self, dir: &Path, spool: &Spool) -> bool {
+        let Some(oldest) = self.sealed.front() else {
+            return false;
+        };
+        let (number, len, charged) = (oldest.number, oldest.len, oldest.charged);
+        // The .tmp too: if the compressor is writing it, it finds the segment gone when it
+        // comes to rename, and drops its work.
+        let deleted = [
+            segment::log_path(dir, number),
+            segment::gz_path(dir, number),
+            segment::tmp_path(dir, number),
+        ]
+        .iter()
+        .try_for_each(|path| segment::remove_if_exists(path));
+        if let Err(error) = deleted {
+            tracing::warn!(%error, "cannot delete a segment beyond max-file");
+            return false;
+        }
+        spool.release(charged);
+        self.sealed.pop_front();
+        if self.deleted.len() == DELETED_REMEMBERED {
+            self.deleted.pop_front();
+        }
+        self.deleted.push_back((number, len));
+        self.unsynced.retain(|&unsynced| unsynced != number);
+        true
     }
 
     fn queue_compression(&mut self, shared: &Arc<Shared>) {
@@ -572,6 +700,9 @@ impl Shared {
         // Under the lock, so the compressor cannot create a file in the directory meanwhile.
         let mut state = self.lock();
         state.removed = true;
+        for sealed in &state.sealed {
+            self.spool.release(sealed.charged);
+        }
         match fs::remove_dir_all(&self.dir) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
                 path: self.dir.clone(),
@@ -634,7 +765,14 @@ impl Shared {
             return Err(self.removed_error());
         }
         let mut newest_first = vec![state.active.number];
-        newest_first.extend(state.sealed.iter().rev().map(|sealed| sealed.number));
+        newest_first.extend(
+            state
+                .sealed
+                .iter()
+                .rev()
+                .take_while(|sealed| sealed.charged == 0)
+                .map(|sealed| sealed.number),
+        );
         Ok((newest_first, state.end()))
     }
 
@@ -648,6 +786,7 @@ impl Shared {
         let sealed = state
             .sealed
             .iter()
+            .filter(|sealed| sealed.charged == 0)
             .map(|sealed| (sealed.number, sealed.last_time))
             .collect();
         Ok(SincePlan {

@@ -31,7 +31,9 @@
 //!   always finds one of the two. The gzip header's extra field holds
 //!   `{"LastTime":"<RFC 3339 nanos>"}` (the time of the segment's last entry), as the engine's
 //!   `local` driver writes it, so a `--since` read can skip whole files.
-//! - At most `max_file` segments are kept for `docker logs`; older ones are deleted, oldest first.
+//! - At most `max_file` segments are kept for `docker logs`; older ones are deleted, oldest first,
+//!   unless a shipper still needs them (the store's pin): those stay as backlog, hidden from
+//!   `docker logs`, within the plugin-wide spool budget (`spool`).
 //! - A torn record at the end of the active segment (a crash mid-write) is found when the store is
 //!   opened and cut off; every record before it stays readable.
 //! - Offsets in a [`Position`] count bytes of the uncompressed segment.
@@ -57,6 +59,7 @@
 //! - `cursor`: reading forward from a [`Position`].
 //! - `compress`: the background compressor thread.
 //! - `stores`: all containers' stores under one root.
+//! - `spool`: the plugin-wide budget for backlog kept beyond max-file.
 
 mod compress;
 mod container;
@@ -64,6 +67,7 @@ mod cursor;
 mod last_time;
 mod record;
 mod segment;
+mod spool;
 mod stores;
 mod tail;
 #[cfg(test)]
@@ -75,6 +79,7 @@ use std::path::PathBuf;
 pub use container::ContainerStore;
 pub use cursor::Cursor;
 pub use record::Batch;
+pub use spool::Spool;
 pub use stores::Stores;
 
 /// The largest record payload the store accepts. The FIFO pipeline must cap frames at or below

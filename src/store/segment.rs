@@ -113,6 +113,21 @@ pub(crate) fn open_active(path: &Path) -> Result<File, StoreError> {
         })
 }
 
+/// The bytes segment `number` takes on disk (its `.log.gz` or `.log`, whichever is there), if
+/// it can be learned.
+pub(crate) fn disk_size(dir: &Path, number: u64, compressed: bool) -> Option<u64> {
+    let (first, second) = if compressed {
+        (gz_path(dir, number), log_path(dir, number))
+    } else {
+        // The compressor may have replaced the .log meanwhile.
+        (log_path(dir, number), gz_path(dir, number))
+    };
+    std::fs::metadata(first)
+        .or_else(|_| std::fs::metadata(second))
+        .ok()
+        .map(|meta| meta.len())
+}
+
 pub(crate) fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {
         Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {

@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use super::compress::Compressor;
 use super::container::ContainerStore;
 use super::segment;
+use super::spool::Spool;
 use super::{StoreError, StoreLimits};
 use crate::container_id::ContainerId;
 
@@ -21,17 +22,24 @@ pub struct Stores {
     open: Mutex<HashMap<ContainerId, Arc<ContainerStore>>>,
     /// Dropped after `open` (field order), so the thread is joined last.
     compressor: Compressor,
+    spool: Arc<Spool>,
 }
 
 impl Stores {
-    /// Opens the root (created 0700 if missing) and starts the compressor thread.
-    pub fn open(root: PathBuf) -> Result<Self, StoreError> {
+    /// Opens the root (created 0700 if missing) and starts the compressor thread. `spool` is
+    /// the budget every store's backlog shares.
+    pub fn open(root: PathBuf, spool: Arc<Spool>) -> Result<Self, StoreError> {
         segment::create_dir(&root)?;
         Ok(Self {
             root,
             open: Mutex::new(HashMap::new()),
             compressor: Compressor::start()?,
+            spool,
         })
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
     }
 
     /// Opens (creating if needed) and caches the store; if already open, updates its limits.
@@ -52,6 +60,7 @@ impl Stores {
             dir,
             Some(limits),
             self.compressor.queue(),
+            Arc::clone(&self.spool),
         )?);
         open.insert(id.clone(), Arc::clone(&store));
         Ok(store)
@@ -76,6 +85,7 @@ impl Stores {
             dir,
             None,
             self.compressor.queue(),
+            Arc::clone(&self.spool),
         )?);
         open.insert(id.clone(), Arc::clone(&store));
         Ok(Some(store))

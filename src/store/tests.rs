@@ -52,7 +52,7 @@ struct Fixture {
 impl Fixture {
     fn new(limits: StoreLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let store = stores.open_container(&id('a'), limits).unwrap();
         Self { dir, stores, store }
     }
@@ -66,7 +66,7 @@ impl Fixture {
         let Self { dir, stores, store } = self;
         drop(store);
         drop(stores);
-        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let store = stores.open_container(&id('a'), limits).unwrap();
         Self { dir, stores, store }
     }
@@ -304,7 +304,7 @@ fn check_recovery(
                 .unwrap();
         }
         (&file).write_all(garbage).unwrap();
-        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let store = stores.open_container(&id('a'), limits).unwrap();
         Fixture { dir, stores, store }
     };
@@ -473,7 +473,7 @@ fn reopen_removes_tmp_and_compresses_what_was_left_plain() {
         let Fixture { dir, stores, store } = fixture;
         drop(store);
         drop(stores);
-        let stores = Stores::open(dir.path().join("root")).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let store = stores.existing(&id('a')).unwrap().unwrap();
         Fixture { dir, stores, store }
     };
@@ -706,4 +706,66 @@ fn oversized_payload_is_refused_before_writing() {
             offset: 0
         }
     );
+}
+
+/// A pinned store keeps unshipped segments beyond max_file (hidden from `docker logs`) while the
+/// spool budget has room, drops the oldest with a count when it has not, and lets them go once
+/// the pin moves past them.
+#[test]
+fn backlog_beyond_max_file_is_kept_for_the_shipper_within_the_spool_budget() {
+    let one = record_len(&entry(1, 30));
+    let limits = StoreLimits {
+        max_size: 3 * one,
+        max_file: 2,
+        compress: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // Room for two segments of backlog (3 records each), not three.
+    let spool = Arc::new(Spool::new(7 * one));
+    let stores = Stores::open(dir.path().join("root"), Arc::clone(&spool)).unwrap();
+    let store = stores.open_container(&id('b'), limits).unwrap();
+    store.set_pin(Some(store.start()));
+    let entries: Vec<LogEntry> = (1..=15).map(|seq| entry(seq, 30)).collect();
+    store.append(&batch_of(&entries[..12])).unwrap();
+    // Segments 1..=3 sealed, 4 active: 1 and 2 are beyond max_file but pinned, so kept.
+    let mut cursor = store.cursor(Position {
+        segment: 1,
+        offset: 0,
+    });
+    assert_eq!(cursor.position().segment, 1, "pinned backlog kept");
+    assert_eq!(spool.used(), 6 * one);
+    // docker logs shows the max_file window only.
+    assert_eq!(store.start().segment, 3);
+    let shown: Vec<LogEntry> = store.tail(100).unwrap();
+    assert_eq!(shown, entries[6..12].to_vec());
+    assert_eq!(spool.dropped_entries(), 0);
+
+    // One more segment does not fit: the oldest backlog segment goes, counted.
+    store.append(&batch_of(&entries[12..15])).unwrap();
+    assert_eq!(spool.dropped_entries(), 3);
+    assert_eq!(spool.dropped_bytes(), 3 * one);
+    let read = read_all(&mut cursor, 1 << 20);
+    assert_eq!(
+        read[0].0, entries[3],
+        "the shipper resumes after the dropped segment"
+    );
+    assert_eq!(cursor.skipped_bytes(), 3 * one);
+
+    // Shipping past the backlog lets retention delete it and gives the budget back.
+    store.set_pin(Some(store.end()));
+    assert_eq!(spool.used(), 0);
+    assert_eq!(store.start().segment, 4);
+    assert_eq!(
+        store
+            .cursor(Position {
+                segment: 2,
+                offset: 0
+            })
+            .position()
+            .segment,
+        4
+    );
+    // Without a pin, max_file alone applies, as before.
+    store.set_pin(None);
+    assert_eq!(store.tail(100).unwrap(), entries[9..15].to_vec());
 }
