@@ -52,6 +52,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     es("cloud_id", "ES_CLOUD_ID", "", "an Elastic Cloud id (label:base64)", "Elastic Cloud deployment to ship to (instead of hosts)"),
     es("cloud_auth", "ES_CLOUD_AUTH", "", "user:password", "Elastic Cloud basic authentication"),
     es("index", "ES_INDEX", "logs-docker-default", "an index or data stream name; may hold %{[container.name]}, %{[container.id]}, %{[container.image.name]}, %{[container.labels.KEY]}, %{[agent.version]}, %{+yyyy.MM.dd}", "where documents go; logs-<dataset>-<namespace> names are data streams"),
+    es("dead_letter_index", "ES_DEAD_LETTER_INDEX", "", "an index or data stream name, without placeholders", "where documents refused for good are also indexed (as text, with the reason), besides the local dead-letter file"),
     es("pipeline", "ES_PIPELINE", "", "an ingest pipeline name", "ingest pipeline applied to every document"),
     es("name", "ES_AGENT_NAME", "", "any text", "agent.name of every document (default: the host name)"),
     es("timeout", "ES_TIMEOUT", "90s", "a duration such as 30s or 2m", "time limit of one bulk request"),

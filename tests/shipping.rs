@@ -492,6 +492,17 @@ async fn bad_shipping_options_fail_start_logging_with_the_option_named() {
             "ssl.certificate_authorities",
         ),
         (vec![("host", "es")], "did you mean \"hosts\""),
+        (
+            vec![
+                ("hosts", "es"),
+                ("dead_letter_index", "dl-%{[container.name]}"),
+            ],
+            "log-opt dead_letter_index",
+        ),
+        (
+            vec![("hosts", "es"), ("dead_letter_index", "Dead Letters")],
+            "log-opt dead_letter_index",
+        ),
     ] {
         let err = api.start_logging(&fifo.path, &id, &config).await;
         assert!(err.contains(want), "{config:?}: {err}");
@@ -724,4 +735,46 @@ async fn tls_needs_the_right_ca_and_keeps_lines_until_it_is_trusted() {
         log.to_lowercase().contains("certificate"),
         "the failure names the certificate problem"
     );
+}
+
+/// With `dead_letter_index`, refused documents are also indexed there, as text with the reason,
+/// without the pipeline (which may be what refused them), beside the dead-letter file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_documents_also_reach_the_dead_letter_index() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    // Matches the original documents only: in a dead-letter document the same text is inside
+    // a JSON string, with its quotes escaped.
+    server.set_faults(Faults {
+        item_status_matching: Some((400, "\"message\":\"container 22 line 1".into())),
+        ..Faults::default()
+    });
+    let plugin = PluginProcess::start_with_env(&[
+        ("ES_HOSTS", &server.url()),
+        ("ES_DEAD_LETTER_INDEX", "dead-letters"),
+        ("ES_FLUSH_INTERVAL", "100ms"),
+    ]);
+    let ran = run_containers(&plugin, &[], &[(22, 2_000)]).await;
+    let refused: Vec<&String> = ran[0]
+        .1
+        .iter()
+        .filter(|m| m.starts_with("container 22 line 1"))
+        .collect();
+    let accepted = ran[0].1.len() - refused.len();
+    wait_for_docs(&server, accepted + refused.len(), Duration::from_secs(60)).await;
+    let dead: Vec<_> = server
+        .docs()
+        .into_iter()
+        .filter(|d| d.index == "dead-letters")
+        .collect();
+    assert_eq!(dead.len(), refused.len());
+    assert_eq!(messages_of(&server, &ran[0].0).len(), accepted);
+    let one = &dead[0].source;
+    assert_eq!(one["error"]["code"], 400);
+    assert!(one["error"]["message"]
+        .as_str()
+        .is_some_and(|r| r.contains("document_parsing_exception")));
+    assert!(one["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("container 22 line 1")));
+    assert!(one["@timestamp"].is_string());
 }

@@ -128,7 +128,14 @@ impl Client {
 
     /// Sends one `_bulk` to the next healthy node. `Err` is a transport failure (connection
     /// refused or reset, timeout): the node is rested and the caller retries.
-    pub async fn bulk(&self, body: Bytes, data_stream: bool) -> Result<BulkAnswer, String> {
+    /// Sends one bulk body to the next healthy node. `pipeline`: apply the `pipeline` option
+    /// (not for the dead-letter index: the pipeline may be what refused the document).
+    pub async fn bulk(
+        &self,
+        body: Bytes,
+        data_stream: bool,
+        pipeline: bool,
+    ) -> Result<BulkAnswer, String> {
         let at = self.pick();
         let node = &self.nodes[at];
         let flavor = self.flavor(node).await;
@@ -141,8 +148,8 @@ impl Client {
             headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
         }
         let mut query: Vec<(&str, &str)> = vec![("filter_path", FILTER_PATH)];
-        if let Some(pipeline) = &self.pipeline {
-            query.push(("pipeline", pipeline));
+        if let Some(name) = self.pipeline.as_ref().filter(|_| pipeline) {
+            query.push(("pipeline", name));
         }
         if data_stream && flavor == Flavor::Elasticsearch {
             query.push(("require_data_stream", "true"));

@@ -62,6 +62,8 @@ pub struct EsOptions {
     pub auth: Auth,
     pub index: IndexTemplate,
     pub pipeline: Option<String>,
+    /// Also index refused documents here (a name without placeholders).
+    pub dead_letter_index: Option<String>,
     pub agent_name: Option<String>,
     pub timeout: Duration,
     pub backoff_init: Duration,
@@ -106,6 +108,20 @@ impl EsOptions {
         };
         let index =
             IndexTemplate::parse(value("index")).map_err(|e| OptionError::Index(e.to_string()))?;
+        let dead_letter_index = match text("dead_letter_index") {
+            Some(name) if name.contains("%{") => {
+                return Err(OptionError::Index(format!(
+                    "log-opt dead_letter_index: {name:?} has a placeholder; it takes one fixed index or data stream name"
+                )))
+            }
+            Some(name) => {
+                IndexTemplate::parse(name).map_err(|e| {
+                    OptionError::Index(format!("log-opt dead_letter_index: {e}"))
+                })?;
+                Some(name.to_owned())
+            }
+            None => None,
+        };
         let duration = |name: &'static str, min: Duration, max: Duration| {
             humantime::parse_duration(value(name).trim())
                 .ok()
@@ -143,6 +159,7 @@ impl EsOptions {
             auth,
             index,
             pipeline: text("pipeline").map(str::to_owned),
+            dead_letter_index,
             agent_name: text("name").map(str::to_owned),
             timeout: duration("timeout", Duration::from_secs(1), Duration::from_secs(3600))?,
             backoff_init: duration(

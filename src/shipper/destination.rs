@@ -22,7 +22,7 @@ use super::client::Client;
 use super::config::EsOptions;
 use super::deadletter::DeadLetters;
 use super::document::{self, ContainerDoc};
-use super::index::ResolvedIndex;
+use super::index::{IndexTemplate, ResolvedIndex};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 use crate::metrics::DestinationMetrics;
@@ -153,6 +153,9 @@ impl Destination {
         let workers = self.shared.options.workers;
         let tick = self.shared.options.flush_interval.min(FRAGMENT_WAIT);
         let mut in_flight = FuturesOrdered::new();
+        if let Some(index) = self.shared.options.dead_letter_index.clone() {
+            tokio::spawn(dead_letters_to_index(Arc::clone(&self.shared), index));
+        }
         loop {
             if in_flight.len() < workers {
                 let batch = self.fill();
@@ -467,7 +470,7 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
                 }
             };
             shared.metrics.add_request(body.len() as u64);
-            let answer = match shared.client.bulk(body, batch.data_stream).await {
+            let answer = match shared.client.bulk(body, batch.data_stream, true).await {
                 Ok(answer) => answer,
                 Err(error) => {
                     shared.metrics.add_retry(todo.len() as u64);
@@ -565,6 +568,76 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
         }
     }
     Some(acks)
+}
+
+/// Indexes refused documents into the dead-letter index as they come, until shutdown. Best
+/// effort beside the file: a whole-request failure keeps them queued and retries with backoff;
+/// a document the dead-letter index refuses too stays in the file only.
+async fn dead_letters_to_index(shared: Arc<Shared>, index: String) {
+    let options = &shared.options;
+    let data_stream = IndexTemplate::parse(&index)
+        .ok()
+        .and_then(|t| t.resolve(&Default::default(), "").ok())
+        .is_some_and(|r| r.data_stream().is_some());
+    let mut backoff = Backoff::new(options.backoff_init, options.backoff_max);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(options.flush_interval) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+        let documents = shared.dead_letters.take(1_000);
+        if documents.is_empty() {
+            continue;
+        }
+        let action = serde_json::json!({"create": {"_index": index}}).to_string();
+        let mut ndjson = Vec::new();
+        for document in &documents {
+            ndjson.extend_from_slice(action.as_bytes());
+            ndjson.push(b'\n');
+            ndjson.extend_from_slice(document);
+            ndjson.push(b'\n');
+        }
+        let sent = match bulk::encode_body(&ndjson, options.compression_level) {
+            Ok(body) => shared.client.bulk(body, data_stream, false).await,
+            Err(error) => Err(error.to_string()),
+        };
+        let verdict =
+            sent.map(|answer| bulk::classify(answer.status, &answer.body, documents.len()));
+        match verdict {
+            Ok(RequestVerdict::Items(items)) => {
+                backoff.reset();
+                let refused = items
+                    .iter()
+                    .filter(|v| matches!(v, ItemVerdict::Reject { .. }))
+                    .count();
+                let retry: Vec<Vec<u8>> = items
+                    .iter()
+                    .zip(documents)
+                    .filter(|(v, _)| matches!(v, ItemVerdict::Retry { .. }))
+                    .map(|(_, d)| d)
+                    .collect();
+                if refused > 0 {
+                    tracing::warn!(refused, %index, "the dead-letter index refused documents too; they are in the dead-letter file");
+                }
+                shared.dead_letters.put_back(retry);
+            }
+            other => {
+                shared.dead_letters.put_back(documents);
+                let reason = match other {
+                    Err(error) => error,
+                    Ok(verdict) => format!("{verdict:?}"),
+                };
+                let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
+                if backoff
+                    .warn_and_wait(&shared, &message, tracing::Level::WARN)
+                    .await
+                    .is_none()
+                {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Capped exponential backoff with full jitter, reset after progress; every wait is raced

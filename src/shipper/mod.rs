@@ -161,7 +161,11 @@ impl Shippers {
         let destination = Destination::new(
             options.clone(),
             client,
-            deadletter::DeadLetters::new(self.state_dir.join("dead-letter"), &label),
+            deadletter::DeadLetters::new(
+                self.state_dir.join("dead-letter"),
+                &label,
+                options.dead_letter_index.is_some(),
+            ),
             self.metrics.destination(&label),
             self.state_dir.join("checkpoints"),
             self.shutdown.clone(),
