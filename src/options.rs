@@ -260,6 +260,26 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 mod tests {
     use super::*;
 
+    /// Regression guard: a setting added here but not to config.json cannot be set with
+    /// `docker plugin set` (the engine refuses unknown env names).
+    #[test]
+    fn every_setting_is_declared_in_the_plugin_config() {
+        let config: serde_json::Value =
+            serde_json::from_str(include_str!("../plugin/config.json")).unwrap();
+        let declared: Vec<&str> = config["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["name"].as_str())
+            .collect();
+        for setting in OPTIONS.iter().filter_map(|o| o.setting) {
+            assert!(
+                declared.contains(&setting),
+                "{setting} is missing from plugin/config.json"
+            );
+        }
+    }
+
     fn opts(pairs: &[(&str, &str)]) -> Result<LogOptions, OptionError> {
         let map: HashMap<String, String> = pairs
             .iter()
