@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use es_logging_plugin::{api, metrics, plugin::Plugin, retention, settings::Settings};
+use es_logging_plugin::{api, events, metrics, plugin::Plugin, retention, settings::Settings};
 
 /// Docker logging plugin: a durable local copy for `docker logs`, shipped to Elasticsearch.
 #[derive(Parser)]
@@ -35,6 +35,37 @@ enum Command {
         #[arg(long, env = "STATE_DIR", default_value = "/var/lib/es-logging-plugin")]
         state_dir: PathBuf,
     },
+    /// Collect the Docker Engine's events into Elasticsearch, outside a plugin (for hosts that
+    /// cannot mount the engine's socket into it). Credentials and other connection options
+    /// come from the same ES_* variables as the plugin's settings.
+    Events {
+        /// The engine's API socket, as a path or unix:// URL.
+        #[arg(
+            long,
+            env = "DOCKER_HOST",
+            default_value = "unix:///var/run/docker.sock"
+        )]
+        docker_host: String,
+        /// Elasticsearch nodes (comma-separated), as the `hosts` log-opt; default ES_HOSTS.
+        #[arg(long)]
+        hosts: Option<String>,
+        /// Where event documents go; default EVENTS_INDEX or logs-docker.events-default.
+        #[arg(long)]
+        index: Option<String>,
+        /// Engine-side filters, as EVENTS_FILTERS.
+        #[arg(long)]
+        filters: Option<String>,
+        /// ecs or logtail, as EVENTS_FORMAT.
+        #[arg(long)]
+        format: Option<String>,
+        /// Where the events store and its checkpoint live.
+        #[arg(
+            long,
+            env = "STATE_DIR",
+            default_value = "/var/lib/es-logging-plugin-events"
+        )]
+        state_dir: PathBuf,
+    },
 }
 
 /// How long shutdown waits for pipelines to drain and streams to end before exiting; under the
@@ -53,7 +84,91 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(serve(settings, &socket, &state_dir))
         }
+        Command::Events {
+            docker_host,
+            hosts,
+            index,
+            filters,
+            format,
+            state_dir,
+        } => {
+            let socket = docker_host
+                .strip_prefix("unix://")
+                .unwrap_or(&docker_host)
+                .to_owned();
+            let overrides = [
+                ("EVENTS", Some("true".to_owned())),
+                ("EVENTS_SOCKET", Some(socket)),
+                ("EVENTS_INDEX", index),
+                ("EVENTS_FILTERS", filters),
+                ("EVENTS_FORMAT", format),
+                ("ES_HOSTS", hosts),
+            ];
+            let settings = Settings::from_lookup(|name| {
+                overrides
+                    .iter()
+                    .find(|(key, value)| *key == name && value.is_some())
+                    .and_then(|(_, value)| value.clone())
+                    .or_else(|| std::env::var(name).ok())
+            })?;
+            init_logging(&settings.log_level);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(collect_events(settings, &state_dir))
+        }
     }
+}
+
+/// Starts the events service if the EVENTS settings ask for it. A missing destination is an
+/// ERROR in the log, not a reason to refuse serving logs.
+fn start_events(plugin: &Arc<Plugin>, state_dir: &Path, shutdown: &CancellationToken) -> bool {
+    let Some(events) = plugin.settings().events.clone() else {
+        return false;
+    };
+    let es = match events::service::destination(&plugin.settings().option_defaults, &events.index) {
+        Ok(es) => es,
+        Err(error) => {
+            tracing::error!(%error, "EVENTS is on but events cannot be shipped; not collecting them");
+            return false;
+        }
+    };
+    let run = events::service::run(
+        events,
+        es,
+        state_dir.join("events"),
+        Arc::clone(plugin),
+        shutdown.clone(),
+    );
+    plugin.tracker().spawn(async move {
+        if let Err(error) = run.await {
+            tracing::error!(%error, "the events collector stopped");
+        }
+    });
+    true
+}
+
+/// The `events` command: the events service alone, until SIGTERM or SIGINT.
+async fn collect_events(settings: Settings, state_dir: &Path) -> anyhow::Result<()> {
+    create_private_dir(state_dir)?;
+    let shutdown = CancellationToken::new();
+    let metrics_addr = settings.metrics_addr;
+    let plugin = Plugin::open(settings, state_dir, shutdown.clone())
+        .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
+    if !start_events(&plugin, state_dir, &shutdown) {
+        anyhow::bail!("nothing to do: the events collector could not start (see the log above)");
+    }
+    if let Some(addr) = metrics_addr {
+        let metrics = Arc::clone(plugin.metrics());
+        plugin
+            .tracker()
+            .spawn(metrics::serve(addr, metrics, shutdown.clone()));
+    }
+    wait_for_signal().await;
+    shutdown.cancel();
+    plugin.wind_down(SHUTDOWN_LIMIT).await;
+    Ok(())
 }
 
 fn init_logging(level: &str) {
@@ -85,6 +200,7 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
     plugin
         .tracker()
         .spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
+    start_events(&plugin, state_dir, &shutdown);
     if let Some(addr) = plugin.settings().metrics_addr {
         let metrics = Arc::clone(plugin.metrics());
         plugin

@@ -17,6 +17,7 @@ use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::CollectorStats;
 use crate::store::Spool;
 
 /// A per-destination counter: name, help text, and how to read it.
@@ -86,6 +87,7 @@ pub struct Metrics {
     pub ingest: Arc<IngestMetrics>,
     destinations: Mutex<BTreeMap<String, Arc<DestinationMetrics>>>,
     spool: Option<Arc<Spool>>,
+    events: std::sync::OnceLock<Arc<CollectorStats>>,
 }
 
 impl Metrics {
@@ -94,6 +96,11 @@ impl Metrics {
             spool: Some(spool),
             ..Self::default()
         }
+    }
+
+    /// The events collector's counters, once it runs.
+    pub fn set_events(&self, stats: Arc<CollectorStats>) {
+        let _ = self.events.set(stats);
     }
 
     pub fn destination(&self, label: &str) -> Arc<DestinationMetrics> {
@@ -164,6 +171,32 @@ impl Metrics {
             for (name, kind, help, value) in spool_metrics {
                 out.push_str(&format!(
                     "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+                ));
+            }
+        }
+        if let Some(events) = self.events.get() {
+            let counters = [
+                ("eslp_events_total", "Engine events collected", &events.events),
+                (
+                    "eslp_events_duplicates_total",
+                    "Replayed engine events dropped as already collected",
+                    &events.duplicates,
+                ),
+                (
+                    "eslp_events_gaps_total",
+                    "Times the engine's buffer did not cover a disconnection (events may be missing)",
+                    &events.gaps,
+                ),
+                (
+                    "eslp_events_connects_total",
+                    "Connections to the engine's /events",
+                    &events.connects,
+                ),
+            ];
+            for (name, help, value) in counters {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+                    get(value)
                 ));
             }
         }

@@ -140,6 +140,10 @@ impl Plugin {
         &self.stores
     }
 
+    pub fn shippers(&self) -> &Shippers {
+        &self.shippers
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

@@ -9,13 +9,21 @@
 //! | `LOCAL_LOGS_MAX_AGE` | `7d` | remove local copies of containers that logged nothing for this long; `0` keeps them |
 //! | `SPOOL_MAX_SIZE` | `1g` | unshipped data kept beyond max-file while Elasticsearch is away, plugin-wide |
 //! | `METRICS_ADDR` | (off) | `host:port` for the Prometheus text endpoint `/metrics` |
+//! | `EVENTS` | `false` | collect the engine's own events into Elasticsearch (see `events`) |
+//! | `EVENTS_SOCKET` | `/var/run/docker.sock` | the engine's API socket (mounted into the plugin) |
+//! | `EVENTS_INDEX` | `logs-docker.events-default` | where event documents go |
+//! | `EVENTS_FILTERS` | (all) | engine-side filters, e.g. `type=container,event=die,label=tier=core` |
+//! | `EVENTS_FORMAT` | `ecs` | `ecs`, or `logtail` for Logtail's `_type_`/`_action_`/`_id_`/`_time_nano_` |
 //! | `ES_*` | (unset) | host-wide defaults of the Elasticsearch log-opts (`options::OPTIONS` names each) |
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::events::service::EventsSettings;
+use crate::events::{Filters, Format};
 use crate::options::{parse_bool, parse_size, OPTIONS};
+use crate::shipper::index::IndexTemplate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -26,6 +34,8 @@ pub struct Settings {
     /// Bytes of unshipped segments kept beyond max-file, summed over all containers.
     pub spool_max_size: u64,
     pub metrics_addr: Option<SocketAddr>,
+    /// Set when EVENTS is on.
+    pub events: Option<EventsSettings>,
     /// Log-opt defaults from `ES_*` settings, keyed by log-opt name. May hold credentials.
     pub option_defaults: HashMap<String, String>,
 }
@@ -38,6 +48,7 @@ impl Default for Settings {
             local_logs_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             spool_max_size: 1 << 30,
             metrics_addr: None,
+            events: None,
             option_defaults: HashMap::new(),
         }
     }
@@ -102,6 +113,17 @@ impl Settings {
                 accepts: "an address and port such as 127.0.0.1:9876",
             })?);
         }
+        let events_on = match get("EVENTS") {
+            Some(value) => parse_bool(value.trim()).ok_or(SettingError {
+                name: "EVENTS",
+                value,
+                accepts: "true or false",
+            })?,
+            None => false,
+        };
+        if events_on {
+            settings.events = Some(events_settings(&get)?);
+        }
         for option in OPTIONS {
             if let Some(value) = option.setting.and_then(&get) {
                 settings
@@ -111,6 +133,42 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+fn events_settings(get: &impl Fn(&str) -> Option<String>) -> Result<EventsSettings, SettingError> {
+    let filters = match get("EVENTS_FILTERS") {
+        Some(value) => value.parse::<Filters>().map_err(|error| SettingError {
+            name: "EVENTS_FILTERS",
+            value: format!("{value}: {error}"),
+            accepts: "comma-separated key=value filters of the engine's /events (type, event, label, container, image, ...)",
+        })?,
+        None => Filters::default(),
+    };
+    let format = match get("EVENTS_FORMAT") {
+        Some(value) => value.trim().parse::<Format>().map_err(|_| SettingError {
+            name: "EVENTS_FORMAT",
+            value,
+            accepts: "ecs or logtail",
+        })?,
+        None => Format::default(),
+    };
+    let index = get("EVENTS_INDEX").unwrap_or_else(|| EventsSettings::DEFAULT_INDEX.into());
+    if index.contains("%{") || IndexTemplate::parse(index.trim()).is_err() {
+        return Err(SettingError {
+            name: "EVENTS_INDEX",
+            value: index,
+            accepts: "an index or data stream name without placeholders",
+        });
+    }
+    Ok(EventsSettings {
+        socket: get("EVENTS_SOCKET")
+            .unwrap_or_else(|| EventsSettings::DEFAULT_SOCKET.into())
+            .trim()
+            .into(),
+        index: index.trim().to_owned(),
+        filters,
+        format,
+    })
 }
 
 /// `0` means "never"; anything else is a humantime duration.

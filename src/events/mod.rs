@@ -16,6 +16,8 @@
 //! - [`collector`]: the reconnect loop with `since=`, replay deduplication and gap detection.
 //! - [`document`]: the Elasticsearch documents: ECS (default) or Logtail's field names, and the
 //!   gap marker.
+//! - [`stored`]: events and gap markers as entries of the durable store, and back.
+//! - [`service`]: collector -> events store -> shipper, with resume from the store.
 //!
 //! The rules it follows (docs/docker-events.md): the engine keeps its last 256 events and
 //! replays those at or after `since` (inclusive); so the collector resumes every connection
@@ -31,6 +33,8 @@ pub mod engine;
 pub mod event;
 pub mod filters;
 pub mod lines;
+pub mod service;
+pub mod stored;
 
 pub use collector::{Backoff, Collector, CollectorItem, CollectorStats, Gap, Stopped};
 pub use document::{

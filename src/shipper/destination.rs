@@ -25,6 +25,7 @@ use super::document::{self, ContainerDoc};
 use super::index::{IndexTemplate, ResolvedIndex};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
+use crate::events::DocumentOptions;
 use crate::metrics::DestinationMetrics;
 use crate::store::{ContainerStore, Cursor, Position};
 
@@ -42,10 +43,12 @@ pub struct SourceSpec {
     pub store: Arc<ContainerStore>,
     pub doc: ContainerDoc,
     pub index: ResolvedIndex,
+    /// Set for the engine's events store: each entry is an event, not a log line.
+    pub events: Option<DocumentOptions>,
 }
 
 pub enum Command {
-    Attach(SourceSpec),
+    Attach(Box<SourceSpec>),
     /// The container has no logging run any more: ship what is left, then let it go.
     Stopped(ContainerId),
     /// It logs again.
@@ -70,6 +73,7 @@ struct Source {
     store: Arc<ContainerStore>,
     doc: ContainerDoc,
     index: ResolvedIndex,
+    events: Option<DocumentOptions>,
     cursor: Cursor,
     /// Just after the last entry read.
     read_to: Position,
@@ -191,7 +195,7 @@ impl Destination {
 
     fn command(&mut self, command: Command) {
         match command {
-            Command::Attach(spec) => self.attach(spec),
+            Command::Attach(spec) => self.attach(*spec),
             Command::Stopped(id) => {
                 if let Some(source) = self.sources.get_mut(&id) {
                     source.stopped = true;
@@ -240,6 +244,7 @@ impl Destination {
                 store: spec.store,
                 doc: spec.doc,
                 index: spec.index,
+                events: spec.events,
                 cursor,
                 pending: None,
                 checkpoint,
@@ -354,6 +359,10 @@ impl Source {
 
     /// Rejoins fragments of one line into one document; emits complete documents.
     fn take(&mut self, entry: LogEntry, after: Position, batch: &mut Batch) {
+        if self.events.is_some() {
+            self.take_event(entry, after, batch);
+            return;
+        }
         let start = std::mem::replace(&mut self.read_to, after);
         if !entry.partial {
             if let Some(pending) = self.pending.take() {
@@ -399,6 +408,35 @@ impl Source {
                 self.emit(batch, pending);
             }
         }
+    }
+
+    /// An engine event: one document, its id from the event itself.
+    fn take_event(&mut self, entry: LogEntry, after: Position, batch: &mut Batch) {
+        self.read_to = after;
+        let Some(options) = &self.events else {
+            return;
+        };
+        let (id, doc) = match crate::events::stored::document(&entry, options) {
+            Ok(built) => built,
+            Err(error) => {
+                tracing::warn!(%error, "skipping an entry of the events store that is not an event");
+                return;
+            }
+        };
+        let begin = batch.ndjson.len();
+        let index = self.index.name_for(entry.time_nano);
+        let action = serde_json::json!({"create": {"_index": index, "_id": id}});
+        // Serialising a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut batch.ndjson, &action);
+        batch.ndjson.push(b'\n');
+        let _ = serde_json::to_writer(&mut batch.ndjson, &doc);
+        batch.ndjson.push(b'\n');
+        batch.data_stream = batch.data_stream || self.index.data_stream().is_some();
+        batch.items.push(Item {
+            range: begin..batch.ndjson.len(),
+            source: self.id.clone(),
+            end: after,
+        });
     }
 
     fn emit(&mut self, batch: &mut Batch, line: Pending) {

@@ -112,14 +112,28 @@ impl Shippers {
         let agent = self.agent(options);
         let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
         let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
+        self.start_source(options, id, store, doc, index, None)
+    }
+
+    /// Marks where the store's shipping starts and hands it to its destination's task.
+    fn start_source(
+        &self,
+        options: &EsOptions,
+        id: &ContainerId,
+        store: Arc<ContainerStore>,
+        doc: ContainerDoc,
+        index: ResolvedIndex,
+        events: Option<crate::events::DocumentOptions>,
+    ) -> Result<(), ShipError> {
         let sender = self.destination(options)?;
         self.mark_start(options, id, &store);
-        let _ = sender.send(Command::Attach(SourceSpec {
+        let _ = sender.send(Command::Attach(Box::new(SourceSpec {
             id: id.clone(),
             store,
             doc,
             index,
-        }));
+            events,
+        })));
         Ok(())
     }
 
@@ -139,6 +153,36 @@ impl Shippers {
         });
         // Before the FIFO is read: nothing still to ship may be deleted by rotation meanwhile.
         store.set_pin(Some(from));
+    }
+
+    /// Starts shipping the engine's events store (see `events::service`): documents are built
+    /// from the stored events in `format`, with their own ids.
+    pub fn attach_events(
+        &self,
+        options: &EsOptions,
+        id: &ContainerId,
+        store: Arc<ContainerStore>,
+        format: crate::events::Format,
+    ) -> Result<(), ShipError> {
+        let agent = self.agent(options);
+        let info = Info::default();
+        let index: ResolvedIndex = options.index.resolve(&info, &agent.version)?;
+        let data_stream =
+            index
+                .data_stream()
+                .map(|(kind, dataset, namespace)| crate::events::DataStream {
+                    kind: kind.to_owned(),
+                    dataset: dataset.to_owned(),
+                    namespace: namespace.to_owned(),
+                });
+        let doc = ContainerDoc::new(&info, &self.host_name, &agent, index.data_stream());
+        let events = crate::events::DocumentOptions {
+            format,
+            host_name: self.host_name.clone(),
+            agent,
+            data_stream,
+        };
+        self.start_source(options, id, store, doc, index, Some(events))
     }
 
     /// The container's logging stopped: ship what is left, then release it.

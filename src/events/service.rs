@@ -1,0 +1,160 @@
+//! The events service: the collector's items appended to the events store, which the shipper
+//! follows like a container's store (its own destination, checkpoint and spool budget).
+//!
+//! ```text
+//! engine /events --> Collector --unbounded channel--> writer --> events store --> shipper
+//! ```
+//!
+//! The channel is unbounded on purpose: the collector must read the engine promptly (the
+//! engine drops events for a subscriber that lags 100 ms), and the writer only appends to a
+//! local file, so the queue stays short; nothing is ever dropped on our side.
+//!
+//! Resuming: at start the newest stored event gives `since=`; the engine replays from there
+//! inclusively, and replayed events whose ids are among the last stored ones are not stored
+//! again. The events store is keyed by a hash of the engine socket's path, under
+//! `<state>/events/`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::collector::{Collector, CollectorItem};
+use super::document::Format;
+use super::engine::EngineClient;
+use super::filters::Filters;
+use super::stored;
+use crate::container_id::ContainerId;
+use crate::metrics::Metrics;
+use crate::plugin::Plugin;
+use crate::shipper::config::EsOptions;
+use crate::shipper::ShipError;
+use crate::store::{Batch, ContainerStore, StoreError, StoreLimits, Stores};
+
+/// Stored events looked at on start to resume: more than the engine's 256-event buffer.
+const RESUME_WINDOW: usize = 1024;
+
+/// What the `EVENTS*` settings say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsSettings {
+    /// The engine's API socket.
+    pub socket: PathBuf,
+    /// Where event documents go (`index` of the events destination).
+    pub index: String,
+    pub filters: Filters,
+    pub format: Format,
+}
+
+impl EventsSettings {
+    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
+    pub const DEFAULT_INDEX: &'static str = "logs-docker.events-default";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("events store: {0}")]
+    Store(#[from] StoreError),
+    #[error("events shipping: {0}")]
+    Ship(#[from] ShipError),
+    #[error("events: the Elasticsearch options are not valid: {0}")]
+    Options(String),
+    #[error("events: no Elasticsearch destination: set ES_HOSTS (or ES_CLOUD_ID), or --hosts")]
+    NoDestination,
+}
+
+/// The store id of an engine: a hash of its socket path, so two engines never share a store.
+pub fn store_id(socket: &Path) -> ContainerId {
+    let digest = Sha256::digest(socket.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    // 64 hex digits always parse.
+    ContainerId::parse(&hex).unwrap_or_else(|_| unreachable!("a sha256 is 64 hex digits"))
+}
+
+/// Opens the events store under `root` and starts shipping it with the plugin's shippers,
+/// then collects until shutdown.
+pub async fn run(
+    settings: EventsSettings,
+    es: EsOptions,
+    root: PathBuf,
+    plugin: Arc<Plugin>,
+    shutdown: CancellationToken,
+) -> Result<(), EventsError> {
+    let stores = Stores::open(root, Arc::clone(plugin.stores().spool()))?;
+    let id = store_id(&settings.socket);
+    let store = stores.open_container(&id, StoreLimits::default())?;
+    plugin
+        .shippers()
+        .attach_events(&es, &id, Arc::clone(&store), settings.format)?;
+    let metrics: &Arc<Metrics> = plugin.metrics();
+    let (since, seen) = resume_point(&store);
+    tracing::info!(socket = %settings.socket.display(), index = %settings.index, since = ?since, "collecting the engine's events");
+    let collector = Collector::new(
+        EngineClient::new(&settings.socket),
+        settings.filters.clone(),
+    );
+    metrics.set_events(collector.stats());
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write(store, rx, seen));
+    collector.run(since, tx, shutdown).await;
+    // The sender is dropped with the collector: the writer stores what is queued and ends.
+    let _ = writer.await;
+    Ok(())
+}
+
+/// The `since` to resume from and the ids already stored near it.
+fn resume_point(store: &ContainerStore) -> (Option<i64>, HashSet<String>) {
+    let recent = store.tail(RESUME_WINDOW).unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the end of the events store; resuming from now");
+        Vec::new()
+    });
+    let events: Vec<_> = recent.iter().filter_map(stored::event_of).collect();
+    let since = events.iter().map(|e| e.time_nano).max();
+    (since, events.iter().map(|e| e.id()).collect())
+}
+
+/// Appends items as they come, several per write when they queue up.
+async fn write(
+    store: Arc<ContainerStore>,
+    mut rx: mpsc::UnboundedReceiver<CollectorItem>,
+    mut seen: HashSet<String>,
+) {
+    let mut batch = Batch::default();
+    let mut items = Vec::new();
+    while rx.recv_many(&mut items, 4096).await > 0 {
+        batch.clear();
+        for item in items.drain(..) {
+            if let CollectorItem::Event(line) = &item {
+                // The inclusive replay after a restart: already stored.
+                if !seen.is_empty() && seen.remove(&line.event.id()) {
+                    continue;
+                }
+            }
+            let entry = stored::to_entry(&item);
+            batch.push(&entry.encode_to_vec(), entry.time_nano);
+        }
+        let result = tokio::task::block_in_place(|| store.append(&batch));
+        if let Err(error) = result {
+            tracing::error!(%error, events = batch.len(), "cannot write the events store: these events are lost");
+        }
+    }
+    if let Err(error) = store.sync() {
+        tracing::warn!(%error, "cannot sync the events store");
+    }
+}
+
+/// The events destination: the connection options of `defaults` (the ES_* settings, or the
+/// command line) with the events index.
+pub fn destination(
+    defaults: &std::collections::HashMap<String, String>,
+    index: &str,
+) -> Result<EsOptions, EventsError> {
+    let mut config = defaults.clone();
+    config.insert("index".into(), index.to_owned());
+    let parsed = crate::options::LogOptions::parse(Some(&config), &Default::default())
+        .map_err(|e| EventsError::Options(e.to_string()))?;
+    parsed.es.ok_or(EventsError::NoDestination)
+}
