@@ -17,6 +17,9 @@ BIN := $(TARGET_DIR)/release/es-logging-plugin
 ROOTFS := $(PLUGIN_DIR)/rootfs
 CA_BUNDLE := /etc/ssl/certs/ca-certificates.crt
 
+# The engine's socket on the host, mounted into the plugin for the events collector.
+DOCKER_SOCKET ?= $(if $(filter unix://%,$(DOCKER_HOST)),$(patsubst unix://%,%,$(DOCKER_HOST)),/var/run/docker.sock)
+
 ifdef DOCKER_HOST
 export DOCKER_HOST
 endif
@@ -30,7 +33,7 @@ help: ## List the targets and the variables they take
 	@echo 'Targets:'
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z0-9-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo 'Variables (current value):'
-	@echo '  PLUGIN=$(PLUGIN)  STATE_SOURCE=$(STATE_SOURCE)  PLUGIN_DIR=$(PLUGIN_DIR)'
+	@echo '  PLUGIN=$(PLUGIN)  STATE_SOURCE=$(STATE_SOURCE)  PLUGIN_DIR=$(PLUGIN_DIR)  DOCKER_SOCKET=$(DOCKER_SOCKET)'
 	@echo '  DOCKER_HOST=$(or $(DOCKER_HOST),(docker CLI default))'
 
 build: ## Build the release binary (cargo build --release)
@@ -39,7 +42,9 @@ build: ## Build the release binary (cargo build --release)
 rootfs: build ## Assemble the plugin folder (target/plugin): config.json, rootfs/ with the binary, its shared libraries, CA certificates
 	rm -rf '$(ROOTFS)' '$(PLUGIN_DIR)/config.json'
 	mkdir -p '$(ROOTFS)/bin' '$(ROOTFS)/etc/ssl/certs' '$(ROOTFS)/run/docker/plugins' \
-		'$(ROOTFS)/var/lib/es-logging-plugin' '$(ROOTFS)/tmp'
+		'$(ROOTFS)/var/lib/es-logging-plugin' '$(ROOTFS)/tmp' '$(ROOTFS)/var/run'
+	@# The mount point of the engine socket (docker-socket mount, for EVENTS=true).
+	touch '$(ROOTFS)/var/run/docker.sock'
 	cp '$(BIN)' '$(ROOTFS)/bin/es-logging-plugin'
 	@# Exactly the libraries the dynamic linker resolves for this binary, the loader included,
 	@# at the paths the binary asks for.
@@ -58,7 +63,7 @@ install: rootfs ## Create and enable PLUGIN, replacing an older install; local c
 	@if [[ '$(DOCKER_HOST)' != tcp://* && '$(DOCKER_HOST)' != ssh://* ]]; then mkdir -p '$(STATE_SOURCE)'; fi
 	if $(DOCKER) plugin inspect '$(PLUGIN)' >/dev/null 2>&1; then $(DOCKER) plugin rm -f '$(PLUGIN)'; fi
 	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
-	$(DOCKER) plugin set '$(PLUGIN)' state.source='$(STATE_SOURCE)'
+	$(DOCKER) plugin set '$(PLUGIN)' state.source='$(STATE_SOURCE)' docker-socket.source='$(DOCKER_SOCKET)'
 	$(DOCKER) plugin enable '$(PLUGIN)'
 	@echo 'Installed. Use it with: docker run --log-driver $(patsubst %:latest,%,$(PLUGIN)) ...'
 

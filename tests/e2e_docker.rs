@@ -54,6 +54,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         containers_ship_to_elasticsearch,
     ),
     (
+        "engine_events_reach_elasticsearch",
+        engine_events_reach_elasticsearch,
+    ),
+    (
         "plugin_stops_promptly_on_disable",
         plugin_stops_promptly_on_disable,
     ),
@@ -515,13 +519,140 @@ fn plugin_killed_mid_stream_loses_nothing(docker: &Docker) {
 
 /// The plugin is PID 1 in its namespace: without a SIGTERM handler the engine waits 10 s and
 /// SIGKILLs it on every disable, upgrade and engine shutdown.
-fn plugin_stops_promptly_on_disable(docker: &Docker) {
+fn remove_all_containers(docker: &Docker) {
     let leftover = docker.docker_ok(&["ps", "-aq"]);
     if !leftover.is_empty() {
         let mut args = vec!["rm", "-f"];
         args.extend(leftover.split_whitespace());
         docker.docker_ok(&args);
     }
+}
+
+/// Changes plugin settings: the engine takes them only while the plugin is disabled.
+fn set_plugin(docker: &Docker, settings: &[&str]) {
+    remove_all_containers(docker);
+    docker.docker_ok(&["plugin", "disable", DRIVER]);
+    let mut args = vec!["plugin", "set", DRIVER];
+    args.extend_from_slice(settings);
+    docker.docker_ok(&args);
+    docker.docker_ok(&["plugin", "enable", DRIVER]);
+}
+
+/// EVENTS=true: the engine's own events (container, image, volume) reach Elasticsearch through
+/// the plugin's mount of the engine socket, each once, also those that happen while the plugin
+/// is killed and restarted by the engine.
+fn engine_events_reach_elasticsearch(docker: &Docker) {
+    let noida = Noida::start();
+    let hosts = format!("ES_HOSTS={}", noida.url());
+    set_plugin(docker, &["EVENTS=true", &hosts, "ES_FLUSH_INTERVAL=200ms"]);
+    let result = catch_unwind(AssertUnwindSafe(|| events_scenario(docker, &noida)));
+    set_plugin(docker, &["EVENTS=false", "ES_HOSTS=", "ES_FLUSH_INTERVAL="]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn events_scenario(docker: &Docker, noida: &Noida) {
+    let index = "logs-docker.events-default";
+    // The collector connects when the plugin starts; give it a moment before the first event.
+    wait_for(secs(30), "the events collector's first connection", || {
+        docker
+            .dockerd_log()
+            .contains("collecting the engine's events")
+            .then_some(())
+    });
+    std::thread::sleep(secs(1));
+    let id = docker.run_logged("e2e-events", &[], "exit 3");
+    assert_eq!(docker.wait_exit("e2e-events", secs(60)), 3);
+    docker.docker_ok(&["rm", "e2e-events"]);
+    docker.docker_ok(&["tag", IMAGE, "e2e/events:1"]);
+    docker.docker_ok(&["rmi", "e2e/events:1"]);
+    docker.docker_ok(&["volume", "create", "e2e-volume"]);
+    docker.docker_ok(&["volume", "rm", "e2e-volume"]);
+    let has = |docs: &[(String, serde_json::Value)], kind: &str, action: &str, actor: &str| {
+        docs.iter()
+            .filter(|(_, d)| {
+                d["docker"]["event"]["type"] == kind
+                    && d["docker"]["event"]["action"] == action
+                    && d["docker"]["event"]["actor"]["id"] == actor
+            })
+            .count()
+    };
+    let expected: Vec<(&str, &str, String)> = vec![
+        ("container", "create", id.clone()),
+        ("container", "start", id.clone()),
+        ("container", "die", id.clone()),
+        ("container", "destroy", id.clone()),
+        ("volume", "create", "e2e-volume".into()),
+        ("volume", "destroy", "e2e-volume".into()),
+    ];
+    let docs = wait_for(
+        secs(60),
+        "the container and volume events in noida-db",
+        || {
+            let docs = noida.documents(index);
+            expected
+                .iter()
+                .all(|(k, a, i)| has(&docs, k, a, i) >= 1)
+                .then_some(docs)
+        },
+    );
+    let die = docs
+        .iter()
+        .find(|(_, d)| d["docker"]["event"]["action"] == "die")
+        .map(|(_, d)| d.clone())
+        .unwrap();
+    assert_eq!(die["process"]["exit_code"], 3);
+    assert_eq!(die["event"]["outcome"], "failure");
+    assert_eq!(die["container"]["name"], "e2e-events");
+    assert!(
+        docs.iter()
+            .any(|(_, d)| d["docker"]["event"]["type"] == "image"
+                && d["docker"]["event"]["action"] == "untag"),
+        "the untag of e2e/events:1"
+    );
+
+    // Killed: what happens before the engine has restarted it is caught up with since=.
+    let old = docker.plugin_pid().expect("the plugin's pid");
+    signal(old, "KILL");
+    docker.docker_ok(&["volume", "create", "e2e-volume-2"]);
+    wait_for(secs(30), "the engine to restart the killed plugin", || {
+        docker.plugin_pid().filter(|pid| *pid != old)
+    });
+    docker.docker_ok(&["volume", "rm", "e2e-volume-2"]);
+    wait_for(secs(60), "the events around the kill in noida-db", || {
+        let docs = noida.documents(index);
+        (has(&docs, "volume", "create", "e2e-volume-2") >= 1
+            && has(&docs, "volume", "destroy", "e2e-volume-2") >= 1)
+            .then_some(())
+    });
+    // A replay would be another document of the same event: each must be there once.
+    std::thread::sleep(secs(2));
+    let final_docs = noida.documents(index);
+    for (k, a, i) in expected
+        .iter()
+        .map(|(k, a, i)| (*k, *a, i.as_str()))
+        .chain([
+            ("volume", "create", "e2e-volume-2"),
+            ("volume", "destroy", "e2e-volume-2"),
+        ])
+    {
+        assert_eq!(has(&final_docs, k, a, i), 1, "{k} {a} {i}");
+    }
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, d) in &final_docs {
+        let key = format!(
+            "{} {}",
+            d["docker"]["event"]["type"].as_str().unwrap_or("?"),
+            d["event"]["action"].as_str().unwrap_or("?")
+        );
+        *seen.entry(key).or_default() += 1;
+    }
+    eprintln!("e2e:   engine events indexed: {seen:?}");
+}
+
+fn plugin_stops_promptly_on_disable(docker: &Docker) {
+    remove_all_containers(docker);
     let t = Instant::now();
     docker.docker_ok(&["plugin", "disable", DRIVER]);
     let took = t.elapsed();

@@ -479,6 +479,11 @@ impl Docker {
         self.docker_ok(&["plugin", "push", &reference]);
         self.docker_ok(&["plugin", "rm", &reference]);
         let state = format!("state.source={}", self.state_dir.display());
+        // This engine's socket, for the events collector (off until a scenario turns it on).
+        let engine_socket = format!(
+            "docker-socket.source={}",
+            self.root.path().join("docker.sock").display()
+        );
         let out = self.docker(&[
             "plugin",
             "install",
@@ -487,6 +492,7 @@ impl Docker {
             DRIVER,
             &reference,
             &state,
+            &engine_socket,
         ]);
         if !out.success() {
             self.fail(&format!(
