@@ -61,6 +61,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     es("proxy_url", "ES_PROXY_URL", "", "an http(s) or socks5 URL", "proxy for every request to Elasticsearch"),
     es("ssl.certificate_authorities", "ES_SSL_CA", "", "the path of a PEM file (inside the plugin: put it under the state mount)", "CA certificates trusted for Elasticsearch, in addition to the system ones"),
     es("ssl.verification_mode", "ES_SSL_VERIFICATION_MODE", "full", "full or none", "TLS verification: full checks the chain and the host name; none checks nothing"),
+    es("ssl.ca_trusted_fingerprint", "ES_SSL_CA_TRUSTED_FINGERPRINT", "", "the SHA-256 of a CA certificate in hex (64 digits, colons allowed)", "trust the CA with this fingerprint in the chain Elasticsearch presents (as Beats do), then verify fully"),
     es("bulk_max_bytes", "ES_BULK_MAX_BYTES", "5m", "a size with k or m (64k to 90m)", "largest bulk request body before compression"),
     es("flush_interval", "ES_FLUSH_INTERVAL", "1s", "a duration from 10ms to 1m", "longest time a line waits for a fuller batch"),
     es("workers", "ES_WORKERS", "2", "a whole number from 1 to 16", "bulk requests in flight at once per destination"),

@@ -778,3 +778,52 @@ async fn refused_documents_also_reach_the_dead_letter_index() {
         .is_some_and(|m| m.contains("container 22 line 1")));
     assert!(one["@timestamp"].is_string());
 }
+
+/// `ssl.ca_trusted_fingerprint` (as Beats take it: colons and upper case allowed) trusts the CA
+/// in the chain the server presents; a pin that matches nothing ships nothing and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_fingerprint_pin_trusts_that_ca_only() {
+    let server = EsServer::start(ServerOptions {
+        tls: true,
+        ..ServerOptions::default()
+    })
+    .await;
+    let plugin =
+        PluginProcess::start_with_env(&[("ES_BACKOFF_INIT", "20ms"), ("ES_BACKOFF_MAX", "200ms")]);
+    let url = server.url();
+    let pin = server
+        .ca_fingerprint_sha256()
+        .expect("a TLS server has a CA");
+    let beats_style = pin
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| String::from_utf8_lossy(pair).to_uppercase())
+        .collect::<Vec<_>>()
+        .join(":");
+    let pinned = run_containers(
+        &plugin,
+        &[
+            ("hosts", &url),
+            ("ssl.ca_trusted_fingerprint", &beats_style),
+        ],
+        &[(23, 500)],
+    )
+    .await;
+    let wrong_pin = "00".repeat(32);
+    let wrong = run_containers(
+        &plugin,
+        &[("hosts", &url), ("ssl.ca_trusted_fingerprint", &wrong_pin)],
+        &[(24, 500)],
+    )
+    .await;
+    wait_for_docs(&server, 500, Duration::from_secs(60)).await;
+    assert_eq!(messages_of(&server, &pinned[0].0), pinned[0].1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(messages_of(&server, &wrong[0].0).is_empty());
+    let log = plugin.output();
+    assert!(
+        log.contains("no certificate the server presented matches ssl.ca_trusted_fingerprint")
+            && log.contains(&pin),
+        "the failure names the pin and what the server presented"
+    );
+}

@@ -21,6 +21,7 @@ use elasticsearch::Elasticsearch;
 
 use super::bulk::FILTER_PATH;
 use super::config::{Auth, EsOptions, Verification};
+use super::fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -51,7 +52,11 @@ enum Flavor {
 
 struct Node {
     label: String,
-    client: Elasticsearch,
+    url: Url,
+    auth: Auth,
+    /// Built at start; with a CA pin (`ssl.ca_trusted_fingerprint`) at the first request, once
+    /// the pinned CA is known.
+    client: Mutex<Option<Elasticsearch>>,
     health: Mutex<Health>,
 }
 
@@ -62,6 +67,7 @@ struct Health {
 }
 
 pub struct Client {
+    options: EsOptions,
     nodes: Vec<Node>,
     next: AtomicUsize,
     timeout: Duration,
@@ -82,32 +88,15 @@ impl Client {
                 url.host_str().unwrap_or(""),
                 url.port_or_known_default().unwrap_or(0)
             );
-            let build_err = |reason: String| ClientError::Build {
-                host: label.clone(),
-                reason,
+            let client = match options.ca_fingerprint {
+                Some(_) => None,
+                None => Some(build(&url, &auth, options, validation(options)?, &label)?),
             };
-            let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url.clone()))
-                .request_body_compression(false)
-                .enable_meta_header(false)
-                .timeout(options.timeout)
-                .cert_validation(validation(options)?);
-            builder = match &options.proxy_url {
-                Some(proxy) => builder.proxy(proxy.clone(), None, None),
-                None => builder.disable_proxy(),
-            };
-            builder = match auth {
-                Auth::None => builder,
-                Auth::Basic { user, password } => {
-                    builder.auth(Credentials::Basic(user, password.expose().to_owned()))
-                }
-                Auth::ApiKey(key) => {
-                    builder.auth(Credentials::EncodedApiKey(key.expose().to_owned()))
-                }
-            };
-            let transport = builder.build().map_err(|e| build_err(e.to_string()))?;
             nodes.push(Node {
                 label,
-                client: Elasticsearch::new(transport),
+                url,
+                auth,
+                client: Mutex::new(client),
                 health: Mutex::new(Health {
                     rested_until: None,
                     failures: 0,
@@ -116,6 +105,7 @@ impl Client {
             });
         }
         Ok(Self {
+            options: options.clone(),
             nodes,
             next: AtomicUsize::new(0),
             timeout: options.timeout,
@@ -138,7 +128,14 @@ impl Client {
     ) -> Result<BulkAnswer, String> {
         let at = self.pick();
         let node = &self.nodes[at];
-        let flavor = self.flavor(node).await;
+        let client = match self.node_client(node).await {
+            Ok(client) => client,
+            Err(error) => {
+                self.node_failed(node);
+                return Err(error);
+            }
+        };
+        let flavor = self.flavor(node, &client).await;
         let mut headers = HeaderMap::new();
         headers.insert(
             CONTENT_TYPE,
@@ -154,8 +151,7 @@ impl Client {
         if data_stream && flavor == Flavor::Elasticsearch {
             query.push(("require_data_stream", "true"));
         }
-        let sent = node
-            .client
+        let sent = client
             .send(
                 Method::Post,
                 "/_bulk",
@@ -235,13 +231,43 @@ impl Client {
             .any(|n| lock(&n.health).rested_until.is_none_or(|u| u <= now))
     }
 
-    async fn flavor(&self, node: &Node) -> Flavor {
+    /// The node's client, built now if it waits for its pinned CA.
+    async fn node_client(&self, node: &Node) -> Result<Elasticsearch, String> {
+        if let Some(client) = lock(&node.client).clone() {
+            return Ok(client);
+        }
+        let failed = |reason: String| format!("{}: {reason}", node.label);
+        let pin = self
+            .options
+            .ca_fingerprint
+            .ok_or_else(|| failed("no client and no CA pin".into()))?;
+        let der = fingerprint::pinned_certificate(
+            &node.url,
+            pin,
+            self.timeout.min(Duration::from_secs(10)),
+        )
+        .await
+        .map_err(failed)?;
+        let ca = Certificate::from_der(&der).map_err(|e| failed(e.to_string()))?;
+        let client = build(
+            &node.url,
+            &node.auth,
+            &self.options,
+            CertificateValidation::Full(ca),
+            &node.label,
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(node = %node.label, "trusting the CA pinned by ssl.ca_trusted_fingerprint");
+        *lock(&node.client) = Some(client.clone());
+        Ok(client)
+    }
+
+    async fn flavor(&self, node: &Node, client: &Elasticsearch) -> Flavor {
         let known = lock(&node.health).flavor;
         if known != Flavor::Unknown {
             return known;
         }
-        let answer = node
-            .client
+        let answer = client
             .send::<&[u8], ()>(
                 Method::Get,
                 "/",
@@ -308,6 +334,39 @@ fn split_credentials(url: &Url, auth: &Auth) -> (Url, Auth) {
         other => other.clone(),
     };
     (clean, auth)
+}
+
+/// One node's client: no sniffing, our own compression, the options' timeout, proxy and
+/// credentials.
+fn build(
+    url: &Url,
+    auth: &Auth,
+    options: &EsOptions,
+    validation: CertificateValidation,
+    label: &str,
+) -> Result<Elasticsearch, ClientError> {
+    let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url.clone()))
+        .request_body_compression(false)
+        .enable_meta_header(false)
+        .timeout(options.timeout)
+        .cert_validation(validation);
+    builder = match &options.proxy_url {
+        Some(proxy) => builder.proxy(proxy.clone(), None, None),
+        None => builder.disable_proxy(),
+    };
+    builder = match auth {
+        Auth::None => builder,
+        Auth::Basic { user, password } => builder.auth(Credentials::Basic(
+            user.clone(),
+            password.expose().to_owned(),
+        )),
+        Auth::ApiKey(key) => builder.auth(Credentials::EncodedApiKey(key.expose().to_owned())),
+    };
+    let transport = builder.build().map_err(|e| ClientError::Build {
+        host: label.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(Elasticsearch::new(transport))
 }
 
 fn validation(options: &EsOptions) -> Result<CertificateValidation, ClientError> {

@@ -70,6 +70,8 @@ pub struct EsOptions {
     pub backoff_max: Duration,
     pub proxy_url: Option<Url>,
     pub ca_file: Option<PathBuf>,
+    /// `ssl.ca_trusted_fingerprint`: SHA-256 of a CA certificate to trust (see `fingerprint`).
+    pub ca_fingerprint: Option<[u8; 32]>,
     pub verification: Verification,
     pub bulk_max_bytes: usize,
     pub flush_interval: Duration,
@@ -174,6 +176,13 @@ impl EsOptions {
             )?,
             proxy_url,
             ca_file: text("ssl.certificate_authorities").map(PathBuf::from),
+            ca_fingerprint: match text("ssl.ca_trusted_fingerprint") {
+                Some(pin) => Some(
+                    super::fingerprint::parse(pin)
+                        .ok_or_else(|| bad("ssl.ca_trusted_fingerprint", pin))?,
+                ),
+                None => None,
+            },
             verification,
             bulk_max_bytes,
             flush_interval: duration(

@@ -7,6 +7,7 @@
 //! - [`client`]: the nodes of a destination: failover, resting failed nodes, flavor.
 //! - [`checkpoint`]: how far each container's store is shipped, across restarts.
 //! - [`deadletter`]: documents refused for good.
+//! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
 //! - [`destination`]: the task that follows stores and keeps bulk requests in flight.
 //!
 //! [`Shippers`] holds one destination per distinct set of options; containers with equal
@@ -19,6 +20,7 @@ pub mod config;
 pub mod deadletter;
 pub mod destination;
 pub mod document;
+pub mod fingerprint;
 pub mod index;
 
 use std::collections::HashMap;
