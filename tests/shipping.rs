@@ -686,11 +686,9 @@ async fn a_full_spool_drops_unshipped_entries_counted_and_logged() {
     );
 }
 
-/// HTTPS with a private CA: trusted through `ssl.certificate_authorities`, or not verified with
-/// `ssl.verification_mode=none`; without either the handshake fails, loudly, and the lines wait
-/// in the local copy (docker logs has them) instead of being lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_needs_the_right_ca_and_keeps_lines_until_it_is_trusted() {
+/// A test Elasticsearch on HTTPS with a fresh private CA, and a plugin with short backoffs and
+/// no host-wide destination.
+async fn tls_server_and_plugin() -> (EsServer, PluginProcess) {
     let server = EsServer::start(ServerOptions {
         tls: true,
         ..ServerOptions::default()
@@ -698,6 +696,15 @@ async fn tls_needs_the_right_ca_and_keeps_lines_until_it_is_trusted() {
     .await;
     let plugin =
         PluginProcess::start_with_env(&[("ES_BACKOFF_INIT", "20ms"), ("ES_BACKOFF_MAX", "200ms")]);
+    (server, plugin)
+}
+
+/// HTTPS with a private CA: trusted through `ssl.certificate_authorities`, or not verified with
+/// `ssl.verification_mode=none`; without either the handshake fails, loudly, and the lines wait
+/// in the local copy (docker logs has them) instead of being lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_right_ca_and_keeps_lines_until_it_is_trusted() {
+    let (server, plugin) = tls_server_and_plugin().await;
     let ca_path = plugin.dir.path().join("ca.pem");
     std::fs::write(&ca_path, server.ca_pem().expect("a TLS server has a CA")).unwrap();
     let ca = ca_path.to_str().unwrap().to_owned();
@@ -783,13 +790,7 @@ async fn refused_documents_also_reach_the_dead_letter_index() {
 /// in the chain the server presents; a pin that matches nothing ships nothing and says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_fingerprint_pin_trusts_that_ca_only() {
-    let server = EsServer::start(ServerOptions {
-        tls: true,
-        ..ServerOptions::default()
-    })
-    .await;
-    let plugin =
-        PluginProcess::start_with_env(&[("ES_BACKOFF_INIT", "20ms"), ("ES_BACKOFF_MAX", "200ms")]);
+    let (server, plugin) = tls_server_and_plugin().await;
     let url = server.url();
     let pin = server
         .ca_fingerprint_sha256()
