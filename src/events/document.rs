@@ -6,7 +6,7 @@
 //! {"@timestamp":"2026-11-22T04:11:00.123456789Z",
 //!  "event":{"kind":"event","action":"die","category":["process"],"type":["end"],
 //!           "outcome":"failure","dataset":"docker.events"},
-//!  "container":{"id":"...","name":"web-1","image":{"name":"nginx:1.27"},"labels":{"com_docker_compose_project":"shop"}},
+//!  "container":{"id":"...","name":"web-1","image":{"name":"nginx","tag":"1.27"},"labels":{"com_docker_compose_project":"shop"}},
 //!  "process":{"exit_code":137},
 //!  "docker":{"event":{"type":"container","action":"die","scope":"local",
 //!            "actor":{"id":"...","attributes":{"exitCode":"137","com_docker_compose_project":"shop",...}}}},
@@ -19,8 +19,8 @@
 //! - `event.category`/`event.type` only where ECS has a value (the table in [`ecs_category`]);
 //!   `event.outcome` only for `die`: `failure` for a non-zero exit code, `success` for 0.
 //! - `container.*` only for container events; `container.labels` are the attributes other than
-//!   the engine's own extras ([`ENGINE_EXTRAS`]). `container.image.name` is the image exactly as
-//!   the engine names it in the event (tag included).
+//!   the engine's own extras ([`ENGINE_EXTRAS`]). `container.image.name`/`.tag` are split as in
+//!   log documents, so one query finds a container's logs and its events.
 //! - Label keys are dedotted as for logs (see `dedot`); so are the keys of
 //!   `docker.event.actor.attributes`, for the same reason: `a.b` and `a.b.c` would make `a.b`
 //!   both a leaf and an object in the mapping and Elasticsearch would refuse the document.
@@ -236,7 +236,14 @@ fn ecs_document(event: &Event, options: &DocumentOptions) -> Value {
             container.insert("name".into(), name.as_str().into());
         }
         if let Some(image) = attributes.get("image") {
-            container.insert("image".into(), json!({ "name": image }));
+            // Split as in log documents, so one query finds a container's logs and events.
+            let (name, tag) = crate::shipper::document::split_image(image);
+            let mut fields = Map::new();
+            fields.insert("name".into(), name.into());
+            if let Some(tag) = tag {
+                fields.insert("tag".into(), tag.into());
+            }
+            container.insert("image".into(), Value::Object(fields));
         }
         let labels = dedot(
             attributes
@@ -416,7 +423,7 @@ mod tests {
                     "outcome": "failure", "dataset": "docker.events",
                 },
                 "container": {
-                    "id": "c0ffee", "name": "web-1", "image": {"name": "nginx:1.27"},
+                    "id": "c0ffee", "name": "web-1", "image": {"name": "nginx", "tag": "1.27"},
                     "labels": {"com_docker_compose_project": "shop"},
                 },
                 "process": {"exit_code": 137},

@@ -129,7 +129,7 @@ fn object<const N: usize>(members: [(&str, &str); N]) -> Value {
 /// a tag. A digest (`@sha256:...`) pins content and is not a tag: it is dropped, and a tag
 /// written before it (`app:v1@sha256:...`) is still the tag. An image id (`sha256:<hex>`, when
 /// the container was started by id) is all name.
-fn split_image(image: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_image(image: &str) -> (&str, Option<&str>) {
     let reference = image.split_once('@').map_or(image, |(name, _digest)| name);
     let is_image_id = reference
         .strip_prefix("sha256:")
@@ -152,23 +152,10 @@ fn split_image(image: &str) -> (&str, Option<&str>) {
 /// Labels with the dots in their keys replaced by `_`, as Beats do: `com.example.team` and
 /// `com.example` would otherwise be both an object and a leaf in the mapping. Dedotting can make
 /// two keys one (`a.b` and `a_b`); Elasticsearch refuses a document that names a field twice, so
-/// one value must win, the same one every time: a key written without dots wins, then the first
-/// in sorted order. Empty keys are dropped (Elasticsearch refuses empty field names).
+/// one value must win, the same one every time (the rule of `dedot`, shared with event
+/// documents).
 fn dedotted_labels(labels: &std::collections::HashMap<String, String>) -> Map<String, Value> {
-    let mut sorted: Vec<(&String, &String)> =
-        labels.iter().filter(|(key, _)| !key.is_empty()).collect();
-    sorted.sort();
-    let (plain, dotted): (Vec<_>, Vec<_>) =
-        sorted.into_iter().partition(|(key, _)| !key.contains('.'));
-    let mut out = Map::new();
-    for (key, value) in plain {
-        out.insert(key.clone(), value.as_str().into());
-    }
-    for (key, value) in dotted {
-        out.entry(key.replace('.', "_"))
-            .or_insert_with(|| value.as_str().into());
-    }
-    out
+    crate::events::document::dedot(labels.iter())
 }
 
 /// Appends one bulk item, two lines each ending in '\n':
