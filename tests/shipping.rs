@@ -204,7 +204,23 @@ async fn survives(faults: Faults, extra: &[(&str, &str)]) -> (EsServer, PluginPr
     for (id, messages, _) in &ran {
         assert_eq!(&messages_of(&server, id), messages);
     }
+    report_counts(&server, 10_000);
     (server, plugin)
+}
+
+/// One line for the closing note's table of fault cases: lines sent, documents indexed, 409s
+/// (replays answered as duplicates), refused items and whole requests, dropped connections.
+fn report_counts(server: &EsServer, sent: usize) {
+    let stats = server.stats();
+    eprintln!(
+        "fault case {}: sent {sent}, indexed {}, duplicates (409) {}, items failed by the fault {:?}, whole requests failed {:?}, connections dropped {}",
+        std::thread::current().name().unwrap_or("?"),
+        server.doc_count(),
+        stats.conflicts_409,
+        stats.rejected_by_fault,
+        stats.whole_faults,
+        stats.dropped_connections
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
