@@ -90,3 +90,20 @@ check: ## fmt --check, clippy -D warnings, docs, then every test
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	RUSTDOCFLAGS='-D warnings' $(CARGO) doc --locked --no-deps
 	$(MAKE) test
+
+# Benchmarks (benches/, README "Performance"): results in BENCH_RESULTS as markdown and SVG.
+BENCH_RESULTS ?= bench/results
+BENCH_ENV = BENCH_RESULTS='$(abspath $(BENCH_RESULTS))'
+
+.PHONY: bench bench-short
+bench: ## Run every benchmark (about 15 min; engine part needs root) and write bench/results/
+	$(CARGO) build --release --locked --example discard_plugin
+	$(BENCH_ENV) $(CARGO) bench --locked --bench plugin
+	$(BENCH_ENV) $(CARGO) bench --locked --bench engine
+	cat '$(BENCH_RESULTS)/plugin.md' '$(BENCH_RESULTS)/engine.md' > '$(BENCH_RESULTS)/results.md'
+	@echo 'Results: $(BENCH_RESULTS)/results.md, plugin.svg, engine.svg'
+
+bench-short: ## The benchmarks with small N and one round (CI smoke run, no timing checks) into target/bench-short
+	$(CARGO) build --release --locked --example discard_plugin
+	BENCH_SHORT=1 BENCH_RESULTS='$(abspath $(TARGET_DIR)/bench-short)' $(CARGO) bench --locked --bench plugin
+	BENCH_SHORT=1 BENCH_RESULTS='$(abspath $(TARGET_DIR)/bench-short)' $(CARGO) bench --locked --bench engine
