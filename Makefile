@@ -75,7 +75,24 @@ push: rootfs ## Push the plugin to a registry: make push PLUGIN=registry/name:ta
 	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)' || { echo 'If the error says "already exists": this build is installed under another name; run docker plugin rm -f on it first, or push from another engine.' >&2; exit 1; }
 	$(DOCKER) plugin push '$(PLUGIN)'
 
-test: build ## Run every test: unit, integration and the real-Docker end-to-end tests (root; see .ci/run)
+# osmem-server, the OpenSearch imitation some integration tests run (shared/docs/elasticsearch.md),
+# taken from its PyPI wheel: a static binary, nothing installed.
+OSMEM_VERSION := 0.1.6
+OSMEM := $(abspath $(TARGET_DIR))/tools/osmem-server-$(OSMEM_VERSION)
+export OSMEM_SERVER := $(OSMEM)
+
+$(OSMEM):
+	mkdir -p '$(dir $(OSMEM))wheel'
+	python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+		--platform manylinux_2_17_x86_64 --python-version 3.11 \
+		-d '$(dir $(OSMEM))wheel' 'osmem-server==$(OSMEM_VERSION)'
+	python3 -c 'import sys, zipfile, glob; \
+		w = glob.glob(sys.argv[1] + "/osmem_server-$(OSMEM_VERSION)-*.whl")[0]; \
+		open(sys.argv[2], "wb").write(zipfile.ZipFile(w).read("osmem_server/bin/osmem-server"))' \
+		'$(dir $(OSMEM))wheel' '$@.part'
+	chmod +x '$@.part' && mv '$@.part' '$@'
+
+test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker end-to-end tests (root; see .ci/run)
 	$(CARGO) test --locked --lib --bins
 	@# Integration tests run real plugin processes at full rate: one at a time, so two cores
 	@# are not shared by a dozen plugins (they test behaviour, never timing).

@@ -567,6 +567,21 @@ fn events_scenario(docker: &Docker, noida: &Noida) {
     docker.docker_ok(&["rm", "e2e-events"]);
     docker.docker_ok(&["tag", IMAGE, "e2e/events:1"]);
     docker.docker_ok(&["rmi", "e2e/events:1"]);
+    // An image imported from a tarball, then removed: import, untag, delete.
+    let tar_dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(tar_dir.path().join("hello"), "hello\n").expect("write a file to import");
+    let tarball = tar_dir.path().join("image.tar");
+    let tarred = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(tar_dir.path())
+        .arg("-cf")
+        .arg(&tarball)
+        .arg("hello")
+        .status()
+        .expect("run tar");
+    assert!(tarred.success(), "tar an image");
+    let imported = docker.docker_ok(&["import", tarball.to_str().unwrap(), "e2e/imported:1"]);
+    docker.docker_ok(&["rmi", "e2e/imported:1"]);
     docker.docker_ok(&["volume", "create", "e2e-volume"]);
     docker.docker_ok(&["volume", "rm", "e2e-volume"]);
     let has = |docs: &[(String, serde_json::Value)], kind: &str, action: &str, actor: &str| {
@@ -611,6 +626,12 @@ fn events_scenario(docker: &Docker, noida: &Noida) {
                 && d["docker"]["event"]["action"] == "untag"),
         "the untag of e2e/events:1"
     );
+    wait_for(secs(30), "the import and delete of e2e/imported:1", || {
+        let docs = noida.documents(index);
+        (has(&docs, "image", "import", &imported) == 1
+            && has(&docs, "image", "delete", &imported) == 1)
+            .then_some(())
+    });
 
     // Killed: what happens before the engine has restarted it is caught up with since=.
     let old = docker.plugin_pid().expect("the plugin's pid");

@@ -9,6 +9,8 @@ mod engine;
 mod es_server;
 #[path = "support/noida.rs"]
 mod noida;
+#[path = "support/osmem.rs"]
+mod osmem;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -842,5 +844,46 @@ async fn a_ca_fingerprint_pin_trusts_that_ca_only() {
         log.contains("no certificate the server presented matches ssl.ca_trusted_fingerprint")
             && log.contains(&pin),
         "the failure names the pin and what the server presented"
+    );
+}
+
+/// osmem-server (an OpenSearch imitation by others, strict about Content-Type, final newlines
+/// and `require_data_stream`) takes our bulk bodies as they are, to the default target: the
+/// plugin sees OpenSearch in `GET /` and leaves `require_data_stream` out. Every line once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn osmem_server_accepts_every_bulk_body_we_send() {
+    let osmem = osmem::Osmem::start();
+    let http = noida::Noida::client_for(osmem.addr());
+    let plugin = PluginProcess::start_with_env(&[("ES_HOSTS", &osmem.url())]);
+    let ran = run_containers(&plugin, &[], &[(25, 1_000)]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let have = tokio::task::block_in_place(|| http.count("logs-docker-default"));
+        if have >= 1_000 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "osmem-server holds {have} of 1000 documents; plugin log:\n{}",
+            plugin.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let docs = tokio::task::block_in_place(|| http.documents("logs-docker-default"));
+    let mut mine: Vec<(String, String)> = docs
+        .iter()
+        .map(|(_, d)| {
+            (
+                d["@timestamp"].as_str().unwrap_or_default().to_owned(),
+                d["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    mine.sort();
+    let mine: Vec<String> = mine.into_iter().map(|(_, m)| m).collect();
+    assert_eq!(mine, ran[0].1);
+    assert!(
+        !plugin.output().contains("refused"),
+        "osmem-server refused a request"
     );
 }

@@ -279,15 +279,12 @@ impl Client {
             .await;
         let flavor = match answer {
             Ok(response) if response.status_code().is_success() => {
-                let elastic = response
+                let header = response
                     .headers()
                     .get("x-elastic-product")
                     .is_some_and(|v| v.as_bytes() == b"Elasticsearch");
-                if elastic {
-                    Flavor::Elasticsearch
-                } else {
-                    Flavor::Other
-                }
+                let body = response.bytes().await.unwrap_or_default();
+                flavor_of(header, &body)
             }
             // Not known yet: ask again next time; meanwhile send what every flavor accepts.
             _ => return Flavor::Unknown,
@@ -295,6 +292,20 @@ impl Client {
         tracing::info!(node = %node.label, ?flavor, "Elasticsearch node identified");
         lock(&node.health).flavor = flavor;
         flavor
+    }
+}
+
+/// Elasticsearch says so in `X-Elastic-Product`; but OpenSearch (and imitations of it) in
+/// compatibility mode send that header too, and refuse `require_data_stream`: the body's
+/// `version.distribution: "opensearch"` wins over the header.
+fn flavor_of(elastic_header: bool, body: &[u8]) -> Flavor {
+    let distribution = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["version"]["distribution"].as_str().map(str::to_owned));
+    match distribution.as_deref() {
+        Some("opensearch") => Flavor::Other,
+        _ if elastic_header => Flavor::Elasticsearch,
+        _ => Flavor::Other,
     }
 }
 
@@ -316,6 +327,23 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod flavor_tests {
+    use super::*;
+
+    /// Regression: osmem-server (OpenSearch 3.8) sends `X-Elastic-Product: Elasticsearch`, and
+    /// the plugin sent it `require_data_stream`, which it refuses with a 400.
+    #[test]
+    fn opensearch_is_told_by_its_body_even_with_the_elastic_header() {
+        let opensearch = br#"{"version":{"distribution":"opensearch","number":"3.8.0"}}"#;
+        let elastic = br#"{"version":{"number":"8.15.3","build_flavor":"default"}}"#;
+        assert_eq!(flavor_of(true, opensearch), Flavor::Other);
+        assert_eq!(flavor_of(true, elastic), Flavor::Elasticsearch);
+        assert_eq!(flavor_of(false, elastic), Flavor::Other);
+        assert_eq!(flavor_of(true, b"not json"), Flavor::Elasticsearch);
+    }
 }
 
 /// Credentials written into a host URL move into the Authorization header (unless other

@@ -20,6 +20,12 @@ impl Noida {
         Noida { addr }
     }
 
+    /// The same blocking client for another server of the same API at `addr` (osmem-server):
+    /// `request`, `count` and `documents` work against any of them.
+    pub fn client_for(addr: SocketAddr) -> Noida {
+        Noida { addr }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
