@@ -98,6 +98,8 @@ test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker en
 	@# are not shared by a dozen plugins (they test behaviour, never timing).
 	$(CARGO) test --locked --tests -- --test-threads=1
 	$(MAKE) e2e
+	@# The benchmarks with small N and no timing checks, so they cannot rot.
+	$(MAKE) bench-short
 
 e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
 	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
