@@ -74,8 +74,10 @@ impl PluginProcess {
             .spawn()
             .expect("start es-logging-plugin");
         self.child = Some(child);
+        // Connectable, not just present: the file appears at bind(), a moment before listen()
+        // (regression: a rare "Connect" error at the first StartLogging).
         wait_until(Duration::from_secs(5), "the plugin socket", || {
-            self.socket.exists()
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
     }
 
