@@ -329,23 +329,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-#[cfg(test)]
-mod flavor_tests {
-    use super::*;
-
-    /// Regression: osmem-server (OpenSearch 3.8) sends `X-Elastic-Product: Elasticsearch`, and
-    /// the plugin sent it `require_data_stream`, which it refuses with a 400.
-    #[test]
-    fn opensearch_is_told_by_its_body_even_with_the_elastic_header() {
-        let opensearch = br#"{"version":{"distribution":"opensearch","number":"3.8.0"}}"#;
-        let elastic = br#"{"version":{"number":"8.15.3","build_flavor":"default"}}"#;
-        assert_eq!(flavor_of(true, opensearch), Flavor::Other);
-        assert_eq!(flavor_of(true, elastic), Flavor::Elasticsearch);
-        assert_eq!(flavor_of(false, elastic), Flavor::Other);
-        assert_eq!(flavor_of(true, b"not json"), Flavor::Elasticsearch);
-    }
-}
-
 /// Credentials written into a host URL move into the Authorization header (unless other
 /// credentials are set), and out of the URL, so they never show in a log line.
 fn split_credentials(url: &Url, auth: &Auth) -> (Url, Auth) {
@@ -411,4 +394,21 @@ fn validation(options: &EsOptions) -> Result<CertificateValidation, ClientError>
     })?;
     let certs = Certificate::from_pem(&pem).map_err(|_| ClientError::CaPem { path: shown })?;
     Ok(CertificateValidation::Full(certs))
+}
+
+#[cfg(test)]
+mod flavor_tests {
+    use super::*;
+
+    /// Regression: osmem-server (OpenSearch 3.8) sends `X-Elastic-Product: Elasticsearch`, and
+    /// the plugin sent it `require_data_stream`, which it refuses with a 400.
+    #[test]
+    fn opensearch_is_told_by_its_body_even_with_the_elastic_header() {
+        let opensearch = br#"{"version":{"distribution":"opensearch","number":"3.8.0"}}"#;
+        let elastic = br#"{"version":{"number":"8.15.3","build_flavor":"default"}}"#;
+        assert_eq!(flavor_of(true, opensearch), Flavor::Other);
+        assert_eq!(flavor_of(true, elastic), Flavor::Elasticsearch);
+        assert_eq!(flavor_of(false, elastic), Flavor::Other);
+        assert_eq!(flavor_of(true, b"not json"), Flavor::Elasticsearch);
+    }
 }
