@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -271,26 +272,31 @@ impl Drainer {
     /// with (stored, skipped, or lost to a failing store).
     fn store_frames(&mut self) -> usize {
         self.batch.clear();
+        // Decoded from `Bytes`, each entry's `line` borrows the peeked bytes instead of being
+        // copied out (the entry is only looked at: the payload itself is what gets stored);
+        // the buffer is taken back for the next round.
+        let peeked = Bytes::from(std::mem::take(&mut self.peeked));
         let Self {
             decoder,
-            peeked,
             batch,
             stats,
             replay,
             ..
         } = self;
-        let done = decoder.decode(peeked, |payload| match LogEntry::decode(payload) {
-            Ok(entry) => {
-                if let Some(filter) = replay.as_mut() {
-                    if filter.is_replay(&entry) {
-                        stats.replayed += 1;
-                        return;
+        let done = decoder.decode(&peeked, |payload| {
+            match LogEntry::decode(peeked.slice_ref(payload)) {
+                Ok(entry) => {
+                    if let Some(filter) = replay.as_mut() {
+                        if filter.is_replay(&entry) {
+                            stats.replayed += 1;
+                            return;
+                        }
+                        *replay = None;
                     }
-                    *replay = None;
+                    batch.push(payload, entry.time_nano);
                 }
-                batch.push(payload, entry.time_nano);
+                Err(_) => stats.invalid += 1,
             }
-            Err(_) => stats.invalid += 1,
         });
         stats.oversized += done.oversized;
         stats.bytes += done.consumed as u64;
@@ -303,6 +309,7 @@ impl Drainer {
                 }
             }
         }
+        self.peeked = peeked.try_into_mut().map(Vec::from).unwrap_or_default();
         done.consumed
     }
 
