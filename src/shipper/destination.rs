@@ -41,10 +41,16 @@ const READ_STEP: usize = 256 << 10;
 pub struct SourceSpec {
     pub id: ContainerId,
     pub store: Arc<ContainerStore>,
-    pub doc: ContainerDoc,
+    pub documents: Documents,
     pub index: ResolvedIndex,
-    /// Set for the engine's events store: each entry is an event, not a log line.
-    pub events: Option<DocumentOptions>,
+}
+
+/// What the entries of a store become.
+pub enum Documents {
+    /// A container's log lines (split lines rejoined), with its fields.
+    Logs(ContainerDoc),
+    /// The engine's events store: one document per event, its id from the event.
+    Events(DocumentOptions),
 }
 
 pub enum Command {
@@ -71,9 +77,8 @@ struct Pending {
 struct Source {
     id: ContainerId,
     store: Arc<ContainerStore>,
-    doc: ContainerDoc,
+    documents: Documents,
     index: ResolvedIndex,
-    events: Option<DocumentOptions>,
     cursor: Cursor,
     /// Just after the last entry read.
     read_to: Position,
@@ -242,9 +247,8 @@ impl Destination {
                 acked: cursor.position(),
                 id: spec.id,
                 store: spec.store,
-                doc: spec.doc,
+                documents: spec.documents,
                 index: spec.index,
-                events: spec.events,
                 cursor,
                 pending: None,
                 checkpoint,
@@ -359,8 +363,14 @@ impl Source {
 
     /// Rejoins fragments of one line into one document; emits complete documents.
     fn take(&mut self, entry: LogEntry, after: Position, batch: &mut Batch) {
-        if self.events.is_some() {
-            self.take_event(entry, after, batch);
+        if let Documents::Events(options) = &self.documents {
+            self.read_to = after;
+            match crate::events::stored::document(&entry, options) {
+                Ok((id, doc)) => self.emit_event(batch, &id, &doc, entry.time_nano, after),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping an entry of the events store that is not an event")
+                }
+            }
             return;
         }
         let start = std::mem::replace(&mut self.read_to, after);
@@ -411,25 +421,21 @@ impl Source {
     }
 
     /// An engine event: one document, its id from the event itself.
-    fn take_event(&mut self, entry: LogEntry, after: Position, batch: &mut Batch) {
-        self.read_to = after;
-        let Some(options) = &self.events else {
-            return;
-        };
-        let (id, doc) = match crate::events::stored::document(&entry, options) {
-            Ok(built) => built,
-            Err(error) => {
-                tracing::warn!(%error, "skipping an entry of the events store that is not an event");
-                return;
-            }
-        };
+    fn emit_event(
+        &self,
+        batch: &mut Batch,
+        id: &str,
+        doc: &serde_json::Value,
+        time_nano: i64,
+        after: Position,
+    ) {
         let begin = batch.ndjson.len();
-        let index = self.index.name_for(entry.time_nano);
+        let index = self.index.name_for(time_nano);
         let action = serde_json::json!({"create": {"_index": index, "_id": id}});
         // Serialising a Value into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut batch.ndjson, &action);
         batch.ndjson.push(b'\n');
-        let _ = serde_json::to_writer(&mut batch.ndjson, &doc);
+        let _ = serde_json::to_writer(&mut batch.ndjson, doc);
         batch.ndjson.push(b'\n');
         batch.data_stream = batch.data_stream || self.index.data_stream().is_some();
         batch.items.push(Item {
@@ -440,6 +446,9 @@ impl Source {
     }
 
     fn emit(&mut self, batch: &mut Batch, line: Pending) {
+        let Documents::Logs(doc) = &self.documents else {
+            return;
+        };
         let begin = batch.ndjson.len();
         let id = document::document_id(self.id.as_str(), line.start.segment, line.start.offset);
         let index = self.index.name_for(line.time_nano);
@@ -447,7 +456,7 @@ impl Source {
             &mut batch.ndjson,
             &index,
             &id,
-            &self.doc,
+            doc,
             line.time_nano,
             &line.stream,
             &line.message,
@@ -478,7 +487,9 @@ impl Source {
             let lost = skipped - self.skipped_reported;
             self.skipped_reported = skipped;
             shared.metrics.add_dropped_bytes(lost);
-            tracing::error!(container = self.id.short(), lost_bytes = lost, "unshipped log data was removed by retention before it could be shipped (raise SPOOL_MAX_SIZE or max-file)");
+            // The store logged the deletion at ERROR, with its entry count; this says which
+            // destination it cost.
+            tracing::warn!(container = self.id.short(), lost_bytes = lost, destination = %shared.label, "skipped unshipped log data deleted before it could be shipped (raise SPOOL_MAX_SIZE)");
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::store::ContainerStore;
 use checkpoint::Checkpoint;
 use config::EsOptions;
-use destination::{Command, Destination, OnDrained, SourceSpec};
+use destination::{Command, Destination, Documents, OnDrained, SourceSpec};
 use document::{Agent, ContainerDoc};
 use index::ResolvedIndex;
 
@@ -114,7 +114,7 @@ impl Shippers {
         let agent = self.agent(options);
         let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
         let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
-        self.start_source(options, id, store, doc, index, None)
+        self.start_source(options, id, store, Documents::Logs(doc), index)
     }
 
     /// Marks where the store's shipping starts and hands it to its destination's task.
@@ -123,18 +123,16 @@ impl Shippers {
         options: &EsOptions,
         id: &ContainerId,
         store: Arc<ContainerStore>,
-        doc: ContainerDoc,
+        documents: Documents,
         index: ResolvedIndex,
-        events: Option<crate::events::DocumentOptions>,
     ) -> Result<(), ShipError> {
         let sender = self.destination(options)?;
         self.mark_start(options, id, &store);
         let _ = sender.send(Command::Attach(Box::new(SourceSpec {
             id: id.clone(),
             store,
-            doc,
+            documents,
             index,
-            events,
         })));
         Ok(())
     }
@@ -167,8 +165,8 @@ impl Shippers {
         format: crate::events::Format,
     ) -> Result<(), ShipError> {
         let agent = self.agent(options);
-        let info = Info::default();
-        let index: ResolvedIndex = options.index.resolve(&info, &agent.version)?;
+        // Event targets have no container placeholders (checked with EVENTS_INDEX).
+        let index: ResolvedIndex = options.index.resolve(&Info::default(), &agent.version)?;
         let data_stream =
             index
                 .data_stream()
@@ -177,14 +175,13 @@ impl Shippers {
                     dataset: dataset.to_owned(),
                     namespace: namespace.to_owned(),
                 });
-        let doc = ContainerDoc::new(&info, &self.host_name, &agent, index.data_stream());
         let events = crate::events::DocumentOptions {
             format,
             host_name: self.host_name.clone(),
             agent,
             data_stream,
         };
-        self.start_source(options, id, store, doc, index, Some(events))
+        self.start_source(options, id, store, Documents::Events(events), index)
     }
 
     /// The container's logging stopped: ship what is left, then release it.
