@@ -27,7 +27,7 @@ endif
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help build rootfs plugin install push test e2e check
+.PHONY: help build rootfs plugin install push test e2e check soak
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
@@ -103,6 +103,13 @@ test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker en
 
 e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
 	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
+
+# The hardening tests, longer: every iteration count and duration they take from
+# tests/support/soak.rs is multiplied by SOAK_SCALE.
+SOAK_SCALE ?= 20
+soak: build $(OSMEM) ## Run the fault, crash and load tests SOAK_SCALE times longer (root; tens of minutes)
+	ESLP_SOAK=$(SOAK_SCALE) $(CARGO) test --locked --tests -- --test-threads=1
+	ESLP_SOAK=$(SOAK_SCALE) $(MAKE) e2e
 
 check: ## fmt --check, clippy -D warnings, docs, then every test
 	$(CARGO) fmt --all --check

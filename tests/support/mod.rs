@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod noida;
+pub mod soak;
 
 use std::time::{Duration, Instant};
 
