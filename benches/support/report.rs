@@ -12,6 +12,15 @@ pub fn short() -> bool {
     std::env::var("BENCH_SHORT").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// Whether the section `name` runs: `BENCH_ONLY` (comma-separated section names, e.g.
+/// `ingest,tail`) picks sections while profiling one; unset runs them all.
+pub fn selected(name: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) if !only.trim().is_empty() => only.split(',').any(|s| s.trim() == name),
+        _ => true,
+    }
+}
+
 /// `BENCH_RESULTS`, else `bench/results` in the source tree.
 pub fn results_dir() -> PathBuf {
     let dir = std::env::var_os("BENCH_RESULTS")
