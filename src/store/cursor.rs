@@ -102,8 +102,13 @@ impl Cursor {
                 }
                 Located::Active { end } => (Some(end), None),
                 Located::Sealed { len, next } => {
-                    if len.is_some_and(|len| self.position.offset >= len) {
-                        // Known to be at its end: no need to open (or decompress) it.
+                    // Known to be at its end: no need to open (or decompress) it. Never at
+                    // offset 0: a compressed segment's length comes from its gzip trailer, and
+                    // a damaged file (zeros or garbage after the gzip data) gives a bogus one
+                    // that must not hide the whole segment (sealed segments are never empty).
+                    let at_end = self.position.offset > 0
+                        && len.is_some_and(|len| self.position.offset >= len);
+                    if at_end {
                         self.move_to(Position {
                             segment: next,
                             offset: 0,
