@@ -923,3 +923,38 @@ fn torn_gz_segment_keeps_the_records_before_the_tear() {
         torn_segment.len()
     );
 }
+
+/// Regression: a batch that rotated and then failed (here the next segment cannot be created)
+/// was reported as wholly lost although its first records were stored and readable, so the
+/// pipeline's counts broke stored + lost = read. The error now says how many were stored; the
+/// store takes appends again once the fault is gone.
+#[test]
+fn append_failing_after_a_rotation_says_how_many_records_it_stored() {
+    let limits = StoreLimits {
+        max_size: 300,
+        max_file: 100,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    let entries: Vec<LogEntry> = (1..=10).map(|seq| entry(seq, 40)).collect();
+    let per_segment = 300usize.div_ceil(record_len(&entries[0]) as usize);
+    let blocker = fixture.container_dir().join(format!("{:020}.log", 2));
+    fs::create_dir(&blocker).unwrap();
+    let failed = fixture.store.append(&batch_of(&entries)).unwrap_err();
+    assert_eq!(failed.stored, per_segment);
+    assert!(
+        failed.to_string().contains(&blocker.display().to_string()),
+        "{failed}"
+    );
+    assert_eq!(
+        fixture.store.tail(usize::MAX).unwrap(),
+        entries[..per_segment]
+    );
+    fs::remove_dir(&blocker).unwrap();
+    fixture
+        .store
+        .append(&batch_of(&entries[per_segment..]))
+        .unwrap();
+    let fixture = fixture.reopen(limits);
+    assert_eq!(fixture.store.tail(usize::MAX).unwrap(), entries);
+}
