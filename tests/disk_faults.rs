@@ -264,16 +264,34 @@ fn check_stored(got: &[LogEntry], feeder: &Feeder, stored: u64, must: &[&str]) {
     }
 }
 
-fn report(
-    case: &str,
+/// The end of a fault case: an ERROR names the container and `cause`; after StopLogging,
+/// ReadLogs holds what the plugin counted stored and every line of `must`; the figures printed.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
     plugin: &PluginProcess,
+    addr: &str,
+    id: &str,
     feeder: &Feeder,
-    at_end: Counted,
+    must: &[String],
+    cause: &str,
+    case: &str,
     start: probe::ProcUsage,
 ) {
+    let errors = loss_errors(plugin, id, cause);
+    assert!(
+        errors >= 1,
+        "no ERROR naming the container and {cause:?}:\n{}",
+        plugin.output()
+    );
+    let api = plugin.client();
+    assert_eq!(api.stop_logging(&feeder.fifo.path).await, "");
+    let at_end = counted(addr);
+    let got = api.read_logs(id, "", "", -1).await;
+    let must: Vec<&str> = must.iter().map(String::as_str).collect();
+    check_stored(&got, feeder, at_end.stored, &must);
     let end = probe::usage(plugin.pid());
     eprintln!(
-        "{case}: sent {} stored {} lost-and-counted {} (stored + lost = sent: {}); slowest FIFO write {:?}; RSS {} -> {} KiB, fds {} -> {}",
+        "{case}: sent {} stored {} lost-and-counted {} (stored + lost = sent: {}); slowest FIFO write {:?}; ERROR lines {errors}; RSS {} -> {} KiB, fds {} -> {}",
         feeder.sent.len(),
         at_end.stored,
         at_end.lost,
@@ -292,6 +310,16 @@ fn start_plugin(prepare: impl FnOnce(&Path)) -> (PluginProcess, String) {
     (plugin, addr)
 }
 
+/// A container logging to `plugin` (StartLogging done), and the plugin's usage before it.
+async fn start_container(plugin: &PluginProcess, tag: u8) -> (String, Feeder, probe::ProcUsage) {
+    let start = probe::usage(plugin.pid());
+    let id = container_id(tag);
+    let feeder = Feeder::new(EngineFifo::create(plugin.dir.path(), &format!("fifo{tag}")));
+    let api = plugin.client();
+    assert_eq!(api.start_logging(&feeder.fifo.path, &id, OPTS).await, "");
+    (id, feeder, start)
+}
+
 /// No compression and no retention: every byte stored stays, so the filler alone decides when
 /// the disk is full.
 const OPTS: &[(&str, &str)] = &[
@@ -305,11 +333,7 @@ async fn full_disk_counts_every_lost_line_and_recovers_when_space_returns() {
     let mut mount = None;
     let (plugin, addr) = start_plugin(|state| mount = Some(Mount::tmpfs(state, "size=8m")));
     let _mount = mount;
-    let start = probe::usage(plugin.pid());
-    let id = container_id(0xd1);
-    let api = plugin.client();
-    let mut feeder = Feeder::new(EngineFifo::create(plugin.dir.path(), "fifo-full"));
-    assert_eq!(api.start_logging(&feeder.fifo.path, &id, OPTS).await, "");
+    let (id, mut feeder, start) = start_container(&plugin, 0xd1).await;
     let mut must = vec![];
     let mut lost = 0;
     // Each cycle: fill the disk, write more than fits, free the space, write again.
@@ -332,19 +356,17 @@ async fn full_disk_counts_every_lost_line_and_recovers_when_space_returns() {
         let now = drained(&addr, feeder.sent.len()).await;
         assert_eq!(now.lost, lost, "cycle {cycle}: lost after space returned");
     }
-    let errors = loss_errors(&plugin, &id, "No space left on device");
-    assert!(
-        errors >= 1,
-        "no ERROR naming the container and ENOSPC:\n{}",
-        plugin.output()
-    );
-    assert_eq!(api.stop_logging(&feeder.fifo.path).await, "");
-    let at_end = counted(&addr);
-    let got = api.read_logs(&id, "", "", -1).await;
-    let must: Vec<&str> = must.iter().map(String::as_str).collect();
-    check_stored(&got, &feeder, at_end.stored, &must);
-    report("full disk (tmpfs 8 MiB)", &plugin, &feeder, at_end, start);
-    eprintln!("ERROR lines for the losses: {errors}");
+    finish(
+        &plugin,
+        &addr,
+        &id,
+        &feeder,
+        &must,
+        "No space left on device",
+        "full disk (tmpfs 8 MiB)",
+        start,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,11 +376,7 @@ async fn read_only_state_dir_counts_every_lost_line_and_recovers_after_repair() 
     let mut mount = None;
     let (plugin, addr) = start_plugin(|state| mount = Some(Mount::ext4(state, &image, "32M")));
     let mount = mount.expect("mounted");
-    let start = probe::usage(plugin.pid());
-    let id = container_id(0xd2);
-    let api = plugin.client();
-    let mut feeder = Feeder::new(EngineFifo::create(plugin.dir.path(), "fifo-ro"));
-    assert_eq!(api.start_logging(&feeder.fifo.path, &id, OPTS).await, "");
+    let (id, mut feeder, start) = start_container(&plugin, 0xd2).await;
     let mut must = vec![];
     for cycle in 0..soak::iterations(2) {
         let healthy = format!("c{cycle}-before");
@@ -391,25 +409,17 @@ async fn read_only_state_dir_counts_every_lost_line_and_recovers_after_repair() 
             "cycle {cycle}: lost after the repair"
         );
     }
-    let errors = loss_errors(&plugin, &id, "Read-only file system");
-    assert!(
-        errors >= 1,
-        "no ERROR naming the container and EROFS:\n{}",
-        plugin.output()
-    );
-    assert_eq!(api.stop_logging(&feeder.fifo.path).await, "");
-    let at_end = counted(&addr);
-    let got = api.read_logs(&id, "", "", -1).await;
-    let must: Vec<&str> = must.iter().map(String::as_str).collect();
-    check_stored(&got, &feeder, at_end.stored, &must);
-    report(
-        "read-only state dir (ext4 errors=remount-ro)",
+    finish(
         &plugin,
+        &addr,
+        &id,
         &feeder,
-        at_end,
+        &must,
+        "Read-only file system",
+        "read-only state dir (ext4 errors=remount-ro)",
         start,
-    );
-    eprintln!("ERROR lines for the losses: {errors}");
+    )
+    .await;
 }
 
 /// Decided: a container whose store cannot be created (no inode for its directory or first

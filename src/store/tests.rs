@@ -787,7 +787,24 @@ fn backlog_beyond_max_file_is_kept_for_the_shipper_within_the_spool_budget() {
     assert_eq!(store.tail(100).unwrap(), entries[9..15].to_vec());
 }
 
-/// The entries a cursor reads from `from` until it is caught up or fails, and the error.
+/// Every entry from `from` to the end.
+fn entries_from(store: &ContainerStore, from: Position) -> Vec<LogEntry> {
+    read_all(&mut store.cursor(from), 1000)
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect()
+}
+
+/// Appends one more entry and finds it at the end.
+fn appends_again(store: &ContainerStore) {
+    let more = entry(1000, 5);
+    store
+        .append(&batch_of(std::slice::from_ref(&more)))
+        .unwrap();
+    assert_eq!(store.tail(1).unwrap(), vec![more]);
+}
+
+/// The entries a cursor reads until it is caught up or fails, and the error.
 fn read_until_error(cursor: &mut Cursor) -> (Vec<LogEntry>, Option<StoreError>) {
     let mut got = Vec::new();
     loop {
@@ -829,17 +846,9 @@ fn torn_gz_beside_its_plain_segment_keeps_the_plain_one() {
             None => assert!(!names.contains(&format!("{:020}.log", 1)), "{names:?}"),
             Some(_) => assert!(!names.contains(&format!("{:020}.log.gz", 1)), "{names:?}"),
         }
-        let read: Vec<LogEntry> = read_all(&mut fixture.store.cursor(fixture.store.start()), 1000)
-            .into_iter()
-            .map(|(entry, _)| entry)
-            .collect();
+        let read = entries_from(&fixture.store, fixture.store.start());
         assert_eq!(read, entries, "cut {cut:?}");
-        let next = entry(100, 5);
-        fixture
-            .store
-            .append(&batch_of(std::slice::from_ref(&next)))
-            .unwrap();
-        assert_eq!(fixture.store.tail(1).unwrap(), vec![next]);
+        appends_again(&fixture.store);
     }
 }
 
@@ -905,17 +914,8 @@ fn torn_gz_segment_keeps_the_records_before_the_tear() {
             segment: damaged + 1,
             offset: 0,
         };
-        let rest: Vec<LogEntry> = read_all(&mut fixture.store.cursor(next), 1000)
-            .into_iter()
-            .map(|(entry, _)| entry)
-            .collect();
-        assert_eq!(rest, after, "damage {damage}");
-        let more = entry(1000, 5);
-        fixture
-            .store
-            .append(&batch_of(std::slice::from_ref(&more)))
-            .unwrap();
-        assert_eq!(fixture.store.tail(1).unwrap(), vec![more]);
+        assert_eq!(entries_from(&fixture.store, next), after, "damage {damage}");
+        appends_again(&fixture.store);
     }
     // (damage, records of the torn segment still read, error reported)
     eprintln!(
