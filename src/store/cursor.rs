@@ -135,6 +135,21 @@ impl Cursor {
         }
     }
 
+    /// Moves to the start of the segment after the current one (or to the end), dropping a
+    /// pending error: after a read error, so one damaged file does not hide what follows it.
+    /// False if that is no move forward (the error was in the active segment, at the end).
+    pub fn skip_segment(&mut self) -> bool {
+        let before = self.position;
+        let next = Position {
+            segment: before.segment + 1,
+            offset: 0,
+        };
+        let skipped = self.skipped;
+        *self = Cursor::new(Arc::clone(&self.shared), next);
+        self.skipped += skipped;
+        self.position > before
+    }
+
     fn move_to(&mut self, position: Position) {
         if position.segment != self.position.segment {
             self.source = None;

@@ -135,6 +135,17 @@ pub struct Position {
     pub offset: u64,
 }
 
+impl StoreError {
+    /// Damage confined to one segment (bytes that are not records, a file that cannot be read
+    /// or is missing): a reader can go on with the next segment. Not a removed store.
+    pub fn is_segment_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. } | Self::Decode { .. } | Self::Read { .. } | Self::Missing { .. }
+        )
+    }
+}
+
 /// A failed append: `error` stopped it after its first `stored` records, which are in the
 /// store (a batch that spans a rotation can fail in its second segment); the rest are not.
 #[derive(Debug, thiserror::Error)]

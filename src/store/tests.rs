@@ -789,7 +789,11 @@ fn backlog_beyond_max_file_is_kept_for_the_shipper_within_the_spool_budget() {
 
 /// Every entry from `from` to the end.
 fn entries_from(store: &ContainerStore, from: Position) -> Vec<LogEntry> {
-    read_all(&mut store.cursor(from), 1000)
+    entries_from_cursor(&mut store.cursor(from))
+}
+
+fn entries_from_cursor(cursor: &mut Cursor) -> Vec<LogEntry> {
+    read_all(cursor, 1000)
         .into_iter()
         .map(|(entry, _)| entry)
         .collect()
@@ -915,6 +919,20 @@ fn torn_gz_segment_keeps_the_records_before_the_tear() {
             offset: 0,
         };
         assert_eq!(entries_from(&fixture.store, next), after, "damage {damage}");
+        // What docker logs does: skip the damaged segment and go on, nothing twice.
+        let mut cursor = fixture.store.cursor(fixture.store.start());
+        let (mut shown, error) = read_until_error(&mut cursor);
+        let damaged_read = error.is_some_and(|error| error.is_segment_damage());
+        if damaged_read {
+            assert!(cursor.skip_segment());
+            shown.extend(entries_from_cursor(&mut cursor));
+            assert_eq!(shown, [before, &torn_segment[..kept.len()], after].concat());
+        }
+        // Tail reads whole segments backwards: one it cannot read is an error, not a gap.
+        match fixture.store.tail(usize::MAX) {
+            Ok(tail) => assert!(!damaged_read && tail == entries, "damage {damage}"),
+            Err(_) => assert!(damaged_read, "damage {damage}"),
+        }
         appends_again(&fixture.store);
     }
     // (damage, records of the torn segment still read, error reported)
