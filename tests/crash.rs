@@ -334,3 +334,95 @@ async fn shipping_round(round: u64) {
         indexed.len()
     );
 }
+
+/// The records of a compressed segment, decoded.
+fn gz_records(path: &Path) -> Vec<LogEntry> {
+    use prost::Message;
+    use std::io::Read;
+    let mut content = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("open .gz"))
+        .read_to_end(&mut content)
+        .expect("a whole .gz");
+    let mut records = Vec::new();
+    let mut rest = content.as_slice();
+    while rest.len() >= 8 {
+        let size = u32::from_be_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        records.push(LogEntry::decode(&rest[4..4 + size]).expect("a LogEntry"));
+        rest = &rest[size + 8..];
+    }
+    records
+}
+
+/// A compressed segment cut in half while the plugin was down (a partial gzip file): after the
+/// restart `docker logs` shows every entry before the tear and every entry after that segment,
+/// each once and in order, and the plugin logs the damage at ERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_gz_segment_costs_only_the_records_after_the_tear() {
+    let mut plugin = PluginProcess::start();
+    let id = container_id(0xc3);
+    let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo");
+    let opts = [
+        ("max-size", "64k"),
+        ("max-file", "1000"),
+        ("compress", "true"),
+    ];
+    assert_eq!(
+        plugin.client().start_logging(&fifo.path, &id, &opts).await,
+        ""
+    );
+    let sent: Vec<LogEntry> = (1..=20_000i64)
+        .map(|seq| {
+            line(
+                "stdout",
+                T0 + seq,
+                format!("torn test line {seq}").as_bytes(),
+            )
+        })
+        .collect();
+    fifo.write_entries(&sent);
+    assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
+    let store = plugin.state.join("containers").join(&id);
+    wait_until(
+        Duration::from_secs(20),
+        "sealed segments compressed",
+        || {
+            files_with_suffix(&store, ".log").len() == 1
+                && files_with_suffix(&store, ".tmp").is_empty()
+        },
+    );
+    plugin.kill();
+    let mut gz = files_with_suffix(&store, ".log.gz");
+    gz.sort();
+    assert!(gz.len() >= 3, "{gz:?}");
+    let damaged = &gz[gz.len() / 2];
+    let in_damaged = gz_records(damaged);
+    let bytes = std::fs::read(damaged).expect("read .gz");
+    std::fs::write(damaged, &bytes[..bytes.len() / 2]).expect("tear the .gz");
+    plugin.restart();
+    let got = plugin.client().read_logs(&id, "", "", -1).await;
+    let shown = as_shown(&sent);
+    let first_damaged = shown
+        .iter()
+        .position(|e| e.time_nano == in_damaged[0].time_nano)
+        .expect("the damaged segment's first entry was sent");
+    let kept = got.len() + in_damaged.len() - shown.len();
+    let want: Vec<LogEntry> = [
+        &shown[..first_damaged + kept],
+        &shown[first_damaged + in_damaged.len()..],
+    ]
+    .concat();
+    assert_same_entries(&got, &want);
+    assert!(
+        plugin
+            .output()
+            .contains("docker logs skips a damaged segment"),
+        "no ERROR about the damage"
+    );
+    eprintln!(
+        "torn .gz: sent {} entries, the damaged segment held {}, of which {kept} before the tear were shown; shown {} (each once, in order), lost {} (the rest of the torn segment only)",
+        sent.len(),
+        in_damaged.len(),
+        got.len(),
+        sent.len() - got.len()
+    );
+}
