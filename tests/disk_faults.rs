@@ -321,9 +321,11 @@ async fn start_container(plugin: &PluginProcess, tag: u8) -> (String, Feeder, pr
 }
 
 /// No compression and no retention: every byte stored stays, so the filler alone decides when
-/// the disk is full.
+/// the disk is full. Small segments: a failing batch often spans a rotation (regression: its
+/// records before the rotation were stored but counted lost, so ReadLogs held more than the
+/// stored count).
 const OPTS: &[(&str, &str)] = &[
-    ("max-size", "256k"),
+    ("max-size", "16k"),
     ("max-file", "1000"),
     ("compress", "false"),
 ];
