@@ -327,6 +327,9 @@ impl Drainer {
         } = self;
         let done = decoder.decode(&peeked, |payload| {
             match LogEntry::decode(peeked.slice_ref(payload)) {
+                // The engine always sets source and time: an empty payload is no entry, and the
+                // store relies on never holding one (zeros must not read as records).
+                Ok(_) if payload.is_empty() => stats.invalid += 1,
                 Ok(entry) => {
                     if let Some(filter) = replay.as_mut() {
                         if filter.is_replay(&entry) {
@@ -345,9 +348,12 @@ impl Drainer {
         if !self.batch.is_empty() {
             match self.store.append(&self.batch) {
                 Ok(()) => self.stats.entries += self.batch.len() as u64,
-                Err(error) => {
-                    self.stats.lost += self.batch.len() as u64;
-                    self.report_loss(&error);
+                Err(failed) => {
+                    // The records before the failure are stored: counting the whole batch as
+                    // lost would break stored + lost = read.
+                    self.stats.entries += failed.stored as u64;
+                    self.stats.lost += (self.batch.len() - failed.stored) as u64;
+                    self.report_loss(&failed.error);
                 }
             }
         }

@@ -186,7 +186,15 @@ async fn copy_until(
         if stop.is_some_and(|s| cursor.position() >= s) {
             return Ok(true);
         }
-        let entries = blocking(|| cursor.read(READ_STEP))?;
+        let entries = match blocking(|| cursor.read(READ_STEP)) {
+            Ok(entries) => entries,
+            // One damaged segment (a torn .gz) must not hide the rest of the store.
+            Err(error) if error.is_segment_damage() && cursor.skip_segment() => {
+                tracing::error!(%error, "docker logs skips a damaged segment of the local copy: its entries after the damage are not shown");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if entries.is_empty() {
             return Ok(true);
         }

@@ -11,12 +11,15 @@ mod es_server;
 mod noida;
 #[path = "support/osmem.rs"]
 mod osmem;
+#[path = "support/probe.rs"]
+mod probe;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use engine::*;
 use es_server::{EsServer, Faults, Flavor, ServerOptions};
+use probe::{fetch_metrics, free_addr, metric};
 
 const T0: i64 = 1_790_000_000_000_000_000;
 
@@ -525,34 +528,6 @@ async fn bad_shipping_options_fail_start_logging_with_the_option_named() {
         let err = api.start_logging(&fifo.path, &id, &config).await;
         assert!(err.contains(want), "{config:?}: {err}");
     }
-}
-
-/// A free loopback address for METRICS_ADDR.
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn fetch_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
-/// The value of an unlabelled metric.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,8 +137,9 @@ async fn write(
             batch.push(&entry.encode_to_vec(), entry.time_nano);
         }
         let result = tokio::task::block_in_place(|| store.append(&batch));
-        if let Err(error) = result {
-            tracing::error!(%error, events = batch.len(), "cannot write the events store: these events are lost");
+        if let Err(failed) = result {
+            let lost = batch.len() - failed.stored;
+            tracing::error!(error = %failed, events = lost, "cannot write the events store: these events are lost");
         }
     }
     if let Err(error) = store.sync() {

@@ -14,7 +14,7 @@ use super::cursor::{self, Cursor};
 use super::record::Batch;
 use super::segment::{self, Kind};
 use super::spool::Spool;
-use super::{tail, Position, StoreError, StoreLimits, MAX_PAYLOAD_LEN};
+use super::{tail, AppendError, Position, StoreError, StoreLimits, MAX_PAYLOAD_LEN};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 
@@ -91,16 +91,18 @@ pub(crate) struct Sealed {
 
 struct Active {
     number: u64,
-    file: File,
+    /// None after a failed write: the descriptor is dropped at once, and the file is reopened
+    /// by path before the next write. A file system that turned read-only (or filled up) and
+    /// was repaired, remounted or grown meanwhile is then written again without a restart, and
+    /// a dead descriptor does not keep the old mount busy (an operator cannot unmount a file
+    /// system the plugin holds open).
+    file: Option<File>,
     path: PathBuf,
     /// Bytes of whole records: the published end.
     len: u64,
     last_time: Option<i64>,
     /// Entries written to it, when known (not for a segment recovered at open).
     entries: Option<u64>,
-    /// A write failed part-way, so bytes past `len` may be on disk; they are cut off before the
-    /// next append, or records would follow garbage.
-    torn: bool,
 }
 
 /// Where a position falls, for a cursor.
@@ -163,11 +165,19 @@ impl ContainerStore {
             None => (first_segment_number(), false),
         };
         let mut sealed = VecDeque::new();
-        for (&number, &(plain, compressed)) in files.range(..active_number) {
+        for (&number, &(plain, mut compressed)) in files.range(..active_number) {
             if plain && compressed {
                 // The compressor stopped between renaming the .gz into place (after syncing it)
-                // and deleting the .log: the .gz is complete.
-                segment::remove_if_exists(&segment::log_path(&dir, number))?;
+                // and deleting the .log: the .gz is complete, unless the file system lost part
+                // of it after all (a torn gzip): then the .log is the copy to keep, and the
+                // segment is compressed again.
+                if segment::gz_matches_plain(&dir, number) {
+                    segment::remove_if_exists(&segment::log_path(&dir, number))?;
+                } else {
+                    tracing::warn!(segment = number, dir = %dir.display(), "a compressed segment is torn; keeping its uncompressed copy");
+                    segment::remove_if_exists(&segment::gz_path(&dir, number))?;
+                    compressed = false;
+                }
             }
             sealed.push_back(Sealed {
                 number,
@@ -195,12 +205,11 @@ impl ContainerStore {
         };
         let active = Active {
             number: active_number,
-            file,
+            file: Some(file),
             path,
             len: recovered.len,
             last_time: recovered.last_time,
             entries: (!active_exists).then_some(0),
-            torn: false,
         };
         let end = Position {
             segment: active.number,
@@ -252,23 +261,24 @@ impl ContainerStore {
     /// max_file (oldest first), queues sealed segments for compression, then publishes the new
     /// end position to subscribers. Synchronous (page-cache writes).
     ///
-    /// An error means some records were not stored: the ones before the failed write are (whole
-    /// records only) and are published; the rest are not. Failures to delete or compress old
-    /// segments are logged, not returned: the batch itself is safe.
-    pub fn append(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// An error means some records were not stored: the first [`AppendError::stored`] are
+    /// (written before the failed write, in a segment before it) and are published; the rest
+    /// are not. Failures to delete or compress old segments are logged, not returned: the
+    /// batch itself is safe.
+    pub fn append(&self, batch: &Batch) -> Result<(), AppendError> {
         if batch.is_empty() {
             return Ok(());
         }
         let mut state = self.shared.lock();
         if state.removed {
-            return Err(self.shared.removed_error());
+            return Err(AppendError::none(self.shared.removed_error()));
         }
         if batch.largest_payload() > MAX_PAYLOAD_LEN {
-            return Err(StoreError::TooLarge {
+            return Err(AppendError::none(StoreError::TooLarge {
                 path: state.active.path.clone(),
                 len: batch.largest_payload(),
                 max: MAX_PAYLOAD_LEN,
-            });
+            }));
         }
         let written = state.write(&self.shared.dir, batch);
         state.retain(&self.shared, &self.id);
@@ -291,16 +301,19 @@ impl ContainerStore {
             if state.removed {
                 return Err(self.shared.removed_error());
             }
-            let active = state
-                .active
-                .file
-                .try_clone()
-                .map_err(|source| StoreError::Sync {
+            // Closed after a failed write: synced by path like a sealed segment.
+            let active = match &state.active.file {
+                Some(file) => Some(file.try_clone().map_err(|source| StoreError::Sync {
                     path: state.active.path.clone(),
                     source,
-                })?;
+                })?),
+                None => None,
+            };
             let active_path = state.active.path.clone();
-            let unsynced = std::mem::take(&mut state.unsynced);
+            let mut unsynced = std::mem::take(&mut state.unsynced);
+            if active.is_none() {
+                unsynced.push(state.active.number);
+            }
             let dir_dirty = std::mem::replace(&mut state.dir_dirty, false);
             (active, active_path, unsynced, dir_dirty)
         };
@@ -308,14 +321,17 @@ impl ContainerStore {
         let result = sync_files(
             &self.shared.dir,
             &unsynced,
-            &active,
+            active.as_ref(),
             &active_path,
             dir_dirty,
         );
         if result.is_err() {
             // Try again at the next sync.
             let mut state = self.shared.lock();
-            state.unsynced.extend(unsynced);
+            let active_number = state.active.number;
+            state
+                .unsynced
+                .extend(unsynced.into_iter().filter(|&n| n != active_number));
             state.dir_dirty |= dir_dirty;
         }
         result
@@ -419,7 +435,7 @@ impl ContainerStore {
 fn sync_files(
     dir: &Path,
     unsynced: &[u64],
-    active: &File,
+    active: Option<&File>,
     active_path: &Path,
     dir_dirty: bool,
 ) -> Result<(), StoreError> {
@@ -435,10 +451,12 @@ fn sync_files(
             Err(source) => return Err(StoreError::Sync { path, source }),
         }
     }
-    active.sync_data().map_err(|source| StoreError::Sync {
-        path: active_path.to_owned(),
-        source,
-    })?;
+    if let Some(active) = active {
+        active.sync_data().map_err(|source| StoreError::Sync {
+            path: active_path.to_owned(),
+            source,
+        })?;
+    }
     if dir_dirty {
         segment::sync_dir(dir)?;
     }
@@ -494,12 +512,29 @@ impl State {
         self.sealed.get_mut(index)
     }
 
-    fn write(&mut self, dir: &Path, batch: &Batch) -> Result<(), StoreError> {
-        self.cut_torn()?;
+    /// Writes the batch; on failure says how many of its records (the first ones) are stored
+    /// all the same, and drops the active segment's descriptor (see [`Active::file`]).
+    fn write(&mut self, dir: &Path, batch: &Batch) -> Result<(), AppendError> {
+        let mut stored = 0;
+        let written = self.write_records(dir, batch, &mut stored);
+        written.map_err(|error| {
+            self.active.file = None;
+            AppendError { stored, error }
+        })
+    }
+
+    fn write_records(
+        &mut self,
+        dir: &Path,
+        batch: &Batch,
+        stored: &mut usize,
+    ) -> Result<(), StoreError> {
         let max_size = self.limits.max_size;
         let full = |len: u64| max_size > 0 && len >= max_size;
         let mut first = 0;
         while first < batch.len() {
+            // Before a rotation too: a sealed segment must end with its last whole record.
+            self.reopen_active()?;
             if full(self.active.len) {
                 self.rotate(dir)?;
             }
@@ -514,40 +549,55 @@ impl State {
                     break;
                 }
             }
-            if let Err(source) = (&self.active.file).write_all(batch.encoded(first..next)) {
-                self.active.torn = true;
-                // Best effort now; if this fails too, the next append tries again first.
-                if let Err(error) = self.cut_torn() {
-                    tracing::warn!(%error, "cannot cut a failed write off the active segment");
-                }
-                return Err(StoreError::Write {
+            let mut file = self.reopen_active()?;
+            // On failure a part of it may be in the file; `reopen_active` cuts it off.
+            file.write_all(batch.encoded(first..next))
+                .map_err(|source| StoreError::Write {
                     path: self.active.path.clone(),
                     source,
-                });
-            }
+                })?;
             self.active.len = len;
             self.active.last_time = Some(batch.time_nano(next - 1));
             if let Some(entries) = self.active.entries.as_mut() {
                 *entries += (next - first) as u64;
             }
+            *stored = next;
             first = next;
         }
         Ok(())
     }
 
-    fn cut_torn(&mut self) -> Result<(), StoreError> {
-        if self.active.torn {
-            self.active
-                .file
-                .set_len(self.active.len)
+    /// The active segment's descriptor; after a failed write, the file opened again by path and
+    /// cut back to its last whole record (a failed write may have left part of a record).
+    fn reopen_active(&mut self) -> Result<&File, StoreError> {
+        let file = match self.active.file.take() {
+            Some(file) => file,
+            None => self.reopen_by_path()?,
+        };
+        Ok(self.active.file.insert(file))
+    }
+
+    fn reopen_by_path(&mut self) -> Result<File, StoreError> {
+        let path = &self.active.path;
+        let file = segment::open_active(path)?;
+        let on_disk = segment::file_len(&file, path)?;
+        if on_disk >= self.active.len {
+            file.set_len(self.active.len)
                 .map_err(|source| StoreError::Truncate {
-                    path: self.active.path.clone(),
+                    path: path.clone(),
                     offset: self.active.len,
                     source,
                 })?;
-            self.active.torn = false;
+        } else {
+            // Shorter than what was written: the file system lost data it had not written out
+            // (an emergency read-only remount drops dirty pages). Keep what is whole.
+            let recovered = segment::recover(&file, path)?;
+            tracing::warn!(path = %path.display(), lost_bytes = self.active.len - recovered.len, "the active segment lost data its file system had not written out");
+            self.active.len = recovered.len;
+            self.active.last_time = recovered.last_time;
+            self.active.entries = None;
         }
-        Ok(())
+        Ok(file)
     }
 
     fn rotate(&mut self, dir: &Path) -> Result<(), StoreError> {
@@ -556,12 +606,11 @@ impl State {
         let file = segment::create_active(&path)?;
         let new = Active {
             number,
-            file,
+            file: Some(file),
             path,
             len: 0,
             last_time: None,
             entries: Some(0),
-            torn: false,
         };
         let old = std::mem::replace(&mut self.active, new);
         self.sealed.push_back(Sealed {

@@ -102,8 +102,13 @@ impl Cursor {
                 }
                 Located::Active { end } => (Some(end), None),
                 Located::Sealed { len, next } => {
-                    if len.is_some_and(|len| self.position.offset >= len) {
-                        // Known to be at its end: no need to open (or decompress) it.
+                    // Known to be at its end: no need to open (or decompress) it. Never at
+                    // offset 0: a compressed segment's length comes from its gzip trailer, and
+                    // a damaged file (zeros or garbage after the gzip data) gives a bogus one
+                    // that must not hide the whole segment (sealed segments are never empty).
+                    let at_end = self.position.offset > 0
+                        && len.is_some_and(|len| self.position.offset >= len);
+                    if at_end {
                         self.move_to(Position {
                             segment: next,
                             offset: 0,
@@ -128,6 +133,21 @@ impl Cursor {
                 _ => return Ok(entries),
             }
         }
+    }
+
+    /// Moves to the start of the segment after the current one (or to the end), dropping a
+    /// pending error: after a read error, so one damaged file does not hide what follows it.
+    /// False if that is no move forward (the error was in the active segment, at the end).
+    pub fn skip_segment(&mut self) -> bool {
+        let before = self.position;
+        let next = Position {
+            segment: before.segment + 1,
+            offset: 0,
+        };
+        let skipped = self.skipped;
+        *self = Cursor::new(Arc::clone(&self.shared), next);
+        self.skipped += skipped;
+        self.position > before
     }
 
     fn move_to(&mut self, position: Position) {

@@ -35,7 +35,12 @@
 //!   unless a shipper still needs them (the store's pin): those stay as backlog, hidden from
 //!   `docker logs`, within the plugin-wide spool budget (`spool`).
 //! - A torn record at the end of the active segment (a crash mid-write) is found when the store is
-//!   opened and cut off; every record before it stays readable.
+//!   opened and cut off; every record before it stays readable. So are garbage and zeros after
+//!   the last record (a crash can leave a zero-filled tail): a payload is never empty (the
+//!   pipeline refuses empty entries), so zeros never read as records.
+//! - A failed write (disk full, read-only) drops the active segment's descriptor; the next append
+//!   reopens the file by path and cuts it back to its last whole record, so storing resumes by
+//!   itself when the disk is usable again, and the plugin does not pin a broken mount.
 //! - Offsets in a [`Position`] count bytes of the uncompressed segment.
 
 //! - A segment's number is never reused: the next segment is always the highest existing number
@@ -128,6 +133,34 @@ impl Default for StoreLimits {
 pub struct Position {
     pub segment: u64,
     pub offset: u64,
+}
+
+impl StoreError {
+    /// Damage confined to one segment (bytes that are not records, a file that cannot be read
+    /// or is missing): a reader can go on with the next segment. Not a removed store.
+    pub fn is_segment_damage(&self) -> bool {
+        matches!(
+            self,
+            Self::Corrupt { .. } | Self::Decode { .. } | Self::Read { .. } | Self::Missing { .. }
+        )
+    }
+}
+
+/// A failed append: `error` stopped it after its first `stored` records, which are in the
+/// store (a batch that spans a rotation can fail in its second segment); the rest are not.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct AppendError {
+    pub stored: usize,
+    #[source]
+    pub error: StoreError,
+}
+
+impl AppendError {
+    /// Nothing of the batch was stored.
+    pub(crate) fn none(error: StoreError) -> Self {
+        Self { stored: 0, error }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

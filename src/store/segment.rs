@@ -244,6 +244,17 @@ pub(crate) fn read_gz_all(file: File, path: &Path) -> Result<Vec<u8>, StoreError
     Ok(content)
 }
 
+/// True when segment `number`'s `.log.gz` decompresses whole (trailer checked) to exactly its
+/// `.log`'s length: only then may the `.log` go. Reads the whole segment; used only at open, for
+/// the rare segment left with both files.
+pub(crate) fn gz_matches_plain(dir: &Path, number: u64) -> bool {
+    let gz = gz_path(dir, number);
+    let (Ok(file), Ok(plain)) = (File::open(&gz), fs::metadata(log_path(dir, number))) else {
+        return false;
+    };
+    read_gz_all(file, &gz).is_ok_and(|content| content.len() as u64 == plain.len())
+}
+
 /// The uncompressed length of a compressed segment, from the gzip trailer (ISIZE, the length
 /// modulo 2^32: exact for any segment under 4 GiB, which max_size keeps them well below).
 pub(crate) fn gz_len(file: &File, path: &Path) -> Result<u64, StoreError> {
@@ -292,6 +303,10 @@ fn last_record(file: &File, path: &Path, len: u64) -> Result<Option<LogEntry>, S
         return Ok(None);
     }
     let trailing = record::read_size(&read_exact_at(file, path, len - 4, 4)?);
+    if trailing == 0 {
+        // Never written (see `recover`): a zero-filled tail.
+        return Ok(None);
+    }
     let Ok(record_len) = record::record_len_for(trailing) else {
         return Ok(None);
     };
@@ -321,7 +336,7 @@ pub(crate) struct Recovered {
 }
 
 /// Checks the end of the active segment after a restart: if its last record is not whole (a
-/// crash mid-write, or garbage after it), scans forward from the start to the last whole record
+/// crash mid-write, or garbage or zeros after it), scans forward from the start to the last whole record
 /// and cuts the file there. Only the active segment is ever written, so only it can be torn.
 pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError> {
     let len = file_len(file, path)?;
@@ -357,6 +372,11 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
             break;
         }
         let size = u32::from_be_bytes(size);
+        // The store never writes an empty record (the pipeline refuses empty entries), and
+        // zeros would read as a run of them: a zero-filled tail left by a crash.
+        if size == 0 {
+            break;
+        }
         let Ok(record_len) = record::record_len_for(size) else {
             break;
         };

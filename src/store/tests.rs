@@ -379,6 +379,17 @@ fn garbage_after_the_last_record_is_cut() {
     }
 }
 
+/// Regression: zeros after the last record (the zero-filled tail a crash can leave when a file's
+/// size reached the disk before its data) read as whole records of empty entries, 8 bytes each,
+/// so recovery kept them and `docker logs` showed empty lines. A record is never empty.
+#[test]
+fn zeros_after_the_last_record_are_cut() {
+    let before: Vec<LogEntry> = (1..=3).map(|seq| entry(seq, 10)).collect();
+    for len in [1, 4, 8, 16, 4096] {
+        check_recovery(&before, &entry(4, 10), None, &vec![0u8; len]);
+    }
+}
+
 #[test]
 fn compressed_segments_carry_last_time_and_read_across() {
     let limits = StoreLimits {
@@ -682,7 +693,10 @@ fn stores_list_existing_and_remove() {
     assert!(fixture.stores.existing(&id('a')).unwrap().is_none());
     assert!(matches!(
         fixture.store.append(&batch_of(&[entry(2, 5)])),
-        Err(StoreError::Removed { .. })
+        Err(AppendError {
+            stored: 0,
+            error: StoreError::Removed { .. }
+        })
     ));
     assert!(fixture.stores.list().unwrap().is_empty());
     // Removing what does not exist is fine.
@@ -697,7 +711,10 @@ fn oversized_payload_is_refused_before_writing() {
     batch.push(&vec![0; MAX_PAYLOAD_LEN + 1], 2);
     assert!(matches!(
         fixture.store.append(&batch),
-        Err(StoreError::TooLarge { .. })
+        Err(AppendError {
+            stored: 0,
+            error: StoreError::TooLarge { .. }
+        })
     ));
     assert_eq!(
         fixture.store.end(),
@@ -768,4 +785,194 @@ fn backlog_beyond_max_file_is_kept_for_the_shipper_within_the_spool_budget() {
     // Without a pin, max_file alone applies, as before.
     store.set_pin(None);
     assert_eq!(store.tail(100).unwrap(), entries[9..15].to_vec());
+}
+
+/// Every entry from `from` to the end.
+fn entries_from(store: &ContainerStore, from: Position) -> Vec<LogEntry> {
+    entries_from_cursor(&mut store.cursor(from))
+}
+
+fn entries_from_cursor(cursor: &mut Cursor) -> Vec<LogEntry> {
+    read_all(cursor, 1000)
+        .into_iter()
+        .map(|(entry, _)| entry)
+        .collect()
+}
+
+/// Appends one more entry and finds it at the end.
+fn appends_again(store: &ContainerStore) {
+    let more = entry(1000, 5);
+    store
+        .append(&batch_of(std::slice::from_ref(&more)))
+        .unwrap();
+    assert_eq!(store.tail(1).unwrap(), vec![more]);
+}
+
+/// The entries a cursor reads until it is caught up or fails, and the error.
+fn read_until_error(cursor: &mut Cursor) -> (Vec<LogEntry>, Option<StoreError>) {
+    let mut got = Vec::new();
+    loop {
+        match cursor.read(1000) {
+            Ok(entries) if entries.is_empty() => return (got, None),
+            Ok(entries) => got.extend(entries.into_iter().map(|(entry, _)| entry)),
+            Err(error) => return (got, Some(error)),
+        }
+    }
+}
+
+/// Regression: a store opened with both `N.log` and `N.log.gz` deleted the `.log` on trust; a
+/// torn `.gz` (a file system that lost part of it) then cost the whole segment. The `.log` now
+/// goes only when the `.gz` decompresses whole to its length.
+#[test]
+fn torn_gz_beside_its_plain_segment_keeps_the_plain_one() {
+    let limits = StoreLimits {
+        max_size: 200,
+        max_file: 100,
+        compress: false,
+    };
+    let entries: Vec<LogEntry> = (1..=20).map(|seq| entry(seq, 40)).collect();
+    for cut in [None, Some(10), Some(40), Some(1)] {
+        let fixture = Fixture::new(limits);
+        fixture.store.append(&batch_of(&entries)).unwrap();
+        let dir = fixture.container_dir();
+        let log = dir.join(format!("{:020}.log", 1));
+        let gz = dir.join(format!("{:020}.log.gz", 1));
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&fs::read(&log).unwrap()).unwrap();
+        let mut compressed = encoder.finish().unwrap();
+        if let Some(cut) = cut {
+            compressed.truncate(compressed.len() - cut);
+        }
+        fs::write(&gz, compressed).unwrap();
+        let fixture = fixture.reopen(limits);
+        let names = files(&dir);
+        match cut {
+            None => assert!(!names.contains(&format!("{:020}.log", 1)), "{names:?}"),
+            Some(_) => assert!(!names.contains(&format!("{:020}.log.gz", 1)), "{names:?}"),
+        }
+        let read = entries_from(&fixture.store, fixture.store.start());
+        assert_eq!(read, entries, "cut {cut:?}");
+        appends_again(&fixture.store);
+    }
+}
+
+/// A compressed segment cut short (or with garbage after its end): the records before the
+/// tear are read, then an error naming the file; the segments after it read whole from their
+/// start (where the shipper skips to); appending goes on. Nothing is read twice.
+/// Regression: zeros after the gzip data made its trailer say "0 bytes", and a cursor skipped
+/// the whole segment without a word.
+#[test]
+fn torn_gz_segment_keeps_the_records_before_the_tear() {
+    let limits = StoreLimits {
+        max_size: 400,
+        max_file: 100,
+        compress: true,
+    };
+    let entries: Vec<LogEntry> = (1..=40).map(|seq| entry(seq, 50)).collect();
+    // The record that reaches max_size still goes into the segment.
+    let per_segment = 400usize.div_ceil(record_len(&entries[0]) as usize);
+    let damaged = 3u64;
+    let torn_segment =
+        &entries[(damaged as usize - 1) * per_segment..damaged as usize * per_segment];
+    let (before, after) = (
+        &entries[..(damaged as usize - 1) * per_segment],
+        &entries[damaged as usize * per_segment..],
+    );
+    let mut kept_counts = Vec::new();
+    for damage in 0..6 {
+        let fixture = Fixture::new(limits);
+        fixture.store.append(&batch_of(&entries)).unwrap();
+        let dir = fixture.container_dir();
+        wait_compressed(&dir);
+        let gz = dir.join(format!("{damaged:020}.log.gz"));
+        let mut bytes = fs::read(&gz).unwrap();
+        match damage {
+            // Cut inside the compressed data, in the trailer, at the last byte.
+            0 => bytes.truncate(bytes.len() / 2),
+            1 => bytes.truncate(bytes.len() - 6),
+            2 => bytes.truncate(bytes.len() - 1),
+            3 => bytes.truncate(20),
+            // Zeros and garbage after a whole gzip member.
+            4 => bytes.extend([0u8; 64]),
+            _ => bytes.extend(b"garbage after the gzip trailer"),
+        }
+        fs::write(&gz, &bytes).unwrap();
+        let fixture = fixture.reopen(limits);
+        let (got, error) = read_until_error(&mut fixture.store.cursor(fixture.store.start()));
+        assert_eq!(&got[..before.len()], before, "damage {damage}");
+        let kept = &got[before.len()..];
+        match &error {
+            Some(error) => {
+                assert!(
+                    error.to_string().contains(&gz.display().to_string()),
+                    "{error}"
+                );
+                // The records of the torn segment that were read are its first ones.
+                assert_eq!(kept, &torn_segment[..kept.len()], "damage {damage}");
+            }
+            // Trailing zeros or garbage after a whole member: everything is there.
+            None => assert_eq!(kept, [torn_segment, after].concat(), "damage {damage}"),
+        }
+        kept_counts.push((damage, kept.len().min(torn_segment.len()), error.is_some()));
+        let next = Position {
+            segment: damaged + 1,
+            offset: 0,
+        };
+        assert_eq!(entries_from(&fixture.store, next), after, "damage {damage}");
+        // What docker logs does: skip the damaged segment and go on, nothing twice.
+        let mut cursor = fixture.store.cursor(fixture.store.start());
+        let (mut shown, error) = read_until_error(&mut cursor);
+        let damaged_read = error.is_some_and(|error| error.is_segment_damage());
+        if damaged_read {
+            assert!(cursor.skip_segment());
+            shown.extend(entries_from_cursor(&mut cursor));
+            assert_eq!(shown, [before, &torn_segment[..kept.len()], after].concat());
+        }
+        // Tail reads whole segments backwards: one it cannot read is an error, not a gap.
+        match fixture.store.tail(usize::MAX) {
+            Ok(tail) => assert!(!damaged_read && tail == entries, "damage {damage}"),
+            Err(_) => assert!(damaged_read, "damage {damage}"),
+        }
+        appends_again(&fixture.store);
+    }
+    // (damage, records of the torn segment still read, error reported)
+    eprintln!(
+        "torn .gz segment of {} records: {kept_counts:?}",
+        torn_segment.len()
+    );
+}
+
+/// Regression: a batch that rotated and then failed (here the next segment cannot be created)
+/// was reported as wholly lost although its first records were stored and readable, so the
+/// pipeline's counts broke stored + lost = read. The error now says how many were stored; the
+/// store takes appends again once the fault is gone.
+#[test]
+fn append_failing_after_a_rotation_says_how_many_records_it_stored() {
+    let limits = StoreLimits {
+        max_size: 300,
+        max_file: 100,
+        compress: false,
+    };
+    let fixture = Fixture::new(limits);
+    let entries: Vec<LogEntry> = (1..=10).map(|seq| entry(seq, 40)).collect();
+    let per_segment = 300usize.div_ceil(record_len(&entries[0]) as usize);
+    let blocker = fixture.container_dir().join(format!("{:020}.log", 2));
+    fs::create_dir(&blocker).unwrap();
+    let failed = fixture.store.append(&batch_of(&entries)).unwrap_err();
+    assert_eq!(failed.stored, per_segment);
+    assert!(
+        failed.to_string().contains(&blocker.display().to_string()),
+        "{failed}"
+    );
+    assert_eq!(
+        fixture.store.tail(usize::MAX).unwrap(),
+        entries[..per_segment]
+    );
+    fs::remove_dir(&blocker).unwrap();
+    fixture
+        .store
+        .append(&batch_of(&entries[per_segment..]))
+        .unwrap();
+    let fixture = fixture.reopen(limits);
+    assert_eq!(fixture.store.tail(usize::MAX).unwrap(), entries);
 }

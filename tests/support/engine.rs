@@ -35,10 +35,17 @@ impl PluginProcess {
     }
 
     pub fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_prepared(env, |_| {})
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), but `prepare` gets the state dir's path
+    /// (not created yet) before the plugin starts: a fault test mounts a small file system there.
+    pub fn start_prepared(env: &[(&str, &str)], prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("plugin.sock");
         let state = dir.path().join("state");
         let log = dir.path().join("plugin.log");
+        prepare(&state);
         let mut plugin = Self {
             dir,
             socket,
@@ -342,4 +349,28 @@ pub fn shown_text(entries: &[LogEntry]) -> Vec<u8> {
         .iter()
         .flat_map(|e| e.line.iter().copied())
         .collect()
+}
+
+/// The exact entries ReadLogs must return for what was written: same order, newline on complete
+/// lines and last fragments.
+pub fn as_shown(written: &[LogEntry]) -> Vec<LogEntry> {
+    written
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if e.ends_line() {
+                let mut line = e.line.to_vec();
+                line.push(b'\n');
+                e.line = line.into();
+            }
+            e
+        })
+        .collect()
+}
+
+pub fn assert_same_entries(got: &[LogEntry], want: &[LogEntry]) {
+    assert_eq!(got.len(), want.len(), "entry count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "entry {i} differs");
+    }
 }

@@ -1,0 +1,72 @@
+//! Looking at a running plugin from outside: its Prometheus text endpoint (`METRICS_ADDR`) and
+//! its process (resident memory, open descriptors, which files it holds) through /proc.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A free loopback address for METRICS_ADDR.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The whole answer of GET /metrics (headers included).
+pub fn fetch_metrics(addr: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to METRICS_ADDR");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the answer");
+    text
+}
+
+/// The value of an unlabelled metric.
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// Resident memory (KiB) and open descriptors of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcUsage {
+    pub rss_kib: u64,
+    pub fds: usize,
+}
+
+pub fn usage(pid: u32) -> ProcUsage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    ProcUsage {
+        rss_kib,
+        fds: open_files(pid).len(),
+    }
+}
+
+/// What each open descriptor of a process points to.
+pub fn open_files(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The descriptors a process holds under `dir`.
+pub fn open_files_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
+    open_files(pid)
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
