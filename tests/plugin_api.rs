@@ -11,23 +11,6 @@ use http_body_util::BodyExt;
 
 const T0: i64 = 1_790_000_000_000_000_000;
 
-/// The exact entries ReadLogs must return for what was written: same order, newline on complete
-/// lines and last fragments.
-fn as_shown(written: &[LogEntry]) -> Vec<LogEntry> {
-    written
-        .iter()
-        .map(|e| {
-            let mut e = e.clone();
-            if e.ends_line() {
-                let mut line = e.line.to_vec();
-                line.push(b'\n');
-                e.line = line.into();
-            }
-            e
-        })
-        .collect()
-}
-
 fn assert_same_entries(got: &[LogEntry], want: &[LogEntry]) {
     assert_eq!(got.len(), want.len(), "entry count");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {

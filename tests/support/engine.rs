@@ -159,9 +159,19 @@ impl Api {
 
     /// Like [`call`](Self::call), but a connection the plugin cut is an `Err`.
     pub async fn try_call(&self, endpoint: &str, body: &str) -> Result<Response<Incoming>, String> {
+        self.try_call_bytes(endpoint, Bytes::from(body.to_owned()))
+            .await
+    }
+
+    /// Like [`try_call`](Self::try_call) with any bytes as the body (not UTF-8, huge).
+    pub async fn try_call_bytes(
+        &self,
+        endpoint: &str,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, String> {
         let request = hyper::Request::post(Uri::new(&self.socket, endpoint))
             .header("Accept", "application/vnd.docker.plugins.v1.2+json")
-            .body(Full::new(Bytes::from(body.to_owned())))
+            .body(Full::new(body))
             .expect("request");
         self.client
             .request(request)
@@ -190,11 +200,18 @@ impl Api {
     }
 
     pub async fn start_logging(&self, file: &Path, id: &str, config: &[(&str, &str)]) -> String {
+        let body = Self::start_logging_body(file, id, config);
+        self.call_err("/LogDriver.StartLogging", &body.to_string())
+            .await
+    }
+
+    /// The StartLogging request the engine sends, for a test to change (labels, env) first.
+    pub fn start_logging_body(file: &Path, id: &str, config: &[(&str, &str)]) -> serde_json::Value {
         let config: serde_json::Map<String, serde_json::Value> = config
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
-        let body = serde_json::json!({
+        serde_json::json!({
             "File": file,
             "Info": {
                 "Config": if config.is_empty() { serde_json::Value::Null } else { config.into() },
@@ -210,9 +227,7 @@ impl Api {
                 "LogPath": "",
                 "DaemonName": "docker"
             }
-        });
-        self.call_err("/LogDriver.StartLogging", &body.to_string())
-            .await
+        })
     }
 
     pub async fn stop_logging(&self, file: &Path) -> String {
@@ -341,5 +356,22 @@ pub fn shown_text(entries: &[LogEntry]) -> Vec<u8> {
     entries
         .iter()
         .flat_map(|e| e.line.iter().copied())
+        .collect()
+}
+
+/// The exact entries ReadLogs must return for what was written: same order, newline on complete
+/// lines and last fragments.
+pub fn as_shown(written: &[LogEntry]) -> Vec<LogEntry> {
+    written
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            if e.ends_line() {
+                let mut line = e.line.to_vec();
+                line.push(b'\n');
+                e.line = line.into();
+            }
+            e
+        })
         .collect()
 }
