@@ -322,7 +322,10 @@ mod tests {
         };
         let now = 1_000 * SEC;
         assert_eq!(at(None, None).follow_window(now), None);
-        assert_eq!(at(None, Some(now - 5 * SEC)).follow_window(now), Some(Duration::ZERO));
+        assert_eq!(
+            at(None, Some(now - 5 * SEC)).follow_window(now),
+            Some(Duration::ZERO)
+        );
         assert_eq!(
             at(Some(now + 9 * SEC), Some(now + 2 * SEC)).follow_window(now),
             Some(Duration::ZERO)
@@ -336,7 +339,10 @@ mod tests {
             at(None, Some(now - SEC / 2)).follow_window(now),
             Some(FOLLOW_GRACE - Duration::from_millis(500))
         );
-        assert_eq!(at(None, Some(i64::MIN)).follow_window(now), Some(Duration::ZERO));
+        assert_eq!(
+            at(None, Some(i64::MIN)).follow_window(now),
+            Some(Duration::ZERO)
+        );
         assert!(at(None, Some(i64::MAX)).follow_window(now).is_some());
     }
 

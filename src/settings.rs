@@ -258,10 +258,19 @@ mod tests {
         ])
         .unwrap();
         let shown = format!("{s:?}");
-        for secret in ["pw-in-url", "hunter2", "api-secret", "cloud-secret", "proxy-secret"] {
+        for secret in [
+            "pw-in-url",
+            "hunter2",
+            "api-secret",
+            "cloud-secret",
+            "proxy-secret",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
-        assert!(shown.contains("https://es:9243") && shown.contains("\"user\": \"elastic\""), "{shown}");
+        assert!(
+            shown.contains("https://es:9243") && shown.contains("\"user\": \"elastic\""),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -239,9 +239,17 @@ async fn start_logging_refuses_hostile_ids_and_files_by_name() {
         (fifo_path.clone(), "A".repeat(64), not_hex),
         (fifo_path.clone(), "é".repeat(32), not_hex),
         (fifo_path.clone(), "ａ".repeat(64), not_hex),
-        (fifo_path.clone(), format!("{}/../x", "a".repeat(59)), not_hex),
+        (
+            fifo_path.clone(),
+            format!("{}/../x", "a".repeat(59)),
+            not_hex,
+        ),
         (fifo_path.clone(), format!("{}\n", "a".repeat(63)), not_hex),
-        (fifo_path.clone(), format!("{}\u{0}", "a".repeat(63)), not_hex),
+        (
+            fifo_path.clone(),
+            format!("{}\u{0}", "a".repeat(63)),
+            not_hex,
+        ),
         (fifo_path.clone(), "a".repeat(100_000), not_hex),
         (String::new(), id.clone(), "StartLogging has no File"),
         (
@@ -249,7 +257,11 @@ async fn start_logging_refuses_hostile_ids_and_files_by_name() {
             id.clone(),
             "No such file or directory",
         ),
-        ("relative-fifo".into(), id.clone(), "No such file or directory"),
+        (
+            "relative-fifo".into(),
+            id.clone(),
+            "No such file or directory",
+        ),
         (format!("{fifo_path}\u{0}x"), id.clone(), "nul byte"),
         (
             socket.display().to_string(),
@@ -306,7 +318,10 @@ async fn start_logging_refuses_hostile_ids_and_files_by_name() {
     let through_link = vec![line("stdout", T0, b"through a symlink")];
     fifo.write_entries(&through_link);
     assert_eq!(api.stop_logging(&link).await, "");
-    assert_eq!(api.read_logs(&id, "", "", -1).await, as_shown(&through_link));
+    assert_eq!(
+        api.read_logs(&id, "", "", -1).await,
+        as_shown(&through_link)
+    );
 
     neighbour.finish(&plugin).await;
     eprintln!(
@@ -392,7 +407,8 @@ async fn malformed_huge_and_misrouted_requests_get_clear_errors_and_memory_stays
     let garbage_answer = tokio::task::spawn_blocking(move || {
         let mut raw = std::os::unix::net::UnixStream::connect(&socket).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        raw.write_all(b"\x16\x03\x01GARBAGE \xff\xff\r\n\r\n").unwrap();
+        raw.write_all(b"\x16\x03\x01GARBAGE \xff\xff\r\n\r\n")
+            .unwrap();
         let mut answer = Vec::new();
         let _ = raw.read_to_end(&mut answer);
         String::from_utf8_lossy(&answer).into_owned()
@@ -426,7 +442,11 @@ async fn malformed_huge_and_misrouted_requests_get_clear_errors_and_memory_stays
         };
         // A client of its own: the connection is closed after the 413, and a pooled one would
         // fail the next request for that reason alone.
-        match plugin.client().try_call_bytes(endpoint, Bytes::from(huge)).await {
+        match plugin
+            .client()
+            .try_call_bytes(endpoint, Bytes::from(huge))
+            .await
+        {
             Ok(answer) => {
                 assert_eq!(answer.status(), 413);
                 // The plugin closes after its 413 while the client may still be sending: the
@@ -448,7 +468,11 @@ async fn malformed_huge_and_misrouted_requests_get_clear_errors_and_memory_stays
     }
     drop(stalled);
     assert_eq!(
-        plugin.client().call_text("/LogDriver.Capabilities", "").await.0,
+        plugin
+            .client()
+            .call_text("/LogDriver.Capabilities", "")
+            .await
+            .0,
         200
     );
     let after = usage(&plugin);
@@ -654,18 +678,20 @@ async fn hostile_fifo_content_is_skipped_or_kept_faithfully_and_never_blocks() {
     let written = neighbour.finish(&plugin).await;
     let text = |e: &LogEntry| String::from_utf8_lossy(&e.line).into_owned();
     let joined = |pieces: &[LogEntry]| pieces.iter().map(text).collect::<String>();
-    let mut want: Vec<String> = stored
-        .iter()
-        .filter(|e| !e.partial)
-        .map(text)
-        .collect();
+    let mut want: Vec<String> = stored.iter().filter(|e| !e.partial).map(text).collect();
     want.push(joined(&mebi_fragments));
     for chunk in endless.chunks(64) {
         want.push(joined(chunk));
     }
     want.push(trailing_text);
     want.sort();
-    wait_for_docs(&server, want.len() + written.len(), Duration::from_secs(60), &plugin).await;
+    wait_for_docs(
+        &server,
+        want.len() + written.len(),
+        Duration::from_secs(60),
+        &plugin,
+    )
+    .await;
     let got = indexed_messages(&server, &id);
     assert_eq!(got.len(), want.len(), "documents of the hostile container");
     for (g, w) in got.iter().zip(&want) {
@@ -768,15 +794,60 @@ async fn read_logs_with_hostile_times_and_tails_answers_clearly_and_ends() {
     // (since, until, tail, what is answered)
     let answered: Vec<(String, String, serde_json::Value, &[LogEntry])> = vec![
         (t(60), t(40), all.clone(), &shown[..0]),
-        ("9999-12-31T23:59:59.999999999Z".into(), String::new(), all.clone(), &shown[..0]),
-        (String::new(), "9999-12-31T23:59:59Z".into(), all.clone(), &shown[..]),
-        ("1969-12-31T23:59:59Z".into(), String::new(), all.clone(), &shown[..]),
-        ("1000-01-01T00:00:00Z".into(), String::new(), all.clone(), &shown[..]),
-        ("0000-01-01T00:00:00Z".into(), String::new(), all.clone(), &shown[..]),
-        (String::new(), "1000-01-01T00:00:00Z".into(), all.clone(), &shown[..0]),
-        (t(10).replace('Z', "+00:00"), far_east(T0 + 20 * SEC), all.clone(), &shown[10..21]),
-        (String::new(), String::new(), serde_json::json!(i64::MAX), &shown[..]),
-        (String::new(), String::new(), serde_json::json!(0), &shown[..0]),
+        (
+            "9999-12-31T23:59:59.999999999Z".into(),
+            String::new(),
+            all.clone(),
+            &shown[..0],
+        ),
+        (
+            String::new(),
+            "9999-12-31T23:59:59Z".into(),
+            all.clone(),
+            &shown[..],
+        ),
+        (
+            "1969-12-31T23:59:59Z".into(),
+            String::new(),
+            all.clone(),
+            &shown[..],
+        ),
+        (
+            "1000-01-01T00:00:00Z".into(),
+            String::new(),
+            all.clone(),
+            &shown[..],
+        ),
+        (
+            "0000-01-01T00:00:00Z".into(),
+            String::new(),
+            all.clone(),
+            &shown[..],
+        ),
+        (
+            String::new(),
+            "1000-01-01T00:00:00Z".into(),
+            all.clone(),
+            &shown[..0],
+        ),
+        (
+            t(10).replace('Z', "+00:00"),
+            far_east(T0 + 20 * SEC),
+            all.clone(),
+            &shown[10..21],
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(i64::MAX),
+            &shown[..],
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(0),
+            &shown[..0],
+        ),
     ];
     for (since, until, tail, want) in &answered {
         let body = read_body(since, until, tail.clone(), false, &id);
@@ -794,15 +865,55 @@ async fn read_logs_with_hostile_times_and_tails_answers_clearly_and_ends() {
     // Refused with a 400 naming the field.
     let long = "9".repeat(1 << 20);
     let refused: Vec<(String, String, serde_json::Value, &str)> = vec![
-        ("-0001-01-01T00:00:00Z".into(), String::new(), all.clone(), "Config.Since"),
-        ("2026-02-30T00:00:00Z".into(), String::new(), all.clone(), "Config.Since"),
-        (String::new(), "yesterday".into(), all.clone(), "Config.Until"),
+        (
+            "-0001-01-01T00:00:00Z".into(),
+            String::new(),
+            all.clone(),
+            "Config.Since",
+        ),
+        (
+            "2026-02-30T00:00:00Z".into(),
+            String::new(),
+            all.clone(),
+            "Config.Since",
+        ),
+        (
+            String::new(),
+            "yesterday".into(),
+            all.clone(),
+            "Config.Until",
+        ),
         (long.clone(), String::new(), all.clone(), "Config.Since"),
-        (String::new(), String::new(), serde_json::json!(-5), "Config.Tail: -5"),
-        (String::new(), String::new(), serde_json::json!(i64::MIN), "Config.Tail"),
-        (String::new(), String::new(), serde_json::json!(u64::MAX), "not the JSON"),
-        (String::new(), String::new(), serde_json::json!(1e99), "not the JSON"),
-        (String::new(), String::new(), serde_json::json!("5"), "not the JSON"),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(-5),
+            "Config.Tail: -5",
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(i64::MIN),
+            "Config.Tail",
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(u64::MAX),
+            "not the JSON",
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!(1e99),
+            "not the JSON",
+        ),
+        (
+            String::new(),
+            String::new(),
+            serde_json::json!("5"),
+            "not the JSON",
+        ),
     ];
     for (since, until, tail, want) in &refused {
         let body = read_body(since, until, tail.clone(), false, &id);
@@ -811,19 +922,34 @@ async fn read_logs_with_hostile_times_and_tails_answers_clearly_and_ends() {
         assert!(err.contains(want), "want {want:?} in {err:?}");
         assert!(err.len() < 500, "the error repeats 1 MB of input");
     }
-    let (status, _, err) = read_to_end(&api, &read_body("", "", all.clone(), false, "../../etc"), quick)
-        .await
-        .expect("an answer");
+    let (status, _, err) = read_to_end(
+        &api,
+        &read_body("", "", all.clone(), false, "../../etc"),
+        quick,
+    )
+    .await
+    .expect("an answer");
     assert_eq!(status, 400);
     assert!(err.contains("is not 64 lowercase hex digits"), "{err}");
-    let (status, got, _) = read_to_end(&api, &read_body("", "", all.clone(), false, &container_id(99)), quick)
-        .await
-        .expect("an answer");
-    assert_eq!((status, got.len()), (200, 0), "an unknown container has no logs");
+    let (status, got, _) = read_to_end(
+        &api,
+        &read_body("", "", all.clone(), false, &container_id(99)),
+        quick,
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(
+        (status, got.len()),
+        (200, 0),
+        "an unknown container has no logs"
+    );
 
     // Follows that can never deliver anything more end at once, while the container still
     // runs and is quiet: Until already past, Since after Until.
-    let follows: [(String, String, &[LogEntry]); 2] = [(String::new(), t(500), &shown[..]), (t(90), t(10), &shown[..0])];
+    let follows: [(String, String, &[LogEntry]); 2] = [
+        (String::new(), t(500), &shown[..]),
+        (t(90), t(10), &shown[..0]),
+    ];
     for (since, until, want) in follows {
         let body = read_body(&since, &until, all.clone(), true, &id);
         let started = Instant::now();
@@ -831,8 +957,16 @@ async fn read_logs_with_hostile_times_and_tails_answers_clearly_and_ends() {
             panic!("docker logs -f --since {since:?} --until {until:?} did not end while the container is quiet")
         });
         assert_eq!(status, 200);
-        assert!(got == want, "follow --since {since:?} --until {until:?}: {} entries, want {}", got.len(), want.len());
-        eprintln!("follow --since {since:?} --until {until:?} ended after {:?}", started.elapsed());
+        assert!(
+            got == want,
+            "follow --since {since:?} --until {until:?}: {} entries, want {}",
+            got.len(),
+            want.len()
+        );
+        eprintln!(
+            "follow --since {since:?} --until {until:?} ended after {:?}",
+            started.elapsed()
+        );
     }
     // A follow whose Until comes while it follows ends then, not at the next line.
     let soon = time::OffsetDateTime::now_utc() + Duration::from_secs(1);
@@ -977,7 +1111,8 @@ async fn elasticsearch_answers_that_are_not_json_or_truncated_are_retried_withou
             garbled_times: 3,
             ..Faults::default()
         });
-        let tag = u8::try_from(10 + 2 * round).expect("a container tag") + u8::from(how == Garbled::Truncated);
+        let tag = u8::try_from(10 + 2 * round).expect("a container tag")
+            + u8::from(how == Garbled::Truncated);
         let neighbour = Neighbour::start(&plugin, tag, &[("bulk_max_bytes", "64k")]).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         sent += neighbour.finish(&plugin).await.len();

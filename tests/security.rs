@@ -21,7 +21,11 @@ const T0: i64 = 1_790_000_000_000_000_000;
 /// Every path under `dir` with its type and permission bits, the dir itself first.
 fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::FileType, u32)>) {
     let meta = std::fs::symlink_metadata(dir).expect("metadata");
-    out.push((dir.to_owned(), meta.file_type(), meta.permissions().mode() & 0o7777));
+    out.push((
+        dir.to_owned(),
+        meta.file_type(),
+        meta.permissions().mode() & 0o7777,
+    ));
     if meta.is_dir() {
         for entry in std::fs::read_dir(dir).expect("read_dir") {
             walk(&entry.expect("entry").path(), out);
@@ -171,10 +175,8 @@ async fn start_with_env_marker(
     config: &[(&str, &str)],
 ) -> String {
     let mut body = Api::start_logging_body(fifo, id, config);
-    body["Info"]["ContainerEnv"] = serde_json::json!([
-        format!("DB_PASSWORD={}", MARKERS.env),
-        "PATH=/bin"
-    ]);
+    body["Info"]["ContainerEnv"] =
+        serde_json::json!([format!("DB_PASSWORD={}", MARKERS.env), "PATH=/bin"]);
     api.call_err("/LogDriver.StartLogging", &body.to_string())
         .await
 }
@@ -238,7 +240,10 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     let url_with_password = locked
         .url()
         .replace("http://", &format!("http://elastic:{}@", m.url_password));
-    let proxy = format!("http://proxyuser:{}@127.0.0.1:{dead_port}", m.proxy_password);
+    let proxy = format!(
+        "http://proxyuser:{}@127.0.0.1:{dead_port}",
+        m.proxy_password
+    );
     let bad_proxy = format!("ftp://proxyuser:{}@127.0.0.1:{dead_port}", m.proxy_password);
     let api_key = format!("id:{}", m.api_key);
     let bad_host = format!("http://u:{}@/", m.url_password);
@@ -256,15 +261,30 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
             ("user", "u"),
             ("password", m.option_password),
         ],
-        vec![("hosts", open_url.as_str()), ("user", "u"), ("password", m.option_password)],
+        vec![
+            ("hosts", open_url.as_str()),
+            ("user", "u"),
+            ("password", m.option_password),
+        ],
     ];
     // Options refused at StartLogging: the error must not repeat the credential.
     let refused: Vec<Vec<(&str, &str)>> = vec![
         vec![("password", m.option_password), ("workers", "0")],
-        vec![("hosts", open_url.as_str()), ("user", ""), ("cloud_auth", m.cloud_auth)],
-        vec![("hosts", open_url.as_str()), ("proxy_url", bad_proxy.as_str())],
+        vec![
+            ("hosts", open_url.as_str()),
+            ("user", ""),
+            ("cloud_auth", m.cloud_auth),
+        ],
+        vec![
+            ("hosts", open_url.as_str()),
+            ("proxy_url", bad_proxy.as_str()),
+        ],
         vec![("hosts", bad_host.as_str())],
-        vec![("hosts", open_url.as_str()), ("api_key", api_key.as_str()), ("timeout", "soon")],
+        vec![
+            ("hosts", open_url.as_str()),
+            ("api_key", api_key.as_str()),
+            ("timeout", "soon"),
+        ],
     ];
     let mut answers = Vec::new();
     let mut fifos = Vec::new();
@@ -280,7 +300,8 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     }
     for (n, config) in refused.iter().enumerate() {
         let fifo = EngineFifo::create(plugin.dir.path(), &format!("bad{n}"));
-        let err = start_with_env_marker(&api, &fifo.path, &container_id(30 + n as u8), config).await;
+        let err =
+            start_with_env_marker(&api, &fifo.path, &container_id(30 + n as u8), config).await;
         assert!(!err.is_empty(), "{config:?} was accepted");
         answers.push(err);
     }
@@ -299,11 +320,15 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     // Let every failure be met and logged: credentials refused, proxy down, TLS refused,
     // documents dead-lettered.
     let output_has = |what: &str| plugin.output().to_lowercase().contains(what);
-    wait_until(Duration::from_secs(30), "401s, TLS and proxy failures in the log", || {
-        output_has("refused our credentials")
-            && output_has("certificate")
-            && output_has("connection refused")
-    });
+    wait_until(
+        Duration::from_secs(30),
+        "401s, TLS and proxy failures in the log",
+        || {
+            output_has("refused our credentials")
+                && output_has("certificate")
+                && output_has("connection refused")
+        },
+    );
     wait_until(Duration::from_secs(30), "a dead-letter file", || {
         plugin.state.join("dead-letter").exists()
     });
@@ -319,11 +344,20 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     walk(&plugin.state.join("checkpoints"), &mut found);
     for (path, _, _) in found.iter().filter(|(_, k, _)| k.is_file()) {
         let bytes = std::fs::read(path).unwrap_or_default();
-        places.push((path.display().to_string(), String::from_utf8_lossy(&bytes).into_owned()));
+        places.push((
+            path.display().to_string(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
     }
     // The run table keeps log-opts (to resume shipping after a crash), never the env.
     let runs = std::fs::read_to_string(plugin.state.join("runs.json")).unwrap_or_default();
-    places.push(("runs.json (env only)".into(), runs.replace(m.api_key, "").replace(m.proxy_password, "").replace(m.url_password, "").replace(m.option_password, "")));
+    places.push((
+        "runs.json (env only)".into(),
+        runs.replace(m.api_key, "")
+            .replace(m.proxy_password, "")
+            .replace(m.url_password, "")
+            .replace(m.option_password, ""),
+    ));
     let mut leaks = Vec::new();
     for (place, text) in &places {
         for marker in m.all() {
@@ -346,7 +380,9 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     );
     assert!(leaks.is_empty(), "leaked:\n{}", leaks.join("\n"));
     assert!(
-        open.docs().iter().any(|d| d.source["message"] == "a line 0"),
+        open.docs()
+            .iter()
+            .any(|d| d.source["message"] == "a line 0"),
         "the open destination received lines (so its path was exercised)"
     );
 }
@@ -399,7 +435,11 @@ async fn a_ca_that_did_not_sign_the_server_is_refused() {
     wait_for_docs(&server, 200, &plugin).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let docs = server.docs();
-    let shipped = |id: &str| docs.iter().filter(|d| d.source["container"]["id"] == id).count();
+    let shipped = |id: &str| {
+        docs.iter()
+            .filter(|d| d.source["container"]["id"] == id)
+            .count()
+    };
     let kept = api.read_logs(&ran[0].0, "", "", -1).await.len();
     eprintln!(
         "TLS wrong CA: sent 200, indexed {}, kept locally {kept}; right CA: sent 200, indexed {}; handshakes refused by the plugin {}",
@@ -407,9 +447,16 @@ async fn a_ca_that_did_not_sign_the_server_is_refused() {
         shipped(&ran[1].0),
         server.stats().tls_handshake_failures
     );
-    assert_eq!(shipped(&ran[0].0), 0, "shipped to a server its CA option does not trust");
+    assert_eq!(
+        shipped(&ran[0].0),
+        0,
+        "shipped to a server its CA option does not trust"
+    );
     assert_eq!(shipped(&ran[1].0), 200);
-    assert_eq!(kept, 200, "the untrusted container's lines are kept locally");
+    assert_eq!(
+        kept, 200,
+        "the untrusted container's lines are kept locally"
+    );
     assert!(server.stats().tls_handshake_failures > 0);
     assert!(plugin.output().to_lowercase().contains("certificate"));
 }
@@ -471,7 +518,14 @@ fn plugin_config_asks_for_nothing_it_does_not_use() {
         ],
         "mounts: the state dir (local copies survive upgrades) and the engine socket (events)"
     );
-    for forbidden in ["linux", "ipchost", "pidhost", "propagatedMount", "user", "args"] {
+    for forbidden in [
+        "linux",
+        "ipchost",
+        "pidhost",
+        "propagatedMount",
+        "user",
+        "args",
+    ] {
         assert!(config.get(forbidden).is_none(), "{forbidden} is set");
     }
     assert_eq!(

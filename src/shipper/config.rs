@@ -226,7 +226,10 @@ impl fmt::Debug for EsOptions {
             .field("timeout", &self.timeout)
             .field("backoff_init", &self.backoff_init)
             .field("backoff_max", &self.backoff_max)
-            .field("proxy_url", &self.proxy_url.as_ref().map(without_credentials))
+            .field(
+                "proxy_url",
+                &self.proxy_url.as_ref().map(without_credentials),
+            )
             .field("ca_file", &self.ca_file)
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("verification", &self.verification)

@@ -705,11 +705,15 @@ mod tests {
             assert_eq!(err, IndexError::GoTemplate { text: text.into() });
             let message = err.to_string();
             assert!(
-                message.contains("Go template ({{...}})") && message.contains("%{[container.name]}"),
+                message.contains("Go template ({{...}})")
+                    && message.contains("%{[container.name]}"),
                 "{message}"
             );
         }
-        assert!(IndexTemplate::parse("logs-{x}").is_ok(), "single braces are valid names");
+        assert!(
+            IndexTemplate::parse("logs-{x}").is_ok(),
+            "single braces are valid names"
+        );
     }
 
     #[test]
