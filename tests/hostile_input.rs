@@ -533,13 +533,19 @@ async fn wait_for_docs(server: &EsServer, want: usize, limit: Duration, plugin: 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_fifo_content_is_skipped_or_kept_faithfully_and_never_blocks() {
+/// The Elasticsearch imitation and a plugin shipping to it every 50 ms.
+async fn shipping_plugin() -> (EsServer, PluginProcess) {
     let server = EsServer::start(ServerOptions::default()).await;
     let plugin = PluginProcess::start_with_env(&[
         ("ES_HOSTS", &server.url()),
         ("ES_FLUSH_INTERVAL", "50ms"),
     ]);
+    (server, plugin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_fifo_content_is_skipped_or_kept_faithfully_and_never_blocks() {
+    let (server, plugin) = shipping_plugin().await;
     let api = plugin.client();
     let neighbour = Neighbour::start(&plugin, 4, &[]).await;
     let before = usage(&plugin);
@@ -990,11 +996,7 @@ async fn read_logs_with_hostile_times_and_tails_answers_clearly_and_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_and_option_injection_is_refused_naming_the_option_or_made_harmless() {
-    let server = EsServer::start(ServerOptions::default()).await;
-    let plugin = PluginProcess::start_with_env(&[
-        ("ES_HOSTS", &server.url()),
-        ("ES_FLUSH_INTERVAL", "50ms"),
-    ]);
+    let (server, plugin) = shipping_plugin().await;
     let api = plugin.client();
     let neighbour = Neighbour::start(&plugin, 8, &[]).await;
     let fifo = EngineFifo::create(plugin.dir.path(), "injector");

@@ -181,25 +181,6 @@ async fn start_with_env_marker(
         .await
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn fetch_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_letter() {
     let m = &MARKERS;
@@ -223,7 +204,7 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
         item_status_matching: Some((400, "refused".into())),
         ..Faults::default()
     });
-    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = free_addr();
     let plugin = PluginProcess::start_with_env(&[
         ("ES_HOSTS", &locked.url()),
         ("ES_USER", "elastic"),
@@ -236,15 +217,12 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
         ("LOG_DRIVER_LEVEL", "trace"),
     ]);
     let api = plugin.client();
-    let dead_port = free_port();
+    let dead_addr = free_addr();
     let url_with_password = locked
         .url()
         .replace("http://", &format!("http://elastic:{}@", m.url_password));
-    let proxy = format!(
-        "http://proxyuser:{}@127.0.0.1:{dead_port}",
-        m.proxy_password
-    );
-    let bad_proxy = format!("ftp://proxyuser:{}@127.0.0.1:{dead_port}", m.proxy_password);
+    let proxy = format!("http://proxyuser:{}@{dead_addr}", m.proxy_password);
+    let bad_proxy = format!("ftp://proxyuser:{}@{dead_addr}", m.proxy_password);
     let api_key = format!("id:{}", m.api_key);
     let bad_host = format!("http://u:{}@/", m.url_password);
     let open_url = open.url();

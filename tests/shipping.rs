@@ -527,27 +527,6 @@ async fn bad_shipping_options_fail_start_logging_with_the_option_named() {
     }
 }
 
-/// A free loopback address for METRICS_ADDR.
-fn free_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-fn fetch_metrics(addr: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
-
 /// The value of an unlabelled metric.
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()

@@ -375,3 +375,25 @@ pub fn as_shown(written: &[LogEntry]) -> Vec<LogEntry> {
         })
         .collect()
 }
+
+/// A free loopback address for METRICS_ADDR.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// The plugin's `/metrics` answer at `addr`, headers included.
+pub fn fetch_metrics(addr: &str) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
