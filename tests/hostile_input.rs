@@ -28,6 +28,7 @@ mod soak;
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -150,42 +151,41 @@ impl Drop for Neighbour {
     }
 }
 
-/// Writes `bytes` to the FIFO as the engine would, but gives up after `limit`: a write that
-/// cannot finish means the plugin stopped draining the FIFO. Panics then, with the plugin's log.
+/// Writes `bytes` in one blocking write(), as a writer other than the engine may (the engine's
+/// writes are non-blocking, a frame each), and fails if it is not done within `limit`; then it
+/// drains the FIFO itself so the writer thread ends. Regression: a blocking write larger than
+/// the free pipe space appends without waking an edge-triggered reader while the pipe is not
+/// empty, and the plugin, holding an incomplete frame, waited for a wakeup that never came.
 async fn write_within(limit: Duration, fifo: &EngineFifo, bytes: Vec<u8>, plugin: &PluginProcess) {
-    let file = fifo.file.try_clone().expect("dup the FIFO");
-    let written = tokio::task::spawn_blocking(move || {
-        let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own; the flags are restored below.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
-        let deadline = Instant::now() + limit;
-        let mut at = 0;
-        let mut file = file;
-        while at < bytes.len() && Instant::now() < deadline {
-            match file.write(&bytes[at..]) {
-                Ok(n) => at += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                Err(e) => panic!("FIFO write: {e}"),
-            }
-        }
-        unsafe { libc::fcntl(fd, libc::F_SETFL, flags) };
-        (at, bytes.len())
-    })
-    .await
-    .expect("writer");
-    if written.0 < written.1 {
-        let log = plugin.output();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "only {} of {} bytes written within {limit:?}: the plugin stopped draining the FIFO; plugin log tail:\n{}",
-            written.0,
-            written.1,
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+    let mut file = fifo.file.try_clone().expect("dup the FIFO");
+    let writer = std::thread::spawn(move || file.write_all(&bytes));
+    let deadline = Instant::now() + limit;
+    while !writer.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    if writer.is_finished() {
+        writer.join().expect("writer").expect("FIFO write");
+        return;
+    }
+    let log = plugin.output();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo.path)
+        .expect("open the FIFO to unblock the writer");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut unread = 0;
+    while !writer.is_finished() {
+        match reader.read(&mut buf) {
+            Ok(n) => unread += n,
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+    panic!(
+        "a blocking write waited over {limit:?} with {unread} bytes unread: the plugin stopped draining the FIFO; plugin log tail:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
 }
 
 /// The plugin log line of a run that ended, for its counters.
