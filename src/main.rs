@@ -73,6 +73,11 @@ enum Command {
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(8);
 
 fn main() -> anyhow::Result<()> {
+    // Everything the plugin creates (socket, state, local copies) is its own: without this the
+    // socket is open to the umask between bind and chmod, and a directory created without an
+    // explicit mode gets 0755.
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { socket, state_dir } => {
@@ -241,12 +246,8 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the state dir {}", dir.display()))
+    es_logging_plugin::runs::create_private_dir(dir)
+        .with_context(|| format!("cannot create the state dir {} (mode 0700)", dir.display()))
 }
 
 async fn wait_for_signal() {

@@ -181,6 +181,20 @@ impl LogOptions {
     }
 }
 
+/// An option's value as it may be shown (a Debug of the settings, a log line): credentials
+/// redacted, URLs without their `user:password@`.
+pub fn shown_value(name: &str, value: &str) -> String {
+    match name {
+        "password" | "api_key" | "cloud_auth" => "<redacted>".to_owned(),
+        "hosts" | "proxy_url" => value
+            .split(',')
+            .map(crate::shipper::config::strip_credentials)
+            .collect::<Vec<_>>()
+            .join(","),
+        _ => value.to_owned(),
+    }
+}
+
 fn spec(name: &str) -> &'static OptionSpec {
     OPTIONS
         .iter()

@@ -38,6 +38,10 @@ use crate::store::{Batch, ContainerStore};
 const SMALL_DRAIN: u64 = 256 << 10;
 const SETTLE: Duration = Duration::from_millis(1);
 
+/// How often a pipe holding an incomplete frame is looked at again without a readiness event
+/// (see `Pipeline::run`).
+const INCOMPLETE_RECHECK: Duration = Duration::from_millis(20);
+
 /// Counts for one logging run, logged when it ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunStats {
@@ -191,6 +195,8 @@ impl Pipeline {
         mut stop: oneshot::Receiver<StopRequest>,
         shutdown: CancellationToken,
     ) -> (RunEnd, RunStats) {
+        // True while the start of a frame waits in the pipe for the rest of it.
+        let mut incomplete = false;
         loop {
             let settle = std::mem::take(&mut self.drainer.settle);
             let fifo = &self.fifo;
@@ -226,6 +232,19 @@ impl Pipeline {
                     return (RunEnd::Shutdown, self.drainer.stats);
                 }
                 ready = readable => ready,
+                // Readiness is edge-triggered, and a blocking writer whose one write() is larger
+                // than the free space appends and sleeps without waking a reader when the pipe
+                // was not empty (it always holds the frame start here): both would wait
+                // forever. So while a frame is incomplete, look again now and then.
+                _ = tokio::time::sleep(INCOMPLETE_RECHECK), if incomplete => {
+                    match self.drainer.drain(&self.fifo) {
+                        Ok(Drained::Incomplete(_)) => {}
+                        Ok(Drained::Empty) => incomplete = false,
+                        Ok(Drained::Eof) => return (RunEnd::Eof, self.drainer.stats),
+                        Err(error) => tracing::warn!(%error, file = %self.fifo.path().display(), "reading the FIFO failed; retrying"),
+                    }
+                    continue;
+                }
             };
             let mut guard = match ready {
                 Ok(guard) => guard,
@@ -235,8 +254,12 @@ impl Pipeline {
                 }
             };
             match self.drainer.drain(&self.fifo) {
-                Ok(Drained::Empty) => guard.clear_ready(),
+                Ok(Drained::Empty) => {
+                    incomplete = false;
+                    guard.clear_ready();
+                }
                 Ok(Drained::Incomplete(left)) => {
+                    incomplete = true;
                     if guard.ready().is_read_closed() {
                         // The writer is gone: the rest of that frame will never come.
                         self.drainer.discard_incomplete(&self.fifo, left);

@@ -9,6 +9,7 @@
 //! goes away, or at plugin shutdown.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -26,6 +27,9 @@ use crate::store::{ContainerStore, Cursor, Position, StoreError};
 const CHUNK: usize = 64 << 10;
 /// Bytes of records read from the store per step.
 const READ_STEP: usize = 256 << 10;
+/// How long after Until a follow still waits: entries stamped just before it may still be in
+/// the FIFO or the store's write when Until passes.
+const FOLLOW_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReadLogsError {
@@ -68,6 +72,26 @@ impl ReadRequest {
     fn is_past_until(&self, time_nano: i64) -> bool {
         self.until.is_some_and(|u| time_nano > u)
     }
+
+    /// How long a follow may still receive entries, at `now_nano`: the engine stamps entries
+    /// with the time it read them, so once Until (plus [`FOLLOW_GRACE`]) is past nothing more
+    /// can be admitted, and with Since after Until nothing ever can. `None`: no Until, follow
+    /// until logging stops. Without this a `docker logs -f --until <past>` of a quiet container
+    /// waited for a line that could never be shown.
+    fn follow_window(&self, now_nano: i64) -> Option<Duration> {
+        let until = self.until?;
+        if self.since.is_some_and(|since| since > until) {
+            return Some(Duration::ZERO);
+        }
+        let end = until.saturating_add(FOLLOW_GRACE.as_nanos() as i64);
+        let left = u64::try_from(end.saturating_sub(now_nano)).unwrap_or(0);
+        Some(Duration::from_nanos(left))
+    }
+}
+
+fn now_nano() -> i64 {
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    nanos.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
 
 /// RFC 3339 with any offset; empty or Go's zero time (year 1) means unset.
@@ -142,7 +166,8 @@ pub async fn stream(
             return Ok(());
         }
     }
-    if !request.follow {
+    let window = request.follow_window(now_nano());
+    if !request.follow || window == Some(Duration::ZERO) {
         out.flush().await;
         return Ok(());
     }
@@ -152,6 +177,13 @@ pub async fn stream(
         mut active_runs,
         shutdown,
     } = follow_end;
+    let until_passed = async {
+        match window {
+            Some(window) => tokio::time::sleep(window).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(until_passed);
     loop {
         if !copy_until(&mut cursor, None, &request, &mut out).await? {
             return Ok(());
@@ -170,6 +202,11 @@ pub async fn stream(
             changed = active_runs.changed() => if changed.is_err() { return Ok(()) },
             _ = out.tx.closed() => return Ok(()),
             _ = shutdown.cancelled() => { out.flush().await; return Ok(()) },
+            _ = &mut until_passed => {
+                copy_until(&mut cursor, None, &request, &mut out).await?;
+                out.flush().await;
+                return Ok(());
+            }
         }
     }
 }
@@ -282,6 +319,42 @@ mod tests {
             ReadLogsError::BadTail(-7)
         );
     }
+
+    #[test]
+    fn a_follow_ends_once_until_is_past_or_before_since() {
+        let at = |since: Option<i64>, until: Option<i64>| ReadRequest {
+            since,
+            until,
+            tail: None,
+            follow: true,
+        };
+        let now = 1_000 * SEC;
+        assert_eq!(at(None, None).follow_window(now), None);
+        assert_eq!(
+            at(None, Some(now - 5 * SEC)).follow_window(now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            at(Some(now + 9 * SEC), Some(now + 2 * SEC)).follow_window(now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            at(None, Some(now + 2 * SEC)).follow_window(now),
+            Some(Duration::from_secs(2) + FOLLOW_GRACE)
+        );
+        // Within the grace after Until, lines stamped before it may still come.
+        assert_eq!(
+            at(None, Some(now - SEC / 2)).follow_window(now),
+            Some(FOLLOW_GRACE - Duration::from_millis(500))
+        );
+        assert_eq!(
+            at(None, Some(i64::MIN)).follow_window(now),
+            Some(Duration::ZERO)
+        );
+        assert!(at(None, Some(i64::MAX)).follow_window(now).is_some());
+    }
+
+    const SEC: i64 = 1_000_000_000;
 
     #[test]
     fn newline_goes_on_complete_lines_and_last_fragments_only() {

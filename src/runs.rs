@@ -141,6 +141,23 @@ impl RunTable {
     }
 }
 
+/// Creates `dir` (and missing parents) private to the plugin's user, and takes group and other
+/// permissions off it if it already existed: the state dir holds containers' output and the
+/// run table holds their log-opts (credentials among them). `make install` creates the state
+/// dir's host folder with `mkdir -p`, 0755.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` so that a crash leaves the old or the new content, never a mix.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -16,16 +16,18 @@
 //! | `EVENTS_FORMAT` | `ecs` | `ecs`, or `logtail` for Logtail's `_type_`/`_action_`/`_id_`/`_time_nano_` |
 //! | `ES_*` | (unset) | host-wide defaults of the Elasticsearch log-opts (`options::OPTIONS` names each) |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::events::service::EventsSettings;
 use crate::events::{Filters, Format};
-use crate::options::{parse_bool, parse_size, OPTIONS};
+use crate::options::{parse_bool, parse_size, shown_value, OPTIONS};
 use crate::shipper::index::IndexTemplate;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Debug is written out below: `option_defaults` holds the ES_* credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Settings {
     pub log_level: String,
     pub destroy_logs_on_stop: bool,
@@ -38,6 +40,25 @@ pub struct Settings {
     pub events: Option<EventsSettings>,
     /// Log-opt defaults from `ES_*` settings, keyed by log-opt name. May hold credentials.
     pub option_defaults: HashMap<String, String>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let defaults: BTreeMap<&str, String> = self
+            .option_defaults
+            .iter()
+            .map(|(name, value)| (name.as_str(), shown_value(name, value)))
+            .collect();
+        f.debug_struct("Settings")
+            .field("log_level", &self.log_level)
+            .field("destroy_logs_on_stop", &self.destroy_logs_on_stop)
+            .field("local_logs_max_age", &self.local_logs_max_age)
+            .field("spool_max_size", &self.spool_max_size)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("events", &self.events)
+            .field("option_defaults", &defaults)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -221,6 +242,34 @@ mod tests {
                 .unwrap()
                 .local_logs_max_age,
             None
+        );
+    }
+
+    /// Regression: Settings derived Debug, and its option defaults hold ES_PASSWORD & co.
+    #[test]
+    fn credentials_do_not_show_in_debug() {
+        let s = settings(&[
+            ("ES_HOSTS", "https://elastic:pw-in-url@es:9243"),
+            ("ES_USER", "elastic"),
+            ("ES_PASSWORD", "hunter2"),
+            ("ES_API_KEY", "id:api-secret"),
+            ("ES_CLOUD_AUTH", "elastic:cloud-secret"),
+            ("ES_PROXY_URL", "http://proxy:proxy-secret@proxy:3128"),
+        ])
+        .unwrap();
+        let shown = format!("{s:?}");
+        for secret in [
+            "pw-in-url",
+            "hunter2",
+            "api-secret",
+            "cloud-secret",
+            "proxy-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("https://es:9243") && shown.contains("\"user\": \"elastic\""),
+            "{shown}"
         );
     }
 

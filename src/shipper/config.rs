@@ -56,7 +56,8 @@ pub enum Verification {
     None,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Debug is written out below: hosts and proxy may carry `user:password@`.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct EsOptions {
     pub hosts: Vec<Url>,
     pub auth: Auth,
@@ -143,7 +144,7 @@ impl EsOptions {
                 Url::parse(p)
                     .ok()
                     .filter(|u| ["http", "https", "socks5", "socks5h"].contains(&u.scheme()))
-                    .ok_or_else(|| bad("proxy_url", p))?,
+                    .ok_or_else(|| bad("proxy_url", &strip_credentials(p)))?,
             ),
             None => None,
         };
@@ -212,6 +213,45 @@ impl EsOptions {
     }
 }
 
+impl fmt::Debug for EsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hosts: Vec<String> = self.hosts.iter().map(without_credentials).collect();
+        f.debug_struct("EsOptions")
+            .field("hosts", &hosts)
+            .field("auth", &self.auth)
+            .field("index", &self.index)
+            .field("pipeline", &self.pipeline)
+            .field("dead_letter_index", &self.dead_letter_index)
+            .field("agent_name", &self.agent_name)
+            .field("timeout", &self.timeout)
+            .field("backoff_init", &self.backoff_init)
+            .field("backoff_max", &self.backoff_max)
+            .field(
+                "proxy_url",
+                &self.proxy_url.as_ref().map(without_credentials),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("verification", &self.verification)
+            .field("bulk_max_bytes", &self.bulk_max_bytes)
+            .field("flush_interval", &self.flush_interval)
+            .field("workers", &self.workers)
+            .field("compression_level", &self.compression_level)
+            .finish()
+    }
+}
+
+/// A URL as it may be shown: a `user:password@` part replaced by `<redacted>@`.
+fn without_credentials(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.username().is_empty() && shown.password().is_none() {
+        return shown.to_string();
+    }
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("redacted");
+    shown.to_string().replacen("redacted@", "<redacted>@", 1)
+}
+
 fn bad_secret(name: &'static str) -> OptionError {
     // Never echo a credential back: docker run output and the plugin log would show it.
     bad(name, "<hidden>")
@@ -243,8 +283,9 @@ fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
     Ok(hosts)
 }
 
-/// An item of `hosts` as it may be shown in an error: without a `user:password@` part.
-fn strip_credentials(item: &str) -> String {
+/// An item of `hosts` (or a proxy URL) as it may be shown in an error: without a
+/// `user:password@` part.
+pub(crate) fn strip_credentials(item: &str) -> String {
     match (item.find("://"), item.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}{}", &item[..s + 3], &item[at + 1..]),
         (None, Some(at)) => item[at + 1..].to_owned(),
@@ -398,5 +439,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!format!("{es:?}").contains("hunter2"));
+    }
+
+    /// Regression: hosts and proxy_url are URLs, and Url's Debug shows a `user:password@`.
+    #[test]
+    fn credentials_in_urls_do_not_show_in_debug() {
+        let es = parse(&[
+            ("hosts", "http://elastic:hunter2@es1:9200,es2"),
+            ("proxy_url", "http://proxyuser:swordfish@proxy:3128"),
+        ])
+        .unwrap()
+        .unwrap();
+        let shown = format!("{es:?}");
+        for secret in ["hunter2", "swordfish", "proxyuser", "elastic:"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("http://<redacted>@es1:9200/") && shown.contains("http://es2:9200/"),
+            "{shown}"
+        );
+        assert!(shown.contains("http://<redacted>@proxy:3128/"), "{shown}");
+    }
+
+    /// Regression: an invalid proxy_url was echoed whole, credentials included, into the
+    /// StartLogging error (`docker run`'s output) and the plugin log.
+    #[test]
+    fn a_bad_proxy_url_is_refused_without_its_credentials() {
+        let err = parse(&[("hosts", "es"), ("proxy_url", "ftp://u:swordfish@proxy:21")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log-opt proxy_url") && !err.contains("swordfish"),
+            "{err}"
+        );
     }
 }

@@ -70,7 +70,7 @@ impl DeadLetters {
         });
         let result = (|| -> std::io::Result<()> {
             if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
+                crate::runs::create_private_dir(dir)?;
             }
             if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > MAX_FILE) {
                 std::fs::rename(&self.path, self.path.with_extension("ndjson.1"))?;

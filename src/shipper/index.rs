@@ -61,6 +61,11 @@ pub enum IndexError {
     Unclosed { text: String, at: usize },
     #[error("log-opt index: {text:?} has an unknown placeholder %{{{placeholder}}} (accepted: {ACCEPTED})")]
     UnknownPlaceholder { text: String, placeholder: String },
+    #[error(
+        "log-opt index: {text:?} holds a Go template ({{{{...}}}}), which this driver does not \
+        expand (accepted placeholders: {ACCEPTED})"
+    )]
+    GoTemplate { text: String },
     #[error("log-opt index: {text:?} is not a valid index name: {problem}")]
     InvalidName { text: String, problem: NameProblem },
     #[error("log-opt index: {text:?} gives {name:?} for this container, which is not a valid index name: {problem}")]
@@ -206,6 +211,11 @@ impl IndexTemplate {
         }
         for part in &parts {
             if let Part::Text(static_text) = part {
+                // `{{ .Name }}` is what the engine's `tag` option takes; Elasticsearch would take
+                // `{{.name}}` as a literal name, so the user would never get what was meant.
+                if static_text.contains("{{") {
+                    return Err(IndexError::GoTemplate { text: shown(text) });
+                }
                 static_text
                     .chars()
                     .try_for_each(check_char)
@@ -683,6 +693,26 @@ mod tests {
                 text: "a-%{+yyyy}-%{+yyyy".into(),
                 at: 11
             }
+        );
+    }
+
+    /// Regression: `logs-{{.name}}` (the engine's `tag` syntax) was taken as a literal index
+    /// name, so a user expecting one index per container got one index for all.
+    #[test]
+    fn go_templates_are_refused_pointing_to_the_placeholders() {
+        for text in ["logs-{{.name}}", "logs-{{ .Name }}", "{{.ID}}", "x-{{"] {
+            let err = IndexTemplate::parse(text).unwrap_err();
+            assert_eq!(err, IndexError::GoTemplate { text: text.into() });
+            let message = err.to_string();
+            assert!(
+                message.contains("Go template ({{...}})")
+                    && message.contains("%{[container.name]}"),
+                "{message}"
+            );
+        }
+        assert!(
+            IndexTemplate::parse("logs-{x}").is_ok(),
+            "single braces are valid names"
         );
     }
 

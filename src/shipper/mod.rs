@@ -214,7 +214,7 @@ impl Shippers {
             self.shutdown.clone(),
             Arc::clone(&self.on_drained),
         );
-        let _ = std::fs::create_dir_all(self.state_dir.join("checkpoints"));
+        let _ = crate::runs::create_private_dir(&self.state_dir.join("checkpoints"));
         let (tx, rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!("ship", destination = %label);
         self.tracker.spawn(destination.run(rx).instrument(span));

@@ -166,9 +166,19 @@ impl Api {
 
     /// Like [`call`](Self::call), but a connection the plugin cut is an `Err`.
     pub async fn try_call(&self, endpoint: &str, body: &str) -> Result<Response<Incoming>, String> {
+        self.try_call_bytes(endpoint, Bytes::from(body.to_owned()))
+            .await
+    }
+
+    /// Like [`try_call`](Self::try_call) with any bytes as the body (not UTF-8, huge).
+    pub async fn try_call_bytes(
+        &self,
+        endpoint: &str,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, String> {
         let request = hyper::Request::post(Uri::new(&self.socket, endpoint))
             .header("Accept", "application/vnd.docker.plugins.v1.2+json")
-            .body(Full::new(Bytes::from(body.to_owned())))
+            .body(Full::new(body))
             .expect("request");
         self.client
             .request(request)
@@ -197,11 +207,18 @@ impl Api {
     }
 
     pub async fn start_logging(&self, file: &Path, id: &str, config: &[(&str, &str)]) -> String {
+        let body = Self::start_logging_body(file, id, config);
+        self.call_err("/LogDriver.StartLogging", &body.to_string())
+            .await
+    }
+
+    /// The StartLogging request the engine sends, for a test to change (labels, env) first.
+    pub fn start_logging_body(file: &Path, id: &str, config: &[(&str, &str)]) -> serde_json::Value {
         let config: serde_json::Map<String, serde_json::Value> = config
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
-        let body = serde_json::json!({
+        serde_json::json!({
             "File": file,
             "Info": {
                 "Config": if config.is_empty() { serde_json::Value::Null } else { config.into() },
@@ -217,9 +234,7 @@ impl Api {
                 "LogPath": "",
                 "DaemonName": "docker"
             }
-        });
-        self.call_err("/LogDriver.StartLogging", &body.to_string())
-            .await
+        })
     }
 
     pub async fn stop_logging(&self, file: &Path) -> String {

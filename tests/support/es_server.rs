@@ -122,6 +122,20 @@ pub struct Faults {
     pub drop_connection: bool,
     /// Only the next N `_bulk` requests are dropped; 0 = until cleared.
     pub drop_times: usize,
+    /// Answer `_bulk` 200 with a body that is not the bulk answer, after storing the documents
+    /// (a proxy or a broken node mangling answers): the client cannot know what was written.
+    pub garbled: Option<Garbled>,
+    /// Only the next N `_bulk` answers are garbled; 0 = until cleared.
+    pub garbled_times: usize,
+}
+
+/// How [`Faults::garbled`] mangles a `_bulk` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Garbled {
+    /// An HTML page with status 200 and `Content-Type: application/json`.
+    NotJson,
+    /// The real answer cut in half (a well-framed HTTP body holding half a JSON document).
+    Truncated,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -159,6 +173,8 @@ pub struct Stats {
     /// `_bulk` requests refused on their own merits (400 bad body, 405, 406, 413 too large), by status.
     pub bulk_refused: BTreeMap<u16, usize>,
     pub dropped_connections: usize,
+    /// `_bulk` answers mangled by [`Faults::garbled`].
+    pub garbled_answers: usize,
     pub delayed_requests: usize,
     /// `_bulk` requests with `Content-Encoding: gzip`.
     pub gzip_requests: usize,
@@ -274,6 +290,7 @@ impl EsServer {
         state.fail_counts.clear();
         state.whole_given = 0;
         state.drops_given = 0;
+        state.garbled_given = 0;
     }
 
     /// Forgets every document and index (a later `create` of the same `_id` succeeds again).
@@ -383,6 +400,7 @@ struct State {
     fail_counts: HashMap<(String, String), usize>,
     whole_given: usize,
     drops_given: usize,
+    garbled_given: usize,
     stats: Stats,
 }
 
@@ -784,7 +802,20 @@ fn bulk_answer(
     if default_pipeline.is_some() {
         answer["ingest_took"] = json!(0);
     }
-    reply.json(200, answer)
+    let garbled = {
+        let mut state = shared.lock();
+        let due = faults.garbled_times == 0 || state.garbled_given < faults.garbled_times;
+        let garbled = faults.garbled.filter(|_| due);
+        if garbled.is_some() {
+            state.garbled_given += 1;
+            state.stats.garbled_answers += 1;
+        }
+        garbled
+    };
+    match garbled {
+        None => reply.json(200, answer),
+        Some(how) => reply.garbled(answer, how),
+    }
 }
 
 // The error is the answer to send, built once at the point of failure; boxing it would only
@@ -1383,6 +1414,28 @@ impl Reply {
                 HeaderValue::from_static("Elasticsearch"),
             );
         }
+        answer
+    }
+
+    /// A 200 whose body is not the bulk answer `body` would have been (see [`Garbled`]).
+    fn garbled(&self, body: Value, how: Garbled) -> Answer {
+        let whole = match &self.filter {
+            Some(filter) => filter.apply(body),
+            None => body,
+        }
+        .to_string();
+        let text = match how {
+            Garbled::NotJson => "<html><body><h1>Welcome to nginx!</h1></body></html>\n".to_owned(),
+            Garbled::Truncated => {
+                let cut = (0..=whole.len() / 2)
+                    .rev()
+                    .find(|&i| whole.is_char_boundary(i))
+                    .unwrap_or(0);
+                whole[..cut].to_owned()
+            }
+        };
+        let mut answer = self.raw_json(200, Value::Null);
+        *answer.body_mut() = Full::new(Bytes::from(text));
         answer
     }
 

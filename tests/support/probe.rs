@@ -40,6 +40,17 @@ pub struct ProcUsage {
     pub fds: usize,
 }
 
+impl std::fmt::Display for ProcUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RSS {:.1} MiB, {} open fds",
+            self.rss_kib as f64 / 1024.0,
+            self.fds
+        )
+    }
+}
+
 pub fn usage(pid: u32) -> ProcUsage {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_kib = status
