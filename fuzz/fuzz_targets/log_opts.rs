@@ -1,0 +1,111 @@
+//! The log-opt parser (src/options.rs, with the Elasticsearch options of
+//! src/shipper/config.rs and the `index` template of src/shipper/index.rs) on any map of
+//! options, keys mostly ours. Properties:
+//! - an error names a log-opt: one of ours, or the key given (a near-miss spelling), and it is
+//!   bounded (outside text is quoted only in part), never the whole of a huge value;
+//! - an error never repeats a credential (password, api_key, cloud_auth);
+//! - what is accepted is within the documented ranges, and only keys that are neither ours
+//!   nor the engine's are reported as ignored.
+#![no_main]
+
+use std::collections::HashMap;
+
+use arbitrary::Arbitrary;
+use es_logging_plugin::options::{LogOptions, OPTIONS};
+use libfuzzer_sys::fuzz_target;
+
+/// Longest error accepted: the option's name, what it accepts, and a bounded quote.
+const MAX_ERROR: usize = 2048;
+
+#[derive(Debug, Arbitrary)]
+enum Key {
+    /// One of ours, by its index in OPTIONS.
+    Ours(u8),
+    /// The engine's own keys and other drivers'.
+    Engine(u8),
+    Any(String),
+}
+
+#[derive(Debug, Arbitrary)]
+struct Input {
+    options: Vec<(Key, String)>,
+    /// Host-wide defaults (plugin settings) for some of ours.
+    defaults: Vec<(u8, String)>,
+    null_config: bool,
+}
+
+const ENGINE: &[&str] = &["mode", "max-buffer-size", "cache-disabled", "tag", "labels", "env"];
+
+fn name(i: u8) -> &'static str {
+    OPTIONS[i as usize % OPTIONS.len()].name
+}
+
+fuzz_target!(|input: Input| {
+    let config: HashMap<String, String> = input
+        .options
+        .into_iter()
+        .map(|(key, value)| {
+            let key = match key {
+                Key::Ours(i) => name(i).to_owned(),
+                Key::Engine(i) => ENGINE[i as usize % ENGINE.len()].to_owned(),
+                Key::Any(text) => text,
+            };
+            (key, value)
+        })
+        .collect();
+    let defaults: HashMap<String, String> = input
+        .defaults
+        .into_iter()
+        .map(|(i, value)| (name(i).to_owned(), value))
+        .collect();
+    let parsed = LogOptions::parse((!input.null_config).then_some(&config), &defaults);
+    match parsed {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(
+                message.len() <= MAX_ERROR,
+                "an error of {} bytes: {message:.300}",
+                message.len()
+            );
+            let names_ours = OPTIONS
+                .iter()
+                .any(|o| message.contains(&format!("log-opt {}", o.name)));
+            let names_given = config
+                .keys()
+                .any(|k| message.contains(&format!("log-opt {k:?}")));
+            assert!(
+                names_ours || names_given,
+                "an error naming no option: {message}"
+            );
+            for secret in ["password", "api_key", "cloud_auth"] {
+                let value = config.get(secret).or_else(|| defaults.get(secret));
+                // Short values occur in any text; a real credential is longer.
+                if let Some(value) = value.filter(|v| v.trim().len() >= 12) {
+                    let elsewhere = config
+                        .iter()
+                        .chain(defaults.iter())
+                        .any(|(k, v)| k != secret && v.contains(value.trim()));
+                    assert!(
+                        elsewhere || !message.contains(value.trim()),
+                        "the {secret} in an error: {message}"
+                    );
+                }
+            }
+        }
+        Ok(options) => {
+            assert!(options.store.max_size > 0);
+            assert!((1..=1000).contains(&options.store.max_file));
+            assert!(!options.store.compress || options.store.max_file > 1);
+            for key in &options.ignored {
+                assert!(config.contains_key(key));
+                assert!(OPTIONS.iter().all(|o| o.name != key), "{key} is ours");
+            }
+            if let Some(es) = options.es {
+                assert!(!es.hosts.is_empty());
+                assert!((1..=16).contains(&es.workers));
+                assert!(es.compression_level <= 9);
+                assert!((64 << 10..=90 << 20).contains(&es.bulk_max_bytes));
+            }
+        }
+    }
+});
