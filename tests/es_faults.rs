@@ -103,7 +103,7 @@ async fn log_through_fault(
 
 /// Stops the container, waits until every line is indexed in one of `servers` or
 /// dead-lettered, and checks none is lost or indexed twice. Prints the case's figures.
-async fn settle(case: &str, mut run: Run, servers: &[&EsServer]) -> Tally {
+async fn settle(case: &str, run: &Run, servers: &[&EsServer]) -> Tally {
     let api = run.plugin.client();
     assert_eq!(api.stop_logging(&run.fed.fifo.path).await, "");
     let sent = &run.fed.messages;
@@ -165,7 +165,6 @@ async fn settle(case: &str, mut run: Run, servers: &[&EsServer]) -> Tally {
         !run.plugin.output().contains("panicked"),
         "{case}: the plugin panicked"
     );
-    run.plugin.kill();
     tally
 }
 
@@ -188,7 +187,7 @@ async fn elasticsearch_down_for_minutes_then_back_loses_nothing() {
         ..ServerOptions::default()
     })
     .await;
-    let tally = settle("elasticsearch down, then back", run, &[&server]).await;
+    let tally = settle("elasticsearch down, then back", &run, &[&server]).await;
     assert_eq!(tally.dead_lettered, 0);
 }
 
@@ -214,7 +213,7 @@ async fn a_429_storm_without_retry_after_is_waited_out() {
     // Two workers, backoff capped at 500 ms: a few requests a second, not thousands.
     assert!(rate < 20.0, "{rate:.1} requests a second during a 429 storm");
     server.set_faults(Faults::default());
-    let tally = settle("429 storm", run, &[&server]).await;
+    let tally = settle("429 storm", &run, &[&server]).await;
     assert_eq!(tally.dead_lettered, 0);
 }
 
@@ -237,7 +236,7 @@ async fn every_batch_over_the_size_limit_is_split_down_to_single_documents() {
         .filter(|m| m.len() > 4096)
         .cloned()
         .collect();
-    let tally = settle("413 on every batch over 4 KiB", run, &[&server]).await;
+    let tally = settle("413 on every batch over 4 KiB", &run, &[&server]).await;
     let stats = server.stats();
     eprintln!(
         "413 case: {} requests, {} refused 413, single-document requests {}",
@@ -263,7 +262,7 @@ async fn five_hundreds_from_one_of_two_live_hosts_land_everything_once_on_the_ot
     let healthy = EsServer::start(ServerOptions::default()).await;
     let plugin = plugin_for(&format!("{},{}", failing.url(), healthy.url()), &[]);
     let run = log_through_fault(plugin, &[], 34, soak::duration(Duration::from_secs(6))).await;
-    let tally = settle("503 from one of two hosts", run, &[&failing, &healthy]).await;
+    let tally = settle("503 from one of two hosts", &run, &[&failing, &healthy]).await;
     let answered = failing.stats().whole_faults.get(&503).copied().unwrap_or(0);
     eprintln!(
         "503 case: the failing host answered {answered} requests with 503, the healthy one {}",
@@ -288,7 +287,7 @@ async fn answers_cut_mid_body_are_retried_without_duplicate_ids() {
     let run = log_through_fault(plugin, &[], 35, soak::duration(Duration::from_secs(6))).await;
     assert!(server.stats().cut_answers > 0);
     server.set_faults(Faults::default());
-    let tally = settle("answers cut mid-body", run, &[&server]).await;
+    let tally = settle("answers cut mid-body", &run, &[&server]).await;
     let stats = server.stats();
     eprintln!(
         "cut case: {} answers cut, {} resent documents answered 409",
@@ -310,15 +309,14 @@ async fn a_mapping_conflict_on_every_tenth_document_dead_letters_exactly_those()
     });
     let plugin = plugin_for(&server.url(), &[]);
     let run = log_through_fault(plugin, &[], 36, soak::duration(Duration::from_secs(6))).await;
-    let state = run.plugin.state.clone();
-    let tally = settle("mapping conflict on every tenth document", run, &[&server]).await;
+    let tally = settle("mapping conflict on every tenth document", &run, &[&server]).await;
     let stats = server.stats();
     let refused = stats.rejected_by_fault.get(&400).copied().unwrap_or(0);
     assert_eq!(stats.items_seen, tally.sent, "a document was sent twice");
     assert_eq!(refused, tally.sent / 10);
     assert_eq!(tally.dead_lettered, refused);
     assert_eq!(tally.indexed, tally.sent - refused);
-    let records = std::fs::read_dir(state.join("dead-letter"))
+    let records = std::fs::read_dir(run.plugin.state.join("dead-letter"))
         .expect("a dead-letter folder")
         .flatten()
         .map(|f| std::fs::read_to_string(f.path()).unwrap_or_default())
@@ -363,7 +361,7 @@ async fn credentials_revoked_then_restored_lose_nothing() {
         "a 401 must be reported loudly"
     );
     server.set_faults(Faults::default());
-    let tally = settle("credentials revoked, then restored", run, &[&server]).await;
+    let tally = settle("credentials revoked, then restored", &run, &[&server]).await;
     assert_eq!(tally.dead_lettered, 0);
     assert_eq!(server.stats().auth_failures, 0, "the credentials sent were right");
     assert!(!log.contains(PASSWORD), "the password reached the plugin log");
