@@ -211,7 +211,10 @@ async fn a_429_storm_without_retry_after_is_waited_out() {
     );
     assert!(stats.whole_faults.get(&429).copied().unwrap_or(0) > 0);
     // Two workers, backoff capped at 500 ms: a few requests a second, not thousands.
-    assert!(rate < 20.0, "{rate:.1} requests a second during a 429 storm");
+    assert!(
+        rate < 20.0,
+        "{rate:.1} requests a second during a 429 storm"
+    );
     server.set_faults(Faults::default());
     let tally = settle("429 storm", &run, &[&server]).await;
     assert_eq!(tally.dead_lettered, 0);
@@ -245,7 +248,10 @@ async fn every_batch_over_the_size_limit_is_split_down_to_single_documents() {
         stats.bulk_sizes.iter().filter(|&&n| n == 1).count()
     );
     assert!(stats.bulk_refused.get(&413).copied().unwrap_or(0) > 0);
-    assert!(stats.bulk_sizes.contains(&1), "never split down to one document");
+    assert!(
+        stats.bulk_sizes.contains(&1),
+        "never split down to one document"
+    );
     assert!(!too_large.is_empty());
     assert_eq!(tally.dead_lettered, too_large.len());
 }
@@ -363,6 +369,13 @@ async fn credentials_revoked_then_restored_lose_nothing() {
     server.set_faults(Faults::default());
     let tally = settle("credentials revoked, then restored", &run, &[&server]).await;
     assert_eq!(tally.dead_lettered, 0);
-    assert_eq!(server.stats().auth_failures, 0, "the credentials sent were right");
-    assert!(!log.contains(PASSWORD), "the password reached the plugin log");
+    assert_eq!(
+        server.stats().auth_failures,
+        0,
+        "the credentials sent were right"
+    );
+    assert!(
+        !log.contains(PASSWORD),
+        "the password reached the plugin log"
+    );
 }

@@ -980,13 +980,27 @@ async fn cut_answer_sends_headers_and_half_the_body_after_storing() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let promised: usize = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
         .expect("a Content-Length")
         .parse()
         .unwrap();
-    assert!(!got.is_empty() && got.len() < promised, "{} of {promised} bytes", got.len());
-    assert_eq!(server.doc_count(), 3, "the documents are stored before the cut");
+    assert!(
+        !got.is_empty() && got.len() < promised,
+        "{} of {promised} bytes",
+        got.len()
+    );
+    assert_eq!(
+        server.doc_count(),
+        3,
+        "the documents are stored before the cut"
+    );
     assert_eq!(server.stats().cut_answers, 1);
-    let reply = Client::plain(&server).bulk("/_bulk", &numbered("logs", 3)).await;
+    let reply = Client::plain(&server)
+        .bulk("/_bulk", &numbered("logs", 3))
+        .await;
     assert_eq!(reply.status, 200, "only the first answer is cut");
 }

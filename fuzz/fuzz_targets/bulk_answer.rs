@@ -35,7 +35,10 @@ fn check(status: u16, body: &[u8], items: usize) -> RequestVerdict {
     let verdict = classify(status, body, items);
     match &verdict {
         RequestVerdict::Items(verdicts) => {
-            assert!((200..=299).contains(&status), "items judged on HTTP {status}");
+            assert!(
+                (200..=299).contains(&status),
+                "items judged on HTTP {status}"
+            );
             assert_eq!(verdicts.len(), items, "one verdict per document");
             for v in verdicts {
                 if let ItemVerdict::Retry { reason, .. } | ItemVerdict::Reject { reason, .. } = v {
@@ -49,11 +52,17 @@ fn check(status: u16, body: &[u8], items: usize) -> RequestVerdict {
             bounded(reason);
         }
         RequestVerdict::RetryAll { reason } => {
-            assert!(matches!(status, 200..=299 | 408 | 429 | 500..=599), "RetryAll on {status}");
+            assert!(
+                matches!(status, 200..=299 | 408 | 429 | 500..=599),
+                "RetryAll on {status}"
+            );
             bounded(reason);
         }
         RequestVerdict::Refused { status: s, reason } => {
-            assert!(*s == status && !matches!(status, 200..=299 | 401 | 403 | 408 | 413 | 429 | 500..=599));
+            assert!(
+                *s == status
+                    && !matches!(status, 200..=299 | 401 | 403 | 408 | 413 | 429 | 500..=599)
+            );
             bounded(reason);
         }
     }

@@ -83,7 +83,10 @@ fuzz_target!(|input: Input| {
         assert!(end > first, "an empty line {line:?}");
         next = end;
         let span = &entries[first..end];
-        assert_eq!(line.time_nano, span[0].time_nano, "the first fragment's time");
+        assert_eq!(
+            line.time_nano, span[0].time_nano,
+            "the first fragment's time"
+        );
         assert_eq!(line.stream, span[0].source);
         if span.len() > 1 {
             assert!(

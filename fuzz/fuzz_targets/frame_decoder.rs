@@ -46,7 +46,8 @@ fn model(stream: &[u8], cap: usize) -> Model {
         if stream.len() - at - PREFIX < len {
             break;
         }
-        out.frames.push(stream[at + PREFIX..at + PREFIX + len].to_vec());
+        out.frames
+            .push(stream[at + PREFIX..at + PREFIX + len].to_vec());
         at += PREFIX + len;
     }
     out.tail = stream.len() - at;

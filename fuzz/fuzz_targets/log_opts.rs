@@ -34,7 +34,14 @@ struct Input {
     null_config: bool,
 }
 
-const ENGINE: &[&str] = &["mode", "max-buffer-size", "cache-disabled", "tag", "labels", "env"];
+const ENGINE: &[&str] = &[
+    "mode",
+    "max-buffer-size",
+    "cache-disabled",
+    "tag",
+    "labels",
+    "env",
+];
 
 fn name(i: u8) -> &'static str {
     OPTIONS[i as usize % OPTIONS.len()].name

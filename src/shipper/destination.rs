@@ -366,7 +366,12 @@ impl Source {
             return;
         }
         let start = std::mem::replace(&mut self.read_to, after);
-        for line in self.fragments.push(entry, start, after).into_iter().flatten() {
+        for line in self
+            .fragments
+            .push(entry, start, after)
+            .into_iter()
+            .flatten()
+        {
             self.emit(batch, line);
         }
     }

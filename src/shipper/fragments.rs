@@ -64,11 +64,7 @@ impl Fragments {
         let continues = self.pending.as_ref().is_some_and(|p| {
             p.partial_id == meta.id && p.line.message.len() + line.len() <= self.max
         });
-        let interrupted = if continues {
-            None
-        } else {
-            self.flush()
-        };
+        let interrupted = if continues { None } else { self.flush() };
         let pending = self.pending.get_or_insert_with(|| Pending {
             line: Line {
                 start,
@@ -147,7 +143,11 @@ mod tests {
             },
         ];
         for (i, e) in entries.into_iter().enumerate() {
-            out.extend(f.push(e, at(i as u64), at(i as u64 + 1)).into_iter().flatten());
+            out.extend(
+                f.push(e, at(i as u64), at(i as u64 + 1))
+                    .into_iter()
+                    .flatten(),
+            );
         }
         assert_eq!(messages(&out), ["hello", "cut ", "whole"]);
         assert_eq!((out[0].start, out[0].end), (at(0), at(2)));

@@ -93,8 +93,13 @@ pub fn dead_lettered(state: &Path) -> Vec<String> {
         for record in text.lines() {
             let record: serde_json::Value =
                 serde_json::from_str(record).expect("a dead-letter record is JSON");
-            let item = record["document"].as_str().expect("the refused NDJSON item");
-            let source = item.lines().nth(1).expect("an action line, then the document");
+            let item = record["document"]
+                .as_str()
+                .expect("the refused NDJSON item");
+            let source = item
+                .lines()
+                .nth(1)
+                .expect("an action line, then the document");
             let doc: serde_json::Value =
                 serde_json::from_str(source).expect("the refused document is JSON");
             out.push(doc["message"].as_str().unwrap_or_default().to_owned());
