@@ -14,7 +14,9 @@ use es_logging_plugin::container_id::ContainerId;
 use es_logging_plugin::readlogs::ReadRequest;
 use libfuzzer_sys::fuzz_target;
 
-const MAX_ERROR: usize = 512;
+/// The id and times are quoted in part (80 and 64 characters) with Debug escapes, up to 10
+/// bytes a character (`\u{10ffff}`): bounded, whatever the size of the request.
+const MAX_ERROR: usize = 1024;
 
 #[derive(Debug, Arbitrary)]
 struct Fields {
