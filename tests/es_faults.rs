@@ -147,6 +147,9 @@ async fn settle(case: &str, run: &Run, servers: &[&EsServer]) -> Tally {
         run.start.1,
         end.1
     );
+    if tally.duplicated > 0 {
+        show_duplicates(servers, &run.id);
+    }
     assert_eq!(tally.lost, 0, "{case}: lines lost");
     assert_eq!(tally.duplicated, 0, "{case}: lines indexed twice");
     assert!(
@@ -166,6 +169,29 @@ async fn settle(case: &str, run: &Run, servers: &[&EsServer]) -> Tally {
         "{case}: the plugin panicked"
     );
     tally
+}
+
+/// Prints the documents whose message was indexed more than once, for diagnosis.
+fn show_duplicates(servers: &[&EsServer], id: &str) {
+    let docs: Vec<_> = servers.iter().flat_map(|s| s.docs()).collect();
+    let mut by_message: std::collections::HashMap<&str, Vec<&es_server::StoredDoc>> =
+        std::collections::HashMap::new();
+    for doc in docs.iter().filter(|d| d.source["container"]["id"] == id) {
+        let message = doc.source["message"].as_str().unwrap_or_default();
+        by_message.entry(message).or_default().push(doc);
+    }
+    for (message, docs) in by_message.iter().filter(|(_, d)| d.len() > 1).take(10) {
+        let ids: Vec<(&str, &serde_json::Value)> = docs
+            .iter()
+            .map(|d| (d.id.as_str(), &d.source["@timestamp"]))
+            .collect();
+        eprintln!(
+            "indexed {} times: {:.60} ({} bytes): {ids:?}",
+            docs.len(),
+            message,
+            message.len()
+        );
+    }
 }
 
 fn free_port() -> u16 {

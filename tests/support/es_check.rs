@@ -14,8 +14,8 @@ use super::es_server::{EsServer, StoredDoc};
 
 pub const T0: i64 = 1_790_000_000_000_000_000;
 
-/// Lines of one container: short ones, and every `split_every`-th a 40 KB line in fragments.
-/// Returns the entries to write and the message of each line.
+/// Lines of one container: short ones, and every `split_every`-th a 40 KB line in fragments,
+/// every line different. Returns the entries to write and the message of each line.
 pub fn container_lines(n: usize, tag: u8, split_every: usize) -> (Vec<LogEntry>, Vec<String>) {
     let mut entries = Vec::new();
     let mut messages = Vec::new();
@@ -31,7 +31,12 @@ pub fn container_lines(n: usize, tag: u8, split_every: usize) -> (Vec<LogEntry>,
 fn one_line(i: usize, tag: u8, split_every: usize) -> (Vec<LogEntry>, String) {
     let t = T0 + (i as i64) * 1000 + tag as i64;
     if split_every > 0 && i % split_every == split_every - 1 {
-        let text: Vec<u8> = (0..40_000).map(|k| b'a' + ((i + k) % 26) as u8).collect();
+        // Lowercase letters only (a fragment cut from it is still recognisable), starting with
+        // `i` in base 26 so that no two long lines are the same.
+        let mut text: Vec<u8> = (0..6)
+            .map(|d| b'a' + (i / 26usize.pow(d) % 26) as u8)
+            .collect();
+        text.extend((text.len()..40_000).map(|k| b'a' + ((i + k) % 26) as u8));
         let entries = fragments(t, &text, &format!("p{tag}-{i}"));
         (entries, String::from_utf8(text).expect("ASCII"))
     } else {
