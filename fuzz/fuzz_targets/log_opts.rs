@@ -3,7 +3,8 @@
 //! options, keys mostly ours. Properties:
 //! - an error names a log-opt: one of ours, or the key given (a near-miss spelling), and it is
 //!   bounded (outside text is quoted only in part), never the whole of a huge value;
-//! - an error never repeats a credential (password, api_key, cloud_auth);
+//! - an error never repeats a credential (password, api_key, cloud_auth, or the password of a
+//!   `user:password@` in hosts or proxy_url);
 //! - what is accepted is within the documented ranges, and only keys that are neither ours
 //!   nor the engine's are reported as ignored.
 #![no_main]
@@ -47,6 +48,38 @@ fn name(i: u8) -> &'static str {
     OPTIONS[i as usize % OPTIONS.len()].name
 }
 
+/// The `password` of `user:password@` in hosts and proxy_url values, where it is long enough
+/// to be told from other text and appears nowhere else in the options.
+fn userinfo_passwords(
+    config: &HashMap<String, String>,
+    defaults: &HashMap<String, String>,
+) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for key in ["hosts", "proxy_url"] {
+        let Some(value) = config.get(key).or_else(|| defaults.get(key)) else {
+            continue;
+        };
+        for item in value.split(',') {
+            let Some((userinfo, _)) = item.rsplit_once('@') else {
+                continue;
+            };
+            let userinfo = userinfo.rsplit("://").next().unwrap_or(userinfo);
+            let Some((_, password)) = userinfo.split_once(':') else {
+                continue;
+            };
+            let password = password.trim();
+            let count = |map: &HashMap<String, String>| {
+                map.values().filter(|v| v.contains(password)).count()
+            };
+            let in_a_key = config.keys().any(|k| k.contains(password));
+            if password.len() >= 12 && count(config) + count(defaults) == 1 && !in_a_key {
+                out.push((key, password.to_owned()));
+            }
+        }
+    }
+    out
+}
+
 fuzz_target!(|input: Input| {
     let config: HashMap<String, String> = input
         .options
@@ -84,6 +117,12 @@ fuzz_target!(|input: Input| {
                 names_ours || names_given,
                 "an error naming no option: {message}"
             );
+            for (secret, value) in userinfo_passwords(&config, &defaults) {
+                assert!(
+                    !message.contains(&value),
+                    "the password in {secret} in an error: {message}"
+                );
+            }
             for secret in ["password", "api_key", "cloud_auth"] {
                 let value = config.get(secret).or_else(|| defaults.get(secret));
                 // Short values occur in any text; a real credential is longer.
