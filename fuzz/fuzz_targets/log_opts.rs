@@ -64,10 +64,16 @@ fn userinfo_passwords(
             continue;
         };
         for item in value.split(',') {
-            let Some((userinfo, _)) = item.rsplit_once('@') else {
+            // `scheme://user:password@host`: the scheme and host are shown, and may hold the
+            // same text by chance.
+            let Some((before, host)) = item.rsplit_once('@') else {
                 continue;
             };
-            let userinfo = userinfo.rsplit("://").next().unwrap_or(userinfo);
+            let (scheme, userinfo) = match before.find("://") {
+                Some(at) => before.split_at(at + 3),
+                None => ("", before),
+            };
+            let shown = format!("{scheme}{host}");
             let Some((_, password)) = userinfo.split_once(':') else {
                 continue;
             };
@@ -78,7 +84,9 @@ fn userinfo_passwords(
                     .count()
             };
             let in_a_key = config.keys().any(|k| k.contains(password));
-            if password.len() >= 12 && count(config) + count(defaults) == 1 && !in_a_key {
+            let in_host = format!("{shown}{shown:?}").contains(password);
+            if password.len() >= 12 && count(config) + count(defaults) == 1 && !in_a_key && !in_host
+            {
                 out.push((key, password.to_owned()));
             }
         }
