@@ -141,7 +141,8 @@ bench-short: ## The benchmarks with small N and one round (CI smoke run, no timi
 # so RUSTC_BOOTSTRAP=1 lets stable rustc take them. No sanitizer: the code fuzzed is safe Rust,
 # where AddressSanitizer finds nothing a panic does not, at half the speed; debug assertions on,
 # so an arithmetic overflow is a crash. Corpora grow in fuzz/corpus (not committed); crashes land
-# in fuzz/artifacts; fuzz/regressions holds the inputs of bugs found and fixed, replayed first.
+# in fuzz/artifacts; fuzz/regressions keeps every input that once failed a target (a bug since
+# fixed, or a property made exact), replayed first.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := frame_decoder fragments log_opts readlogs_request bulk_answer
 CARGO_FUZZ_VERSION := 0.13.2
