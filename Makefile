@@ -27,7 +27,7 @@ endif
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help build rootfs plugin install push test e2e check soak
+.PHONY: help build rootfs plugin install push test e2e check soak fuzz-build fuzz
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
@@ -100,6 +100,8 @@ test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker en
 	$(MAKE) e2e
 	@# The benchmarks with small N and no timing checks, so they cannot rot.
 	$(MAKE) bench-short
+	@# The fuzz targets are built (not run), so they cannot rot either.
+	$(MAKE) fuzz-build
 
 e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
 	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
@@ -133,3 +135,27 @@ bench-short: ## The benchmarks with small N and one round (CI smoke run, no timi
 	$(CARGO) build --release --locked --example discard_plugin
 	BENCH_SHORT=1 BENCH_RESULTS='$(abspath $(TARGET_DIR)/bench-short)' $(CARGO) bench --locked --bench plugin
 	BENCH_SHORT=1 BENCH_RESULTS='$(abspath $(TARGET_DIR)/bench-short)' $(CARGO) bench --locked --bench engine
+
+# Fuzz targets (fuzz/, cargo-fuzz layout, its own workspace): the parsers of outside input.
+# cargo-fuzz needs unstable rustc flags (-Z...) and this machine has only the stable toolchain,
+# so RUSTC_BOOTSTRAP=1 lets stable rustc take them. No sanitizer: the code fuzzed is safe Rust,
+# where AddressSanitizer finds nothing a panic does not, at half the speed; debug assertions on,
+# so an arithmetic overflow is a crash. Corpora grow in fuzz/corpus (not committed); crashes land
+# in fuzz/artifacts; fuzz/regressions keeps every input that once failed a target (a bug since
+# fixed, or a property made exact), replayed first.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := frame_decoder fragments log_opts readlogs_request bulk_answer
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_ENV := RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR='$(abspath $(TARGET_DIR))/fuzz'
+FUZZ_BUILD := fuzz build --sanitizer none --debug-assertions
+
+fuzz-build: ## Build every fuzz target (installs cargo-fuzz if missing)
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	cd fuzz && $(FUZZ_ENV) $(CARGO) $(FUZZ_BUILD)
+
+fuzz: fuzz-build ## Run each fuzz target for FUZZ_SECONDS (default 60) after replaying fuzz/regressions
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p "corpus/$$target" "regressions/$$target"; \
+		$(FUZZ_ENV) $(CARGO) $(subst build,run,$(FUZZ_BUILD)) "$$target" "corpus/$$target" "regressions/$$target" \
+			-- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1; \
+	done

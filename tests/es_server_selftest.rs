@@ -951,3 +951,56 @@ fn start_blocking_serves_plain_tests_and_stops_on_drop() {
         "still listening after drop"
     );
 }
+
+#[tokio::test]
+async fn cut_answer_sends_headers_and_half_the_body_after_storing() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    server.set_faults(Faults {
+        cut_answer: true,
+        cut_times: 1,
+        ..Default::default()
+    });
+    let body = numbered("logs", 3);
+    let port = server.port();
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            tcp,
+            "POST /_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).unwrap();
+        String::from_utf8(raw).unwrap()
+    })
+    .await
+    .unwrap();
+    let (head, got) = raw.split_once("\r\n\r\n").expect("headers were sent");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let promised: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("a Content-Length")
+        .parse()
+        .unwrap();
+    assert!(
+        !got.is_empty() && got.len() < promised,
+        "{} of {promised} bytes",
+        got.len()
+    );
+    assert_eq!(
+        server.doc_count(),
+        3,
+        "the documents are stored before the cut"
+    );
+    assert_eq!(server.stats().cut_answers, 1);
+    let reply = Client::plain(&server)
+        .bulk("/_bulk", &numbered("logs", 3))
+        .await;
+    assert_eq!(reply.status, 200, "only the first answer is cut");
+}

@@ -5,6 +5,8 @@
 
 #[path = "support/engine.rs"]
 mod engine;
+#[path = "support/es_check.rs"]
+mod es_check;
 #[path = "support/es_server.rs"]
 mod es_server;
 #[path = "support/noida.rs"]
@@ -14,52 +16,13 @@ mod osmem;
 #[path = "support/probe.rs"]
 mod probe;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use engine::*;
+use es_check::{container_lines, messages_of, wait_for_docs};
 use es_server::{EsServer, Faults, Flavor, ServerOptions};
 use probe::{fetch_metrics, free_addr, metric};
-
-const T0: i64 = 1_790_000_000_000_000_000;
-
-/// Lines of one container: short ones, and every `split_every`-th a 40 KB line in fragments.
-fn container_lines(n: usize, tag: u8, split_every: usize) -> (Vec<LogEntry>, Vec<String>) {
-    let mut entries = Vec::new();
-    let mut messages = Vec::new();
-    for i in 0..n {
-        let t = T0 + (i as i64) * 1000 + tag as i64;
-        if split_every > 0 && i % split_every == split_every - 1 {
-            let text: Vec<u8> = (0..40_000).map(|k| b'a' + ((i + k) % 26) as u8).collect();
-            entries.extend(fragments(t, &text, &format!("p{tag}-{i}")));
-            messages.push(String::from_utf8(text).unwrap());
-        } else {
-            let text = format!("container {tag} line {i}");
-            entries.push(line(
-                if i % 2 == 0 { "stdout" } else { "stderr" },
-                t,
-                text.as_bytes(),
-            ));
-            messages.push(text);
-        }
-    }
-    (entries, messages)
-}
-
-async fn wait_for_docs(server: &EsServer, want: usize, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let have = server.doc_count();
-        if have >= want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {have} of {want} documents arrived within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Like wait_for_docs, but on a timeout prints what the plugin logged, for diagnosis.
 async fn wait_for_docs_or_show(
@@ -88,25 +51,6 @@ async fn wait_for_docs_or_show(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     true
-}
-
-/// The messages indexed for one container, in timestamp order, and checks every id is unique.
-fn messages_of(server: &EsServer, id: &str) -> Vec<String> {
-    let docs = server.docs();
-    let ids: HashSet<&str> = docs.iter().map(|d| d.id.as_str()).collect();
-    assert_eq!(ids.len(), docs.len(), "an _id was indexed twice");
-    let mut mine: Vec<(String, String)> = docs
-        .iter()
-        .filter(|d| d.source["container"]["id"] == id)
-        .map(|d| {
-            (
-                d.source["@timestamp"].as_str().unwrap().to_owned(),
-                d.source["message"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    mine.sort();
-    mine.into_iter().map(|(_, m)| m).collect()
 }
 
 async fn run_containers(

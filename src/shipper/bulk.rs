@@ -26,6 +26,8 @@ use serde::Deserialize;
 
 /// The answer fields the shipper reads; everything else is filtered out by the server.
 pub const FILTER_PATH: &str = "errors,items.*.error,items.*.status";
+/// Longest reason kept from an answer, in bytes: enough for any real `type: reason`.
+const MAX_REASON: usize = 300;
 
 /// What became of one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,9 +147,14 @@ fn describe_error(error: &serde_json::Value) -> String {
         .and_then(|t| t.as_str())
         .unwrap_or("error");
     let reason = error.get("reason").and_then(|r| r.as_str()).unwrap_or("");
-    let mut text = format!("{kind}: {reason}");
-    if text.len() > 300 {
-        let cut = (0..=300)
+    bounded(format!("{kind}: {reason}"))
+}
+
+/// `text` cut to at most [`MAX_REASON`] bytes (and an ellipsis): reasons come from the server
+/// and go into log lines and dead-letter records.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_REASON {
+        let cut = (0..=MAX_REASON)
             .rev()
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(0);
@@ -160,7 +167,8 @@ fn describe_error(error: &serde_json::Value) -> String {
 fn error_reason(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorAnswer>(body) {
         Ok(answer) => match answer.error {
-            serde_json::Value::String(text) => text,
+            // A proxy's or an old version's `{"error":"<text>"}`: as long as the server likes.
+            serde_json::Value::String(text) => bounded(text),
             other => describe_error(&other),
         },
         Err(_) if body.is_empty() => "empty answer".into(),
@@ -275,6 +283,24 @@ mod tests {
             panic!()
         };
         assert!(reason.len() < 400);
+    }
+
+    /// Regression (found by the bulk_answer fuzz target): an error given as a plain string
+    /// (`{"error":"<text>"}`) was kept whole in the reason, however long, and went whole into
+    /// every retry warning.
+    #[test]
+    fn a_long_string_error_in_a_whole_answer_is_bounded() {
+        let body = format!(r#"{{"error":"{}"}}"#, "é".repeat(5000));
+        for status in [401, 400, 503] {
+            let reason = match classify(status, body.as_bytes(), 1) {
+                RequestVerdict::Unauthorized { reason, .. }
+                | RequestVerdict::Refused { reason, .. }
+                | RequestVerdict::RetryAll { reason } => reason,
+                other => panic!("{other:?}"),
+            };
+            assert!(reason.len() < 400, "HTTP {status}: {} bytes", reason.len());
+            assert!(reason.ends_with('…'));
+        }
     }
 
     #[test]

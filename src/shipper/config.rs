@@ -144,6 +144,7 @@ impl EsOptions {
                 Url::parse(p)
                     .ok()
                     .filter(|u| ["http", "https", "socks5", "socks5h"].contains(&u.scheme()))
+                    // A proxy URL may carry `user:password@`: never echo it back.
                     .ok_or_else(|| bad("proxy_url", &strip_credentials(p)))?,
             ),
             None => None,
@@ -286,10 +287,13 @@ fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
 /// An item of `hosts` (or a proxy URL) as it may be shown in an error: without a
 /// `user:password@` part.
 pub(crate) fn strip_credentials(item: &str) -> String {
-    match (item.find("://"), item.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}{}", &item[..s + 3], &item[at + 1..]),
-        (None, Some(at)) => item[at + 1..].to_owned(),
-        _ => item.to_owned(),
+    let Some(at) = item.rfind('@') else {
+        return item.to_owned();
+    };
+    match item.find("://").filter(|&scheme| scheme < at) {
+        Some(scheme) => format!("{}{}", &item[..scheme + 3], &item[at + 1..]),
+        // No scheme before the `@` (`user:password@host`, or `user:password@host://...`).
+        None => item[at + 1..].to_owned(),
     }
 }
 
@@ -348,6 +352,23 @@ mod tests {
             })
         };
         EsOptions::parse(&value)
+    }
+
+    /// Regression: a refused `proxy_url` was quoted whole in the error, `user:password@`
+    /// included, so the password reached `docker run`'s output and the plugin log.
+    #[test]
+    fn a_refused_proxy_url_or_host_is_quoted_without_its_credentials() {
+        for (name, value) in [
+            ("proxy_url", "ftp://proxyuser:s3cret-proxy-pass@proxy:21"),
+            ("hosts", "ftp://esuser:s3cret-proxy-pass@es:9200"),
+            ("hosts", "esuser:s3cret-proxy-pass@es://x"),
+        ] {
+            let err = parse(&[("hosts", "es"), (name, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("log-opt {name}")), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

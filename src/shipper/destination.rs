@@ -22,6 +22,7 @@ use super::client::Client;
 use super::config::EsOptions;
 use super::deadletter::DeadLetters;
 use super::document::{self, ContainerDoc};
+use super::fragments::{Fragments, Line};
 use super::index::{IndexTemplate, ResolvedIndex};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
@@ -64,16 +65,6 @@ pub enum Command {
 /// Called with a container whose store is fully shipped after its logging stopped.
 pub type OnDrained = Arc<dyn Fn(&ContainerId) + Send + Sync>;
 
-struct Pending {
-    start: Position,
-    end: Position,
-    time_nano: i64,
-    stream: String,
-    message: Vec<u8>,
-    partial_id: String,
-    since: Instant,
-}
-
 struct Source {
     id: ContainerId,
     store: Arc<ContainerStore>,
@@ -82,7 +73,8 @@ struct Source {
     cursor: Cursor,
     /// Just after the last entry read.
     read_to: Position,
-    pending: Option<Pending>,
+    /// The split line being rejoined (log sources only).
+    fragments: Fragments,
     checkpoint: Checkpoint,
     acked: Position,
     stopped: bool,
@@ -250,7 +242,7 @@ impl Destination {
                 documents: spec.documents,
                 index: spec.index,
                 cursor,
-                pending: None,
+                fragments: Fragments::new(MAX_MESSAGE),
                 checkpoint,
                 stopped: false,
                 skipped_reported: 0,
@@ -311,7 +303,7 @@ impl Destination {
             .values()
             .filter(|s| {
                 s.stopped
-                    && s.pending.is_none()
+                    && s.fragments.is_empty()
                     && s.acked == s.read_to
                     && s.read_to >= s.store.end()
             })
@@ -351,12 +343,12 @@ impl Source {
             }
         }
         let overdue = self
-            .pending
-            .as_ref()
-            .is_some_and(|p| self.stopped || p.since.elapsed() >= FRAGMENT_WAIT);
+            .fragments
+            .waiting_since()
+            .is_some_and(|since| self.stopped || since.elapsed() >= FRAGMENT_WAIT);
         if overdue && self.read_to >= self.store.end() {
-            if let Some(pending) = self.pending.take() {
-                self.emit(batch, pending);
+            if let Some(line) = self.fragments.flush() {
+                self.emit(batch, line);
             }
         }
     }
@@ -374,49 +366,13 @@ impl Source {
             return;
         }
         let start = std::mem::replace(&mut self.read_to, after);
-        if !entry.partial {
-            if let Some(pending) = self.pending.take() {
-                self.emit(batch, pending);
-            }
-            let single = Pending {
-                start,
-                end: after,
-                time_nano: entry.time_nano,
-                stream: entry.source,
-                message: entry.line.to_vec(),
-                partial_id: String::new(),
-                since: Instant::now(),
-            };
-            self.emit(batch, single);
-            return;
-        }
-        let meta = entry.partial_log_metadata.unwrap_or_default();
-        let continues = self.pending.as_ref().is_some_and(|p| {
-            p.partial_id == meta.id && p.message.len() + entry.line.len() <= MAX_MESSAGE
-        });
-        if !continues {
-            if let Some(pending) = self.pending.take() {
-                self.emit(batch, pending);
-            }
-            self.pending = Some(Pending {
-                start,
-                end: after,
-                time_nano: entry.time_nano,
-                stream: entry.source,
-                message: Vec::with_capacity(entry.line.len() * 2),
-                partial_id: meta.id,
-                since: Instant::now(),
-            });
-        }
-        if let Some(pending) = self.pending.as_mut() {
-            pending.message.extend_from_slice(&entry.line);
-            pending.end = after;
-            pending.since = Instant::now();
-        }
-        if meta.last {
-            if let Some(pending) = self.pending.take() {
-                self.emit(batch, pending);
-            }
+        for line in self
+            .fragments
+            .push(entry, start, after)
+            .into_iter()
+            .flatten()
+        {
+            self.emit(batch, line);
         }
     }
 
@@ -445,7 +401,7 @@ impl Source {
         });
     }
 
-    fn emit(&mut self, batch: &mut Batch, line: Pending) {
+    fn emit(&mut self, batch: &mut Batch, line: Line) {
         let Documents::Logs(doc) = &self.documents else {
             return;
         };

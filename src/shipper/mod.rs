@@ -8,6 +8,7 @@
 //! - [`checkpoint`]: how far each container's store is shipped, across restarts.
 //! - [`deadletter`]: documents refused for good.
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
+//! - [`fragments`]: split lines rejoined into one message, with a byte cap.
 //! - [`destination`]: the task that follows stores and keeps bulk requests in flight.
 //!
 //! [`Shippers`] holds one destination per distinct set of options; containers with equal
@@ -21,6 +22,7 @@ pub mod deadletter;
 pub mod destination;
 pub mod document;
 pub mod fingerprint;
+pub mod fragments;
 pub mod index;
 
 use std::collections::HashMap;

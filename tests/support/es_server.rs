@@ -3,8 +3,8 @@
 //! It answers the few endpoints the shipper uses, with the shapes Elasticsearch 8.15 documents
 //! (see `shared/docs/elasticsearch.md`), keeps every accepted document in memory, counts what
 //! it saw in [`Stats`], and can misbehave on demand ([`Faults`]): per-item 429/400/5xx, a whole
-//! `_bulk` answered 429/503/502/401/403/413, 413 above a number of items, slow answers and cut
-//! connections. It exists because no real Elasticsearch can be installed here and the
+//! `_bulk` answered 429/503/502/401/403/413, 413 above a number of items, slow answers, cut
+//! connections and answers cut halfway through their body. It exists because no real Elasticsearch can be installed here and the
 //! compatible servers that can (noida-db, osmem-server) cannot fail on demand.
 //!
 //! | endpoint | answer |
@@ -24,6 +24,9 @@
 //! `max_docs_per_request` 413; then answer each item (an item fault, else the real outcome). A
 //! `delay` is slept after all that, just before answering: the documents are already stored, as
 //! with a slow cluster whose answer arrives after the client gave up (a retry then sees 409s).
+//! A `cut_answer` fault likewise comes after the documents are stored: the status line and
+//! headers (with the whole body's Content-Length) go out with half the body, then the connection
+//! is closed, as when a proxy or the node dies mid-answer.
 //!
 //! Two ways to run it: [`EsServer::start`] spawns onto the caller's tokio runtime (use a
 //! `multi_thread` test runtime if the test also blocks); [`EsServer::start_blocking`] brings its
@@ -65,6 +68,9 @@ pub struct ServerOptions {
     pub flavor: Flavor,
     /// Judged on the decompressed body; above it `_bulk` answers 413 with an empty body.
     pub max_content_length: usize,
+    /// The port to listen on; 0 takes a free one. A fixed port lets a test bring a server "back"
+    /// where a plugin already looks for it.
+    pub port: u16,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +80,7 @@ impl Default for ServerOptions {
             auth: None,
             flavor: Flavor::Elasticsearch,
             max_content_length: DEFAULT_MAX_CONTENT_LENGTH,
+            port: 0,
         }
     }
 }
@@ -127,6 +134,11 @@ pub struct Faults {
     pub garbled: Option<Garbled>,
     /// Only the next N `_bulk` answers are garbled; 0 = until cleared.
     pub garbled_times: usize,
+    /// Store a `_bulk`'s documents, send the answer's status, headers and half its body, then
+    /// close the connection (a reset mid-answer).
+    pub cut_answer: bool,
+    /// Only the next N `_bulk` answers are cut; 0 = until cleared.
+    pub cut_times: usize,
 }
 
 /// How [`Faults::garbled`] mangles a `_bulk` answer.
@@ -175,6 +187,8 @@ pub struct Stats {
     pub dropped_connections: usize,
     /// `_bulk` answers mangled by [`Faults::garbled`].
     pub garbled_answers: usize,
+    /// `_bulk` answers cut halfway through their body.
+    pub cut_answers: usize,
     pub delayed_requests: usize,
     /// `_bulk` requests with `Content-Encoding: gzip`.
     pub gzip_requests: usize,
@@ -199,9 +213,14 @@ pub struct EsServer {
 impl EsServer {
     /// Binds 127.0.0.1 on a free port and serves from tasks on the current tokio runtime.
     pub async fn start(opts: ServerOptions) -> EsServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(("127.0.0.1", opts.port))
             .await
-            .expect("bind 127.0.0.1:0 for the Elasticsearch imitation");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "bind 127.0.0.1:{} for the Elasticsearch imitation: {e}",
+                    opts.port
+                )
+            });
         let port = listener.local_addr().expect("local address").port();
         let tls = opts.tls.then(TlsMaterial::generate);
         let acceptor = tls
@@ -282,7 +301,7 @@ impl EsServer {
     }
 
     /// Replaces the faults and restarts their counters (item counter, per-id failure counts,
-    /// `whole_status_times`, `drop_times`). `Faults::default()` clears them.
+    /// `whole_status_times`, `drop_times`, `cut_times`). `Faults::default()` clears them.
     pub fn set_faults(&self, faults: Faults) {
         let mut state = self.shared.lock();
         state.faults = faults;
@@ -291,6 +310,7 @@ impl EsServer {
         state.whole_given = 0;
         state.drops_given = 0;
         state.garbled_given = 0;
+        state.cuts_given = 0;
     }
 
     /// Forgets every document and index (a later `create` of the same `_id` succeeds again).
@@ -401,6 +421,7 @@ struct State {
     whole_given: usize,
     drops_given: usize,
     garbled_given: usize,
+    cuts_given: usize,
     stats: Stats,
 }
 
@@ -438,7 +459,10 @@ async fn serve<I>(io: I, shared: Arc<Shared>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| handle(shared.clone(), req));
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, DropConnection>(served(handle(shared, req).await?).await) }
+    });
     // An error here is a client that went away or a connection we dropped on purpose.
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(io, service)
@@ -458,6 +482,74 @@ impl std::fmt::Display for DropConnection {
 }
 
 impl std::error::Error for DropConnection {}
+
+/// Marks an answer to be cut halfway through its body (the `cut_answer` fault).
+#[derive(Clone, Copy)]
+struct CutAnswer;
+
+/// An answer's body as it goes out: whole, or half of it and then the connection closed.
+enum Served {
+    Whole(Full<Bytes>),
+    Cut {
+        half: Option<Bytes>,
+        /// Lets hyper flush the headers and the half before the connection is closed.
+        pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+    },
+}
+
+impl hyper::body::Body for Served {
+    type Data = Bytes;
+    type Error = DropConnection;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, DropConnection>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        match self.get_mut() {
+            Served::Whole(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Served::Cut { half, pause } => match half.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
+                None => pause.as_mut().poll(cx).map(|()| Some(Err(DropConnection))),
+            },
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Served::Whole(full) => full.size_hint(),
+            // The Content-Length header set by `served` promises the whole body.
+            Served::Cut { .. } => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// The answer as sent: answers marked [`CutAnswer`] promise their whole length and send half.
+async fn served(answer: Answer) -> Response<Served> {
+    if answer.extensions().get::<CutAnswer>().is_none() {
+        return answer.map(Served::Whole);
+    }
+    let (mut parts, body) = answer.into_parts();
+    let whole = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(never) => match never {},
+    };
+    parts.headers.insert(
+        hyper::header::CONTENT_LENGTH,
+        HeaderValue::from(whole.len()),
+    );
+    let half = whole.slice(..whole.len() / 2);
+    Response::from_parts(
+        parts,
+        Served::Cut {
+            half: Some(half),
+            pause: Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+        },
+    )
+}
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Answer, DropConnection> {
     let (parts, body) = req.into_parts();
@@ -678,7 +770,7 @@ async fn bulk(
     let encoding = header_str(&parts.headers, "content-encoding")
         .trim()
         .to_ascii_lowercase();
-    let (drop, delay) = {
+    let (drop, cut, delay) = {
         let mut state = shared.lock();
         state.stats.bulk_requests += 1;
         if encoding == "gzip" {
@@ -704,17 +796,28 @@ async fn bulk(
             state.drops_given += 1;
             state.stats.dropped_connections += 1;
         }
+        let cut = !drop
+            && faults.cut_answer
+            && (faults.cut_times == 0 || state.cuts_given < faults.cut_times);
+        if cut {
+            state.cuts_given += 1;
+            state.stats.cut_answers += 1;
+        }
         if faults.delay.is_some() {
             state.stats.delayed_requests += 1;
         }
-        (drop, faults.delay)
+        (drop, cut, faults.delay)
     };
     let answer = if drop {
         None
     } else {
-        Some(bulk_answer(
+        let mut answer = bulk_answer(
             shared, reply, parts, &body, target, &query, &encoding, started,
-        ))
+        );
+        if cut {
+            answer.extensions_mut().insert(CutAnswer);
+        }
+        Some(answer)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
