@@ -154,6 +154,7 @@ impl Plugin {
         if let Err(error) = self.table.remove_stopped(id.as_str()) {
             log_table_error(&error);
         }
+        self.stores.close_idle();
         if self.settings.destroy_logs_on_stop && !self.is_active(id) {
             match self.stores.remove(id) {
                 Ok(()) => tracing::info!(
@@ -301,6 +302,9 @@ impl Plugin {
                     .run(stop_rx, shutdown)
                     .await;
                 plugin.run_ended(&file, end, stats);
+                // The pipeline's handle is gone: the store closes unless shipping or a reader
+                // still needs it.
+                plugin.stores.close_idle();
             }
             .instrument(span),
         );
