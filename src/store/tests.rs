@@ -789,11 +789,15 @@ fn stores_nobody_uses_are_closed_and_reopen_whole() {
     assert_eq!(stores.open_count(), 0);
 
     // In use: held by a writer, read by a cursor, or pinned by a shipper.
-    let held = stores.open_container(&ids[0], StoreLimits::default()).unwrap();
+    let held = stores
+        .open_container(&ids[0], StoreLimits::default())
+        .unwrap();
     let read = stores.existing(&ids[1]).unwrap().unwrap();
     let cursor = read.cursor(read.start());
     drop(read);
-    let pinned = stores.open_container(&ids[2], StoreLimits::default()).unwrap();
+    let pinned = stores
+        .open_container(&ids[2], StoreLimits::default())
+        .unwrap();
     pinned.set_pin(Some(pinned.start()));
     drop(pinned);
     assert_eq!(stores.close_idle(), 0);

@@ -16,7 +16,12 @@ pub struct Usage {
 
 impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RSS {:.1} MiB, {} fds", self.rss_kib as f64 / 1024.0, self.fds)
+        write!(
+            f,
+            "RSS {:.1} MiB, {} fds",
+            self.rss_kib as f64 / 1024.0,
+            self.fds
+        )
     }
 }
 
