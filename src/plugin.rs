@@ -188,7 +188,10 @@ impl Plugin {
         for record in self.table.all().into_iter().filter(|r| !r.stopped) {
             let result = self.reopen(&record);
             if let Err(error) = result {
-                tracing::warn!(%error, file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it");
+                // Gone when its container stopped while we were down, but also after
+                // `docker plugin upgrade`, which replaces the rootfs where the engine keeps the
+                // FIFOs: the operator must then restart that container for it to log again.
+                tracing::warn!(%error, container = %record.info.container_id.get(..12).unwrap_or_default(), file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it. If its container is still running (after docker plugin upgrade), restart it: until then its lines reach no logging plugin");
                 self.forget_record(&record.file);
             }
         }
