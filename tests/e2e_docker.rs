@@ -13,7 +13,6 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -67,10 +66,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 #[test]
 #[ignore = "starts a private Docker Engine (root, docker.io, busybox-static, docker-registry): run `make e2e`"]
 fn e2e_docker_engine() {
-    let started = Instant::now();
-    let mut docker = Docker::start();
-    eprintln!("e2e: engine and plugin ready in {:.1?}", started.elapsed());
-    scenario::run_all(&mut docker, SCENARIOS, |docker, scenario| scenario(docker));
+    scenario::run_on_new_engine(SCENARIOS, |docker, scenario| scenario(docker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,13 +211,7 @@ fn follow(docker: &Docker) {
             .starts_with("f1\n")
             .then_some(())
     });
-    let mut child = docker
-        .command(&["logs", "-f", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn docker logs -f");
+    let mut child = docker.spawn_follow(name);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -491,14 +481,7 @@ fn engine_events_reach_elasticsearch(docker: &Docker) {
 
 fn events_scenario(docker: &Docker, noida: &Noida) {
     let index = "logs-docker.events-default";
-    // The collector connects when the plugin starts; give it a moment before the first event.
-    wait_for(secs(30), "the events collector's first connection", || {
-        docker
-            .dockerd_log()
-            .contains("collecting the engine's events")
-            .then_some(())
-    });
-    std::thread::sleep(secs(1));
+    docker.wait_events_collector();
     let id = docker.run_logged("e2e-events", &[], "exit 3");
     assert_eq!(docker.wait_exit("e2e-events", secs(60)), 3);
     docker.docker_ok(&["rm", "e2e-events"]);

@@ -21,7 +21,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -69,10 +69,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 #[test]
 #[ignore = "starts a private Docker Engine (root, docker.io, busybox-static, docker-registry): run `make e2e-hardening`"]
 fn e2e_hardening() {
-    let started = Instant::now();
-    let mut docker = Docker::start();
-    eprintln!("e2e: engine and plugin ready in {:.1?}", started.elapsed());
-    scenario::run_all(&mut docker, SCENARIOS, |docker, scenario| scenario(docker));
+    scenario::run_on_new_engine(SCENARIOS, |docker, scenario| scenario(docker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -380,13 +377,7 @@ fn events_restart_scenario(docker: &mut Docker, noida: &Noida) {
             .filter(|(_, d)| d["event"]["action"] == "events-gap")
             .count()
     };
-    wait_for(secs(30), "the events collector's first connection", || {
-        docker
-            .dockerd_log()
-            .contains("collecting the engine's events")
-            .then_some(())
-    });
-    std::thread::sleep(secs(1));
+    docker.wait_events_collector();
     docker.docker_ok(&["volume", "create", "h4-events-before"]);
     wait_for(secs(60), "the event before the restart indexed", || {
         (volume_events("h4-events-before", "create") >= 1).then_some(())
@@ -961,13 +952,7 @@ struct Follower {
 
 impl Follower {
     fn spawn(docker: &Docker, name: &str) -> Follower {
-        let mut child = docker
-            .command(&["logs", "-f", name])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn docker logs -f");
+        let mut child = docker.spawn_follow(name);
         let stdout = child.stdout.take().expect("piped");
         let reader = std::thread::spawn(move || {
             let mut text = String::new();

@@ -34,6 +34,11 @@ fn start(engine: &FakeEngine, filters: &str, since: Option<i64>) -> Running {
     // Short delays: the tests wait for reconnects, not for production pacing.
     let collector = Collector::new(EngineClient::new(engine.socket()), filters)
         .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
+    run(collector, since)
+}
+
+/// Runs `collector` from `since` in a task.
+fn run(collector: Collector, since: Option<i64>) -> Running {
     let stats = collector.stats();
     let (sink, items) = unbounded_channel();
     let shutdown = CancellationToken::new();
@@ -449,17 +454,7 @@ async fn a_socket_refusing_for_good_after_serving_ends_the_collector() {
         let collector = Collector::new(EngineClient::new(socket), Filters::default())
             .with_backoff(Duration::from_millis(10), Duration::from_millis(100))
             .with_stale_socket_limit(limit);
-        let stats = collector.stats();
-        let (sink, items) = unbounded_channel();
-        let shutdown = CancellationToken::new();
-        let token = shutdown.clone();
-        let task = tokio::spawn(async move { collector.run(None, sink, token).await });
-        Running {
-            items,
-            shutdown,
-            task,
-            stats,
-        }
+        run(collector, None)
     };
 
     let (dir, mut engine) = engine();

@@ -323,6 +323,29 @@ impl Docker {
         self.docker_ok(&["plugin", "enable", DRIVER]);
     }
 
+    /// Waits until the plugin's events collector has started (EVENTS=true), and a moment more:
+    /// it connects right after, and an event before that is not its to see.
+    pub fn wait_events_collector(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.dockerd_log().contains("collecting the engine's events") {
+            if Instant::now() > deadline {
+                self.fail("the events collector did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// Starts `docker logs -f name` with its stdout piped (stderr discarded).
+    pub fn spawn_follow(&self, name: &str) -> Child {
+        self.command(&["logs", "-f", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker logs -f")
+    }
+
     /// The engine's log so far (the plugin's stdout lands here, tagged `plugin=<id>`).
     pub fn dockerd_log(&self) -> String {
         fs::read(self.root.path().join("dockerd.log"))

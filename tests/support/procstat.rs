@@ -55,7 +55,7 @@ pub fn fd_targets(pid: u32) -> String {
         }
     }
     let mut rows: Vec<(String, usize)> = counts.into_iter().collect();
-    rows.sort_by(|a, b| b.1.cmp(&a.1));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1));
     rows.iter()
         .take(15)
         .map(|(kind, n)| format!("{n:5} {kind}"))

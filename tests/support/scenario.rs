@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use super::docker::Docker;
 
+/// Starts a private engine with the plugin installed and runs the scenarios on it (see
+/// [`run_all`]).
+pub fn run_on_new_engine<F>(scenarios: &[(&str, F)], run_one: impl Fn(&mut Docker, &F)) {
+    let started = Instant::now();
+    let mut docker = Docker::start();
+    eprintln!("e2e: engine and plugin ready in {:.1?}", started.elapsed());
+    run_all(&mut docker, scenarios, run_one);
+}
+
 /// Runs every scenario `E2E_ONLY` selects (all when unset) in order, as `run_one(docker,
 /// scenario)`; panics (with the engine's log tail, keeping its files) naming every scenario that
 /// failed.
