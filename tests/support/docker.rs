@@ -327,7 +327,10 @@ impl Docker {
     /// it connects right after, and an event before that is not its to see.
     pub fn wait_events_collector(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.dockerd_log().contains("collecting the engine's events") {
+        while !self
+            .dockerd_log()
+            .contains("collecting the engine's events")
+        {
             if Instant::now() > deadline {
                 self.fail("the events collector did not start within 30 s");
             }
