@@ -495,7 +495,10 @@ fn plugin_disable_enable_while_containers_log(docker: &mut Docker) {
         "the ticker while the plugin is disabled"
     );
     let t = Instant::now();
-    docker.docker_ok(&["plugin", "enable", DRIVER]);
+    // The engine's client for a plugin gives up on a request after `enable --timeout` (30 s by
+    // default), ReadLogs streams included: reading back 21 MB on a loaded machine can take
+    // longer, and the engine would cut `docker logs` short.
+    docker.docker_ok(&["plugin", "enable", "--timeout", "300", DRIVER]);
     eprintln!("h4:   plugin enable took {:.1?}", t.elapsed());
     assert_eq!(docker.wait_exit(burst, secs(120)), 0, "burst exit code");
     let before_stop = wait_ticks(docker, ticker, 0);
