@@ -27,7 +27,7 @@ endif
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help build rootfs plugin install push test e2e check soak fuzz-build fuzz
+.PHONY: help build rootfs plugin install push test e2e e2e-hardening check soak fuzz-build fuzz
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
@@ -105,6 +105,10 @@ test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker en
 
 e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
 	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
+	$(MAKE) e2e-hardening
+
+e2e-hardening: build ## Run only the real-engine fault, plugin lifecycle and load tests (needs root)
+	$(CARGO) test --locked --test e2e_hardening -- --ignored --nocapture
 
 # The hardening tests, longer: every iteration count and duration they take from
 # tests/support/soak.rs is multiplied by SOAK_SCALE.

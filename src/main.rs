@@ -127,8 +127,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Starts the events service if the EVENTS settings ask for it. A missing destination is an
-/// ERROR in the log, not a reason to refuse serving logs.
-fn start_events(plugin: &Arc<Plugin>, state_dir: &Path, shutdown: &CancellationToken) -> bool {
+/// ERROR in the log, not a reason to refuse serving logs. With `on_stale_socket` (the plugin,
+/// whose engine socket is a bind mount), a stale socket cancels that token.
+fn start_events(
+    plugin: &Arc<Plugin>,
+    state_dir: &Path,
+    shutdown: &CancellationToken,
+    on_stale_socket: Option<CancellationToken>,
+) -> bool {
     let Some(events) = plugin.settings().events.clone() else {
         return false;
     };
@@ -145,10 +151,20 @@ fn start_events(plugin: &Arc<Plugin>, state_dir: &Path, shutdown: &CancellationT
         state_dir.join("events"),
         Arc::clone(plugin),
         shutdown.clone(),
+        on_stale_socket
+            .is_some()
+            .then_some(events::service::STALE_SOCKET_LIMIT),
     );
     plugin.tracker().spawn(async move {
-        if let Err(error) = run.await {
-            tracing::error!(%error, "the events collector stopped");
+        match run.await {
+            Ok(()) => {}
+            Err(error @ events::service::EventsError::SocketStale { .. }) => {
+                tracing::error!(%error, "restarting");
+                if let Some(stale) = on_stale_socket {
+                    stale.cancel();
+                }
+            }
+            Err(error) => tracing::error!(%error, "the events collector stopped"),
         }
     });
     true
@@ -161,7 +177,7 @@ async fn collect_events(settings: Settings, state_dir: &Path) -> anyhow::Result<
     let metrics_addr = settings.metrics_addr;
     let plugin = Plugin::open(settings, state_dir, shutdown.clone())
         .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
-    if !start_events(&plugin, state_dir, &shutdown) {
+    if !start_events(&plugin, state_dir, &shutdown, None) {
         anyhow::bail!("nothing to do: the events collector could not start (see the log above)");
     }
     if let Some(addr) = metrics_addr {
@@ -205,7 +221,8 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
     plugin
         .tracker()
         .spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
-    start_events(&plugin, state_dir, &shutdown);
+    let stale_socket = CancellationToken::new();
+    start_events(&plugin, state_dir, &shutdown, Some(stale_socket.clone()));
     if let Some(addr) = plugin.settings().metrics_addr {
         let metrics = Arc::clone(plugin.metrics());
         plugin
@@ -213,13 +230,21 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
             .spawn(metrics::serve(addr, metrics, shutdown.clone()));
     }
 
-    wait_for_signal().await;
+    // The engine restarts a plugin that exits on its own (not one it stopped), mounting the
+    // engine socket afresh: the only cure for a stale one.
+    let restart = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = stale_socket.cancelled() => true,
+    };
     tracing::info!("shutting down: draining FIFOs and ending streams");
     shutdown.cancel();
     plugin.wind_down(SHUTDOWN_LIMIT).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     let _ = std::fs::remove_file(socket);
     tracing::info!("stopped");
+    if restart {
+        anyhow::bail!("exiting so that the engine restarts the plugin with its current socket");
+    }
     Ok(())
 }
 

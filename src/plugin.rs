@@ -154,6 +154,7 @@ impl Plugin {
         if let Err(error) = self.table.remove_stopped(id.as_str()) {
             log_table_error(&error);
         }
+        self.stores.close_idle();
         if self.settings.destroy_logs_on_stop && !self.is_active(id) {
             match self.stores.remove(id) {
                 Ok(()) => tracing::info!(
@@ -187,7 +188,10 @@ impl Plugin {
         for record in self.table.all().into_iter().filter(|r| !r.stopped) {
             let result = self.reopen(&record);
             if let Err(error) = result {
-                tracing::warn!(%error, file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it");
+                // Gone when its container stopped while we were down, but also after
+                // `docker plugin upgrade`, which replaces the rootfs where the engine keeps the
+                // FIFOs: the operator must then restart that container for it to log again.
+                tracing::warn!(%error, container = %record.info.container_id.get(..12).unwrap_or_default(), file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it. If its container is still running (after docker plugin upgrade), restart it: until then its lines reach no logging plugin");
                 self.forget_record(&record.file);
             }
         }
@@ -301,6 +305,9 @@ impl Plugin {
                     .run(stop_rx, shutdown)
                     .await;
                 plugin.run_ended(&file, end, stats);
+                // The pipeline's handle is gone: the store closes unless shipping or a reader
+                // still needs it.
+                plugin.stores.close_idle();
             }
             .instrument(span),
         );

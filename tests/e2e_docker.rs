@@ -1,9 +1,9 @@
 //! End-to-end tests against a real Docker Engine: a private dockerd, the plugin installed from a
 //! loopback registry, busybox containers logging through it (see `support/docker.rs`).
 //!
-//! One engine serves every scenario: starting it and installing the plugin costs far more than
-//! any scenario. Scenarios run in sequence, each under `catch_unwind`, and every failure is
-//! reported at the end with the tail of the engine's log. `E2E_ONLY=name,name` runs a subset.
+//! One engine serves every scenario, run in sequence by `support/scenario.rs`
+//! (`E2E_ONLY=name,name` runs a subset); every failure is reported at the end with the tail of
+//! the engine's log.
 //!
 //! The test is `#[ignore]`d so a plain `cargo test` stays quick and needs no root; `make test`,
 //! `make e2e` and `.ci/run` run it explicitly, and there it fails (never skips) when the machine
@@ -13,12 +13,12 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::docker::{signal, Docker, DRIVER, IMAGE};
 use support::noida::Noida;
+use support::scenario::{self, assert_numbers, first_difference, numbers, secs, wait_child};
 use support::wait_for;
 
 type Scenario = fn(&Docker);
@@ -66,53 +66,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
 #[test]
 #[ignore = "starts a private Docker Engine (root, docker.io, busybox-static, docker-registry): run `make e2e`"]
 fn e2e_docker_engine() {
-    let only: Option<Vec<String>> = std::env::var("E2E_ONLY")
-        .ok()
-        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
-    if let Some(only) = &only {
-        for name in only {
-            assert!(
-                SCENARIOS.iter().any(|(n, _)| n == name),
-                "E2E_ONLY names unknown scenario {name:?}"
-            );
-        }
-    }
-
-    let started = Instant::now();
-    let docker = Docker::start();
-    eprintln!("e2e: engine and plugin ready in {:.1?}", started.elapsed());
-
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for (name, scenario) in SCENARIOS {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|n| n == name)) {
-            continue;
-        }
-        ran += 1;
-        let t = Instant::now();
-        eprintln!("e2e: {name} ...");
-        match catch_unwind(AssertUnwindSafe(|| scenario(&docker))) {
-            Ok(()) => eprintln!("e2e: {name} ok ({:.1?})", t.elapsed()),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "(non-string panic)".to_string());
-                eprintln!("e2e: {name} FAILED ({:.1?})", t.elapsed());
-                failures.push(format!("{name}: {message}"));
-            }
-        }
-    }
-    eprintln!("e2e: {ran} scenarios in {:.1?}", started.elapsed());
-    if !failures.is_empty() {
-        docker.keep_files();
-        docker.fail(&format!(
-            "{} of {ran} end-to-end scenarios failed:\n\n{}",
-            failures.len(),
-            failures.join("\n\n")
-        ));
-    }
+    scenario::run_on_new_engine(SCENARIOS, |docker, scenario| scenario(docker));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -257,13 +211,7 @@ fn follow(docker: &Docker) {
             .starts_with("f1\n")
             .then_some(())
     });
-    let mut child = docker
-        .command(&["logs", "-f", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn docker logs -f");
+    let mut child = docker.spawn_follow(name);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let reader = std::thread::spawn(move || {
@@ -517,36 +465,15 @@ fn plugin_killed_mid_stream_loses_nothing(docker: &Docker) {
     docker.docker_ok(&["rm", name]);
 }
 
-/// The plugin is PID 1 in its namespace: without a SIGTERM handler the engine waits 10 s and
-/// SIGKILLs it on every disable, upgrade and engine shutdown.
-fn remove_all_containers(docker: &Docker) {
-    let leftover = docker.docker_ok(&["ps", "-aq"]);
-    if !leftover.is_empty() {
-        let mut args = vec!["rm", "-f"];
-        args.extend(leftover.split_whitespace());
-        docker.docker_ok(&args);
-    }
-}
-
-/// Changes plugin settings: the engine takes them only while the plugin is disabled.
-fn set_plugin(docker: &Docker, settings: &[&str]) {
-    remove_all_containers(docker);
-    docker.docker_ok(&["plugin", "disable", DRIVER]);
-    let mut args = vec!["plugin", "set", DRIVER];
-    args.extend_from_slice(settings);
-    docker.docker_ok(&args);
-    docker.docker_ok(&["plugin", "enable", DRIVER]);
-}
-
 /// EVENTS=true: the engine's own events (container, image, volume) reach Elasticsearch through
 /// the plugin's mount of the engine socket, each once, also those that happen while the plugin
 /// is killed and restarted by the engine.
 fn engine_events_reach_elasticsearch(docker: &Docker) {
     let noida = Noida::start();
     let hosts = format!("ES_HOSTS={}", noida.url());
-    set_plugin(docker, &["EVENTS=true", &hosts, "ES_FLUSH_INTERVAL=200ms"]);
+    docker.set_plugin(&["EVENTS=true", &hosts, "ES_FLUSH_INTERVAL=200ms"]);
     let result = catch_unwind(AssertUnwindSafe(|| events_scenario(docker, &noida)));
-    set_plugin(docker, &["EVENTS=false", "ES_HOSTS=", "ES_FLUSH_INTERVAL="]);
+    docker.set_plugin(&["EVENTS=false", "ES_HOSTS=", "ES_FLUSH_INTERVAL="]);
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -554,14 +481,7 @@ fn engine_events_reach_elasticsearch(docker: &Docker) {
 
 fn events_scenario(docker: &Docker, noida: &Noida) {
     let index = "logs-docker.events-default";
-    // The collector connects when the plugin starts; give it a moment before the first event.
-    wait_for(secs(30), "the events collector's first connection", || {
-        docker
-            .dockerd_log()
-            .contains("collecting the engine's events")
-            .then_some(())
-    });
-    std::thread::sleep(secs(1));
+    docker.wait_events_collector();
     let id = docker.run_logged("e2e-events", &[], "exit 3");
     assert_eq!(docker.wait_exit("e2e-events", secs(60)), 3);
     docker.docker_ok(&["rm", "e2e-events"]);
@@ -672,8 +592,10 @@ fn events_scenario(docker: &Docker, noida: &Noida) {
     eprintln!("e2e:   engine events indexed: {seen:?}");
 }
 
+/// The plugin is PID 1 in its namespace: without a SIGTERM handler the engine waits 10 s and
+/// SIGKILLs it on every disable, upgrade and engine shutdown.
 fn plugin_stops_promptly_on_disable(docker: &Docker) {
-    remove_all_containers(docker);
+    docker.remove_all_containers();
     let t = Instant::now();
     docker.docker_ok(&["plugin", "disable", DRIVER]);
     let took = t.elapsed();
@@ -756,65 +678,6 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
         numbers(19_999..=20_000)
     );
     docker.docker_ok(&["rm", name]);
-}
-
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
-/// "a\nb\n..." for every number in `range`.
-fn numbers(range: std::ops::RangeInclusive<u64>) -> String {
-    let mut s = String::new();
-    for n in range {
-        s.push_str(&n.to_string());
-        s.push('\n');
-    }
-    s
-}
-
-/// `text` must be exactly the lines `first..=last`; the failure names the first difference.
-fn assert_numbers(text: &str, first: u64, last: u64, what: &str) {
-    let expected = numbers(first..=last);
-    if text != expected {
-        panic!("{what}: {}", first_difference(text, &expected));
-    }
-}
-
-fn first_difference(actual: &str, expected: &str) -> String {
-    let a: Vec<&str> = actual.lines().collect();
-    let e: Vec<&str> = expected.lines().collect();
-    let at = a
-        .iter()
-        .zip(&e)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(e.len()));
-    format!(
-        "{} lines, expected {}; first difference at line {}: got {:?}, expected {:?}{}",
-        a.len(),
-        e.len(),
-        at + 1,
-        a.get(at),
-        e.get(at),
-        if actual.ends_with('\n') || actual.is_empty() {
-            ""
-        } else {
-            " (no final newline)"
-        }
-    )
-}
-
-/// Waits for `child` to exit by itself for up to `timeout`; kills it otherwise.
-fn wait_child(child: &mut std::process::Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    false
 }
 
 /// True if some file under `dir` whose path mentions `container_id` starts with the gzip magic.

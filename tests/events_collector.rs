@@ -34,6 +34,11 @@ fn start(engine: &FakeEngine, filters: &str, since: Option<i64>) -> Running {
     // Short delays: the tests wait for reconnects, not for production pacing.
     let collector = Collector::new(EngineClient::new(engine.socket()), filters)
         .with_backoff(Duration::from_millis(10), Duration::from_millis(200));
+    run(collector, since)
+}
+
+/// Runs `collector` from `since` in a task.
+fn run(collector: Collector, since: Option<i64>) -> Running {
     let stats = collector.stats();
     let (sink, items) = unbounded_channel();
     let shutdown = CancellationToken::new();
@@ -426,4 +431,54 @@ async fn the_fake_engine_refuses_what_the_engine_refuses_and_honours_until() {
         .map(|line| Event::parse(line).expect("event").time_nano)
         .collect();
     assert_eq!(times, [pushed[0].time_nano, pushed[1].time_nano]);
+}
+
+/// Makes `path` a socket file nobody listens on: connecting is refused, as through a bind mount
+/// of an engine socket that the engine has since replaced.
+fn dead_socket(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    // std's listener leaves its file behind when dropped.
+    drop(std::os::unix::net::UnixListener::bind(path).expect("bind a socket"));
+}
+
+/// Regression: an engine restarted with live-restore listens on a new socket file while the
+/// plugin keeps running with a bind mount of the old one, which refuses every connection for
+/// good; the collector retried forever and never saw an event again. Now a socket that served
+/// and then refuses for the stale limit ends the collector (the plugin then exits so the
+/// engine restarts it with a fresh mount); one that never served is retried forever (a setup
+/// problem, and exiting would only loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_refusing_for_good_after_serving_ends_the_collector() {
+    let limit = Duration::from_millis(500);
+    let with_limit = |socket: &std::path::Path| {
+        let collector = Collector::new(EngineClient::new(socket), Filters::default())
+            .with_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .with_stale_socket_limit(limit);
+        run(collector, None)
+    };
+
+    let (dir, mut engine) = engine();
+    let mut running = with_limit(engine.socket());
+    engine.wait_subscribers(1).await;
+    let event = engine.push(FakeEvent::container("start", WEB, "web-1", "nginx"));
+    running.expect_events(&[event]).await;
+    engine.stop();
+    dead_socket(engine.socket());
+    let stopped = tokio::time::timeout(WAIT, running.task)
+        .await
+        .expect("the collector ends once the socket is stale")
+        .expect("task");
+    assert_eq!(stopped, Stopped::SocketStale);
+    assert!(running.stats.disconnects.load(Ordering::Relaxed) >= 2);
+
+    let never = dir.path().join("never-served.sock");
+    dead_socket(&never);
+    let running = with_limit(&never);
+    tokio::time::sleep(limit * 3).await;
+    assert!(
+        !running.task.is_finished(),
+        "a socket that never served is retried, not taken for stale"
+    );
+    assert!(running.stats.disconnects.load(Ordering::Relaxed) >= 2);
+    assert_eq!(running.stop().await, Stopped::Shutdown);
 }

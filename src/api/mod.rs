@@ -186,10 +186,13 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
         shutdown: plugin.shutdown_token().clone(),
     };
     let (tx, rx) = mpsc::channel(8);
-    plugin.tracker().spawn(async move {
+    let tracker = plugin.tracker().clone();
+    tracker.spawn(async move {
         if let Err(error) = readlogs::stream(store, read, follow_end, tx).await {
             tracing::warn!(%error, container = id.short(), "ReadLogs stream cut short");
         }
+        // The reader's handle is gone: a stopped container's store closes again.
+        plugin.stores().close_idle();
     });
     stream_answer(rx)
 }

@@ -23,6 +23,15 @@
 //! - **Never give up.** Any failure (engine down, restart, refusal, broken stream) is retried
 //!   with capped exponential backoff with jitter ([`Backoff`]), reset after each successful
 //!   connect, the version renegotiated each time (an upgraded engine may speak another).
+//! - **A socket that went stale ends the collector, when asked to.** In the plugin the engine's
+//!   socket is a bind mount of the socket file the engine had when it started the plugin. An
+//!   engine restarted with live-restore leaves the plugin running and listens on a new socket
+//!   file; the mount still shows the old one, which refuses every connection for good. With
+//!   [`Collector::with_stale_socket_limit`], a socket that served this collector and then
+//!   refused every connection for that long ends [`Collector::run`] with
+//!   [`Stopped::SocketStale`], so that the plugin can exit and the engine restart it with a
+//!   fresh mount (an engine merely down is left the same way: it restarts the plugin when it
+//!   comes back). A socket that never answered is a setup problem and is retried forever.
 //! - **Never block the engine.** The engine drops events for a subscriber that does not read
 //!   within 100 ms, so the stream is read promptly and the sink is an unbounded channel: the
 //!   caller queues on its side.
@@ -72,6 +81,9 @@ pub enum Stopped {
     Shutdown,
     /// The sink's receiver was dropped: nobody wants events any more.
     SinkClosed,
+    /// The socket served this collector, then refused every connection for the stale-socket
+    /// limit (see the module docs).
+    SocketStale,
 }
 
 /// Counters for the metrics endpoint.
@@ -169,6 +181,7 @@ pub struct Collector {
     filters: Filters,
     min_backoff: Duration,
     max_backoff: Duration,
+    stale_after: Option<Duration>,
     stats: Arc<CollectorStats>,
 }
 
@@ -186,6 +199,7 @@ impl Collector {
             filters,
             min_backoff: MIN_BACKOFF,
             max_backoff: MAX_BACKOFF,
+            stale_after: None,
             stats: Arc::default(),
         }
     }
@@ -194,6 +208,13 @@ impl Collector {
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Collector {
         self.min_backoff = min;
         self.max_backoff = max;
+        self
+    }
+
+    /// Ends [`Collector::run`] with [`Stopped::SocketStale`] once the socket, having served
+    /// this collector, has refused every connection for `after` (see the module docs).
+    pub fn with_stale_socket_limit(mut self, after: Duration) -> Collector {
+        self.stale_after = Some(after);
         self
     }
 
@@ -215,7 +236,12 @@ impl Collector {
             recent: RecentIds::default(),
         };
         let mut failures: u64 = 0;
+        // Whether some connection of this run was opened, and since when every attempt has
+        // been refused.
+        let mut served = false;
+        let mut refused_since: Option<tokio::time::Instant> = None;
         loop {
+            let connects = self.stats.connects.load(Ordering::Relaxed);
             let error = match self
                 .connection(&mut progress, &sink, &shutdown, &mut backoff, &mut failures)
                 .await
@@ -223,6 +249,17 @@ impl Collector {
                 Ended::Stopped(stopped) => return stopped,
                 Ended::Lost(error) => error,
             };
+            served |= self.stats.connects.load(Ordering::Relaxed) > connects;
+            match (&error, self.stale_after) {
+                (Some(error), Some(limit)) if served && error.is_refused() => {
+                    let since = *refused_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= limit {
+                        tracing::error!(socket = %self.client.socket().display(), refused_for = ?since.elapsed(), "the engine socket refuses every connection since it served events: the engine listens on a new socket (restarted with live-restore?), which only a restart of this process can see");
+                        return Stopped::SocketStale;
+                    }
+                }
+                _ => refused_since = None,
+            }
             self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
             failures += 1;
             let socket = self.client.socket().display();

@@ -104,6 +104,8 @@ pub enum EngineError {
         socket: PathBuf,
         path: String,
         reason: String,
+        /// The socket exists but nobody listens on it (ECONNREFUSED).
+        refused: bool,
     },
     #[error("the engine at {} did not answer {path} within {REQUEST_TIMEOUT:?}", socket.display())]
     Timeout { socket: PathBuf, path: String },
@@ -115,6 +117,28 @@ pub enum EngineError {
     },
     #[error("reading events from {path}: {reason}")]
     Body { path: String, reason: String },
+}
+
+impl EngineError {
+    /// True when the socket refused the connection: the file is there, nobody listens on it.
+    pub fn is_refused(&self) -> bool {
+        matches!(self, EngineError::Connect { refused: true, .. })
+    }
+}
+
+/// True if `error` or one of its sources is an ECONNREFUSED.
+fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// An error with its sources: hyper's own Display says only "client error (Connect)".
@@ -162,6 +186,7 @@ impl EngineClient {
                 socket: self.socket.clone(),
                 path: path.into(),
                 reason: error.to_string(),
+                refused: false,
             })?;
         let answer = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
             .await
@@ -173,6 +198,7 @@ impl EngineClient {
                 socket: self.socket.clone(),
                 path: path.into(),
                 reason: with_sources(&error),
+                refused: is_refused(&error),
             })?;
         if answer.status().is_success() {
             return Ok(answer);

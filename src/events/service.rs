@@ -17,13 +17,14 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::collector::{Collector, CollectorItem};
+use super::collector::{Collector, CollectorItem, Stopped};
 use super::document::Format;
 use super::engine::EngineClient;
 use super::filters::Filters;
@@ -64,7 +65,17 @@ pub enum EventsError {
     Options(String),
     #[error("events: no Elasticsearch destination: set ES_HOSTS (or ES_CLOUD_ID), or --hosts")]
     NoDestination,
+    #[error("events: the engine socket {} has refused every connection for {} after serving events: the engine listens on a new socket (an engine restarted with --live-restore); the plugin exits so that the engine restarts it with the new socket mounted", socket.display(), humantime::format_duration(*refused_for))]
+    SocketStale {
+        socket: PathBuf,
+        refused_for: Duration,
+    },
 }
+
+/// How long the plugin's view of the engine socket may refuse connections, after having served
+/// events, before the socket is taken for stale (see `collector`): an engine restart takes
+/// seconds, so this leaves a slow one ample time.
+pub const STALE_SOCKET_LIMIT: Duration = Duration::from_secs(30);
 
 /// The store id of an engine: a hash of its socket path, so two engines never share a store.
 pub fn store_id(socket: &Path) -> ContainerId {
@@ -75,13 +86,15 @@ pub fn store_id(socket: &Path) -> ContainerId {
 }
 
 /// Opens the events store under `root` and starts shipping it with the plugin's shippers,
-/// then collects until shutdown.
+/// then collects until shutdown. With `stale_socket_limit` (a plugin, whose socket is a bind
+/// mount) a socket that went stale ends it with [`EventsError::SocketStale`].
 pub async fn run(
     settings: EventsSettings,
     es: EsOptions,
     root: PathBuf,
     plugin: Arc<Plugin>,
     shutdown: CancellationToken,
+    stale_socket_limit: Option<Duration>,
 ) -> Result<(), EventsError> {
     let stores = Stores::open(root, Arc::clone(plugin.stores().spool()))?;
     let id = store_id(&settings.socket);
@@ -92,17 +105,26 @@ pub async fn run(
     let metrics: &Arc<Metrics> = plugin.metrics();
     let (since, seen) = resume_point(&store);
     tracing::info!(socket = %settings.socket.display(), index = %settings.index, since = ?since, "collecting the engine's events");
-    let collector = Collector::new(
+    let mut collector = Collector::new(
         EngineClient::new(&settings.socket),
         settings.filters.clone(),
     );
+    if let Some(limit) = stale_socket_limit {
+        collector = collector.with_stale_socket_limit(limit);
+    }
     metrics.set_events(collector.stats());
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write(store, rx, seen));
-    collector.run(since, tx, shutdown).await;
+    let stopped = collector.run(since, tx, shutdown).await;
     // The sender is dropped with the collector: the writer stores what is queued and ends.
     let _ = writer.await;
-    Ok(())
+    match (stopped, stale_socket_limit) {
+        (Stopped::SocketStale, Some(refused_for)) => Err(EventsError::SocketStale {
+            socket: settings.socket,
+            refused_for,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The `since` to resume from and the ids already stored near it.

@@ -316,6 +316,8 @@ impl Destination {
                 let _ = source.checkpoint.advance(source.acked, true);
                 tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
                 self.order.retain(|o| o != &id);
+                // Its store handle goes first, so the store can close (or be removed) now.
+                drop(source);
                 (self.on_drained)(&id);
             }
         }

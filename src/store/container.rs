@@ -293,6 +293,18 @@ impl ContainerStore {
         written
     }
 
+    /// True when closing this store loses nothing that only this instance knows: no cursor or
+    /// compression job shares its state, no shipper pins a position, and no backlog is charged
+    /// to the spool (the charge is released by the instance that made it). A store opened again
+    /// later finds the same files, as after a restart. The caller must hold the only handle.
+    pub(crate) fn is_idle(&self) -> bool {
+        if Arc::strong_count(&self.shared) > 1 {
+            return false;
+        }
+        let state = self.shared.lock();
+        state.pin.is_none() && state.sealed.iter().all(|sealed| sealed.charged == 0)
+    }
+
     /// Makes everything appended so far durable: the active segment, segments sealed since the
     /// last sync, and the directory entries of new segments.
     pub fn sync(&self) -> Result<(), StoreError> {

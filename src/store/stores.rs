@@ -1,5 +1,11 @@
-//! All containers' stores under one root directory, opened once and cached, with the one
-//! compressor thread they share.
+//! All containers' stores under one root directory, opened once and cached while in use, with
+//! the one compressor thread they share.
+//!
+//! A store holds a descriptor (its active segment) and some memory. The engine never says when a
+//! container is removed, so a store kept open until then would be kept forever: one descriptor
+//! per container ever seen, until the plugin runs out of them. So a store is closed as soon as
+//! nothing uses it ([`Stores::close_idle`], called when a logging run, a ReadLogs stream or
+//! a container's shipping ends) and opened again when needed.
 
 use std::collections::HashMap;
 use std::fs;
@@ -17,8 +23,10 @@ use crate::container_id::ContainerId;
 
 pub struct Stores {
     root: PathBuf,
-    /// Open stores, never evicted (one file descriptor each): a container's store stays open
-    /// until [`Stores::remove`].
+    /// Open stores, one file descriptor each: in use, or not yet found idle by
+    /// [`Stores::close_idle`]. Only one instance per container may exist (it alone knows its
+    /// pin, its spool charges and its unsynced segments), so a store leaves this map only when
+    /// no handle to it is held elsewhere.
     open: Mutex<HashMap<ContainerId, Arc<ContainerStore>>>,
     /// Dropped after `open` (field order), so the thread is joined last.
     compressor: Compressor,
@@ -89,6 +97,32 @@ impl Stores {
         )?);
         open.insert(id.clone(), Arc::clone(&store));
         Ok(Some(store))
+    }
+
+    /// Closes every store nobody uses (no logging run, reader, shipper or compression job holds
+    /// it: see `ContainerStore::is_idle`), after syncing it; returns how many.
+    pub fn close_idle(&self) -> usize {
+        let idle: Vec<Arc<ContainerStore>> = {
+            let mut open = self.lock();
+            let ids: Vec<ContainerId> = open
+                .iter()
+                // Only the map holds it, so nobody can take a new handle while it is checked.
+                .filter(|(_, store)| Arc::strong_count(store) == 1 && store.is_idle())
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| open.remove(id)).collect()
+        };
+        for store in &idle {
+            if let Err(error) = store.sync() {
+                tracing::warn!(%error, container = store.id().short(), "cannot sync a local copy being closed");
+            }
+        }
+        idle.len()
+    }
+
+    /// How many stores are open now.
+    pub fn open_count(&self) -> usize {
+        self.lock().len()
     }
 
     /// Deletes the container's directory and forgets it. Handles still held elsewhere refuse

@@ -976,3 +976,58 @@ fn append_failing_after_a_rotation_says_how_many_records_it_stored() {
     let fixture = fixture.reopen(limits);
     assert_eq!(fixture.store.tail(usize::MAX).unwrap(), entries);
 }
+
+/// Regression: a store stayed open (one descriptor each) for every container ever seen, since
+/// the engine never says when a container is removed: 200 containers a minute ran the plugin
+/// out of descriptors. A store nobody holds is closed, and opening it again finds every entry.
+#[test]
+fn stores_nobody_uses_are_closed_and_reopen_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
+    let ids: Vec<ContainerId> = (0..50)
+        .map(|n| ContainerId::parse(&format!("{n:064x}")).unwrap())
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        let store = stores.open_container(id, StoreLimits::default()).unwrap();
+        store.append(&batch_of(&[entry(n as u64, 10)])).unwrap();
+    }
+    assert_eq!(stores.open_count(), 50);
+    assert_eq!(stores.close_idle(), 50);
+    assert_eq!(stores.open_count(), 0);
+
+    // In use: held by a writer, read by a cursor, or pinned by a shipper.
+    let held = stores
+        .open_container(&ids[0], StoreLimits::default())
+        .unwrap();
+    let read = stores.existing(&ids[1]).unwrap().unwrap();
+    let cursor = read.cursor(read.start());
+    drop(read);
+    let pinned = stores
+        .open_container(&ids[2], StoreLimits::default())
+        .unwrap();
+    pinned.set_pin(Some(pinned.start()));
+    drop(pinned);
+    assert_eq!(stores.close_idle(), 0);
+    assert_eq!(stores.open_count(), 3);
+    drop(cursor);
+    stores
+        .open_container(&ids[2], StoreLimits::default())
+        .unwrap()
+        .set_pin(None);
+    assert_eq!(stores.close_idle(), 2, "the read and the unpinned store");
+    assert_eq!(stores.open_count(), 1);
+
+    // Closed and opened again: the old entries, then the new ones, once each.
+    held.append(&batch_of(&[entry(100, 10)])).unwrap();
+    drop(held);
+    assert_eq!(stores.close_idle(), 1);
+    let again = stores
+        .open_container(&ids[0], StoreLimits::default())
+        .unwrap();
+    again.append(&batch_of(&[entry(101, 10)])).unwrap();
+    let read: Vec<LogEntry> = read_all(&mut again.cursor(again.start()), 1000)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(read, vec![entry(0, 10), entry(100, 10), entry(101, 10)]);
+}

@@ -120,12 +120,15 @@ pub struct Docker {
     root: tempfile::TempDir,
     host: String,
     dockerd: Option<Child>,
+    /// Flags beyond the fixed ones (`--live-restore`), kept across [`Docker::restart_dockerd`].
+    dockerd_flags: Vec<String>,
     registry: Option<Child>,
     /// containerd namespaces of this engine's containers and plugins (unique per run).
     namespace: String,
     plugins_namespace: String,
     plugin_id: String,
     state_dir: PathBuf,
+    registry_port: u16,
     keep: AtomicBool,
 }
 
@@ -154,17 +157,19 @@ impl Docker {
             state_dir: root.path().join("plugin-state"),
             root,
             dockerd: None,
+            dockerd_flags: Vec::new(),
             registry: None,
             namespace: format!("esl-e2e-{unique}"),
             plugins_namespace: format!("esl-e2e-{unique}-plugins"),
             plugin_id: String::new(),
+            registry_port: 0,
             keep: AtomicBool::new(false),
         };
         eprintln!("e2e: private engine in {}", docker.root.path().display());
         docker.start_dockerd();
         docker.import_busybox();
-        let port = docker.start_registry();
-        docker.install_plugin(port);
+        docker.registry_port = docker.start_registry();
+        docker.install_plugin(docker.registry_port);
         docker
     }
 
@@ -181,6 +186,38 @@ impl Docker {
     /// The installed plugin's id (`docker plugin inspect -f {{.Id}}`).
     pub fn plugin_id(&self) -> &str {
         &self.plugin_id
+    }
+
+    /// The loopback registry's port: `localhost:<port>/name:tag` pushes and pulls there.
+    pub fn registry_port(&self) -> u16 {
+        self.registry_port
+    }
+
+    /// The plugin folder (config.json and rootfs/) the installed plugin was created from.
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.root.path().join("plugin")
+    }
+
+    /// Stops dockerd (SIGTERM, waiting for it to exit) and starts it again on the same folders
+    /// and socket with `flags` added (e.g. `--live-restore`), which later restarts keep.
+    /// Without live-restore the engine stops every container and the plugin on the way down.
+    pub fn restart_dockerd(&mut self, flags: &[&str]) {
+        self.stop_dockerd();
+        self.dockerd_flags = flags.iter().map(|f| f.to_string()).collect();
+        self.start_dockerd();
+    }
+
+    /// Stops dockerd and waits for it to exit; [`Docker::restart_dockerd`] starts it again.
+    pub fn stop_dockerd(&mut self) {
+        if let Some(mut dockerd) = self.dockerd.take() {
+            stop_child(&mut dockerd, "dockerd", DOCKERD_STOP_TIMEOUT);
+        }
+    }
+
+    /// Starts dockerd again after [`Docker::stop_dockerd`], with the flags it had.
+    pub fn start_dockerd_again(&mut self) {
+        assert!(self.dockerd.is_none(), "dockerd is already running");
+        self.start_dockerd();
     }
 
     /// Keep the run folder (logs, data-root, plugin state) after the engine stops, and say where.
@@ -264,6 +301,54 @@ impl Docker {
         out
     }
 
+    /// Removes every container of this engine (`docker rm -f`).
+    pub fn remove_all_containers(&self) {
+        let leftover = self.docker_ok(&["ps", "-aq"]);
+        if !leftover.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(leftover.split_whitespace());
+            self.docker_ok(&args);
+        }
+    }
+
+    /// Changes plugin settings (`docker plugin set`): the engine takes them only while the
+    /// plugin is disabled, and disables it only when no container uses it, so every container
+    /// is removed first.
+    pub fn set_plugin(&self, settings: &[&str]) {
+        self.remove_all_containers();
+        self.docker_ok(&["plugin", "disable", DRIVER]);
+        let mut args = vec!["plugin", "set", DRIVER];
+        args.extend_from_slice(settings);
+        self.docker_ok(&args);
+        self.docker_ok(&["plugin", "enable", DRIVER]);
+    }
+
+    /// Waits until the plugin's events collector has started (EVENTS=true), and a moment more:
+    /// it connects right after, and an event before that is not its to see.
+    pub fn wait_events_collector(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self
+            .dockerd_log()
+            .contains("collecting the engine's events")
+        {
+            if Instant::now() > deadline {
+                self.fail("the events collector did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// Starts `docker logs -f name` with its stdout piped (stderr discarded).
+    pub fn spawn_follow(&self, name: &str) -> Child {
+        self.command(&["logs", "-f", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker logs -f")
+    }
+
     /// The engine's log so far (the plugin's stdout lands here, tagged `plugin=<id>`).
     pub fn dockerd_log(&self) -> String {
         fs::read(self.root.path().join("dockerd.log"))
@@ -303,7 +388,12 @@ impl Docker {
 
     fn start_dockerd(&mut self) {
         let root = self.root.path().to_path_buf();
-        let log = fs::File::create(root.join("dockerd.log")).expect("create dockerd.log");
+        // Appended to: a restarted engine's log follows the previous one's.
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("dockerd.log"))
+            .expect("open dockerd.log");
         let mut cmd = Command::new("dockerd");
         cmd.arg("--data-root")
             .arg(root.join("data"))
@@ -321,6 +411,7 @@ impl Docker {
             ])
             .args(["--containerd-namespace", &self.namespace])
             .args(["--containerd-plugins-namespace", &self.plugins_namespace])
+            .args(&self.dockerd_flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);

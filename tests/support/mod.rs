@@ -6,6 +6,8 @@
 
 pub mod docker;
 pub mod noida;
+pub mod procstat;
+pub mod scenario;
 pub mod soak;
 
 use std::time::{Duration, Instant};
