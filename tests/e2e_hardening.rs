@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use support::docker::{run_with_timeout, Docker, DRIVER};
 use support::noida::Noida;
-use support::procstat::{self, Usage};
+use support::probe::{self, ProcUsage as Usage};
 use support::scenario::{self, first_difference, numbers, secs, wait_child};
 use support::{soak, wait_for};
 
@@ -734,7 +734,8 @@ fn plugin_usage(docker: &Docker) -> (u32, Usage) {
     let pid = docker
         .plugin_pid()
         .unwrap_or_else(|| docker.fail("cannot find the plugin process"));
-    let usage = procstat::usage(pid).unwrap_or_else(|| docker.fail("the plugin process went away"));
+    let usage =
+        probe::try_usage(pid).unwrap_or_else(|| docker.fail("the plugin process went away"));
     (pid, usage)
 }
 
@@ -767,7 +768,7 @@ fn assert_flat(docker: &Docker, what: &str, start: (u32, Usage), peak: Usage) {
          What they are:\n{}",
         end.1.fds,
         start.1.fds,
-        procstat::fd_targets(end.0)
+        probe::fd_targets(end.0)
     );
     assert!(
         end.1.rss_kib <= start.1.rss_kib + RSS_MARGIN_KIB,

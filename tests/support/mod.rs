@@ -6,7 +6,7 @@
 
 pub mod docker;
 pub mod noida;
-pub mod procstat;
+pub mod probe;
 pub mod scenario;
 pub mod soak;
 

@@ -51,17 +51,20 @@ impl std::fmt::Display for ProcUsage {
     }
 }
 
+/// Samples `pid`; zeros if it is gone.
 pub fn usage(pid: u32) -> ProcUsage {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    try_usage(pid).unwrap_or(ProcUsage { rss_kib: 0, fds: 0 })
+}
+
+/// Samples `pid`; None if it is gone.
+pub fn try_usage(pid: u32) -> Option<ProcUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    ProcUsage {
-        rss_kib,
-        fds: open_files(pid).len(),
-    }
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some(ProcUsage { rss_kib, fds })
 }
 
 /// What each open descriptor of a process points to.
@@ -80,4 +83,30 @@ pub fn open_files_under(pid: u32, dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| p.starts_with(dir))
         .collect()
+}
+
+/// What `pid`'s descriptors point at, one line each (`socket:[…]`, paths, `pipe:[…]`), most
+/// common first: shown when a test finds descriptors left open.
+pub fn fd_targets(pid: u32) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in entries.flatten() {
+            let target = std::fs::read_link(entry.path())
+                .map(|t| t.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "?".into());
+            // Group by kind: a socket's or pipe's inode, a store's container folder.
+            let kind = match target.split_once(":[") {
+                Some((kind, _)) => format!("{kind}:[…]"),
+                None => target,
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+    }
+    let mut rows: Vec<(String, usize)> = counts.into_iter().collect();
+    rows.sort_by_key(|row| std::cmp::Reverse(row.1));
+    rows.iter()
+        .take(15)
+        .map(|(kind, n)| format!("{n:5} {kind}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
