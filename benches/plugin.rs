@@ -3,6 +3,9 @@
 //! 4, 5, 6 and 7 of the benchmark issue). `benches/engine.rs` runs the real engine (item 3).
 //!
 //! Run with `make bench` (or `make bench-short`: `BENCH_SHORT=1`, small N, one round, same code).
+//! For profiling one case: `BENCH_ONLY=ingest,shipping,memory,tail,latency` picks sections,
+//! `BENCH_CONTAINERS=N` the N-container ingest cases, `BENCH_INGEST_OPTS=compress=false,...`
+//! the ingest's log-opts.
 //! Results go to `bench/results/plugin.md` and `bench/results/plugin.svg`. Figures are medians of
 //! several rounds and ratios against a baseline of the same run; nothing here asserts a time.
 
@@ -320,6 +323,18 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
          (max-size 20m, max-file 5, compress true), no Elasticsearch.",
         WRITE_BATCH >> 10
     );
+    // BENCH_INGEST_OPTS=key=value,... runs the ingest with other log-opts (e.g. compress=false,
+    // to see what background compression costs); the table then says so.
+    let extra_opts = std::env::var("BENCH_INGEST_OPTS").unwrap_or_default();
+    let ingest_opts: Vec<(&str, &str)> = extra_opts
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    if !ingest_opts.is_empty() {
+        table
+            .note
+            .push_str(&format!(" This run's log-opts: {extra_opts}."));
+    }
     let mut bars = Vec::new();
     for workload in &workloads {
         let (chunk, chunk_lines, chunk_bytes) = batch(workload.line_bytes);
@@ -339,8 +354,10 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
                 if round % 2 == 1 {
                     run_raw();
                 }
-                plugin_times
-                    .push(plugin_run(rt, &plugin, round, &chunk, reps, writers, &[]).as_secs_f64());
+                plugin_times.push(
+                    plugin_run(rt, &plugin, round, &chunk, reps, writers, &ingest_opts)
+                        .as_secs_f64(),
+                );
                 if round % 2 == 0 {
                     run_raw();
                 }
