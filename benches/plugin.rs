@@ -395,6 +395,23 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
     (table, bars)
 }
 
+/// CPU time (user + system, all threads) `pid` has used, in seconds; 0 if it is gone.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 12th and 13th from there, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / per_second
+}
+
 /// Pins every thread of `pid` to CPU 1, so "on one core" is what it says.
 fn pin_to_one_core(pid: u32) {
     let status = Command::new("taskset")
@@ -418,6 +435,7 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
             "gzip",
             "documents/s",
             "bulk requests",
+            "plugin's core busy",
             "target (≥ 250 k/s on one core)",
         ],
     );
@@ -427,7 +445,9 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
          (`benches/support/sink_es.rs`). Rate = documents / time from the first to the last \
          acknowledged item, median of {rounds} rounds. The lines are fed as fast as the plugin \
          takes them, so the shipper reads from the store while ingest runs beside it on the \
-         same core. Other options default (bulk_max_bytes 5m, flush_interval 1s)."
+         same core. Core busy: the plugin's CPU time (user + system) over the same window, \
+         ingest included; under 100% the core waited on the sink's answers. Other options \
+         default (bulk_max_bytes 5m, flush_interval 1s)."
     );
     let mut bars = Vec::new();
     let (chunk, chunk_lines, _) = batch(100);
@@ -435,6 +455,7 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
     let total = (reps * chunk_lines) as u64;
     for (workers, level) in [("1", "0"), ("1", "1"), ("4", "0"), ("4", "1")] {
         let mut rates = Vec::new();
+        let mut busy = Vec::new();
         let mut requests = 0;
         for round in 0..rounds {
             let sink = SinkEs::start(1);
@@ -446,12 +467,15 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
                 ("workers", workers),
                 ("compression_level", level),
             ];
+            let (cpu_before, clock) = (cpu_seconds(plugin.pid()), Instant::now());
             plugin_run(rt, &plugin, round, &chunk, reps, 1, &opts);
             assert!(
                 sink.wait_items(total, WAIT_LIMIT),
                 "the sink got {} of {total} documents",
                 sink.items()
             );
+            let cpu = cpu_seconds(plugin.pid()) - cpu_before;
+            busy.push(cpu / clock.elapsed().as_secs_f64());
             let window = sink.ack_window().expect("acknowledged").as_secs_f64();
             rates.push(total as f64 / window.max(1e-3));
             requests = sink.bulk_requests();
@@ -463,6 +487,7 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
             gzip.into(),
             human(rate),
             requests.to_string(),
+            format!("{:.0}%", median(&busy) * 100.0),
             verdict(rate >= 250_000.0).into(),
         ]);
         bars.push(Bar {
