@@ -78,6 +78,8 @@ pub struct Plugin {
     metrics: Arc<Metrics>,
     active: Mutex<HashMap<String, ActiveRun>>,
     activity: Mutex<HashMap<ContainerId, Activity>>,
+    /// See [`Plugin::lock_ship_order`].
+    ship_order: Mutex<()>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -126,6 +128,7 @@ impl Plugin {
                 table,
                 active: Mutex::new(HashMap::new()),
                 activity: Mutex::new(HashMap::new()),
+                ship_order: Mutex::new(()),
                 tracker,
                 shutdown,
             }
@@ -215,10 +218,7 @@ impl Plugin {
         let options = LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
         let fifo = Fifo::open(Path::new(&record.file))?;
         let store = self.stores.open_container(&id, options.store)?;
-        if let Some(es) = &options.es {
-            self.shippers
-                .attach(es, &record.info, &id, Arc::clone(&store))?;
-        }
+        self.count_run_and_attach(options.es.as_ref(), &record.info, &id, &store)?;
         let recent = store.tail(REPLAY_WINDOW).unwrap_or_else(|error| {
             tracing::warn!(%error, container = id.short(), "cannot read the end of the local copy; a crash-time round may be stored twice");
             Vec::new()
@@ -247,10 +247,7 @@ impl Plugin {
         }
         let fifo = Fifo::open(Path::new(&request.file))?;
         let store = self.stores.open_container(&id, options.store)?;
-        if let Some(es) = &options.es {
-            self.shippers
-                .attach(es, &request.info, &id, Arc::clone(&store))?;
-        }
+        self.count_run_and_attach(options.es.as_ref(), &request.info, &id, &store)?;
         if !options.ignored.is_empty() {
             tracing::debug!(container = id.short(), ignored = ?options.ignored, "log-opts for other drivers ignored");
         }
@@ -293,7 +290,6 @@ impl Plugin {
                 es,
             },
         );
-        self.add_run(&id, 1);
         let plugin = Arc::clone(self);
         let shutdown = self.shutdown.child_token();
         let metrics = Arc::clone(&self.metrics);
@@ -365,6 +361,7 @@ impl Plugin {
             self.add_run(&run.id, -1);
             return;
         }
+        let order = self.lock_ship_order();
         let now_idle = self.add_run(&run.id, -1) == 0;
         if let Some(es) = &run.es {
             // Kept in the table until shipped, so a restart resumes shipping; the destination
@@ -377,6 +374,7 @@ impl Plugin {
             }
             return;
         }
+        drop(order);
         self.forget_record(file);
         let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
         if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
@@ -394,6 +392,36 @@ impl Plugin {
         if let Err(error) = self.table.remove(file) {
             log_table_error(&error);
         }
+    }
+
+    /// Counts a new run of `id` and, when it ships, hands its store to the shipper, in the order
+    /// a run's end undoes them (see [`Self::lock_ship_order`]).
+    fn count_run_and_attach(
+        &self,
+        es: Option<&EsOptions>,
+        info: &Info,
+        id: &ContainerId,
+        store: &Arc<ContainerStore>,
+    ) -> Result<(), StartError> {
+        let _order = self.lock_ship_order();
+        self.add_run(id, 1);
+        if let Some(es) = es {
+            if let Err(error) = self.shippers.attach(es, info, id, Arc::clone(store)) {
+                self.add_run(id, -1);
+                return Err(error.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Held while a run is counted and attached to its destination, and while a run's end
+    /// counts down and tells the destination the container stopped. Without it, a container
+    /// restarting at once (StopLogging, then StartLogging right away) could have its old run's
+    /// Stopped reach the destination after the new run's Attach: the destination would then
+    /// take the container for stopped, release it once what it had read was shipped, and never
+    /// ship the new run's lines.
+    fn lock_ship_order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ship_order.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Changes the active-run count of a container and returns the new count.

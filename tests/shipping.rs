@@ -806,3 +806,39 @@ async fn osmem_server_accepts_every_bulk_body_we_send() {
         "osmem-server refused a request"
     );
 }
+
+/// Regression: a container restarting at once (its run ends, by StopLogging or EOF, and the next
+/// StartLogging comes right away) could have the old run's Stopped reach the destination after
+/// the new run's Attach. The destination took the container for stopped, released it once what
+/// it had read was shipped, and never shipped the new run's lines (one in three runs of the
+/// hostile-input test lost its last line this way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_restarting_at_once_ships_every_runs_lines() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    let plugin = PluginProcess::start();
+    let api = plugin.client();
+    let id = format!("{:064x}", 0x5eed);
+    let url = server.url();
+    let opts = [("hosts", url.as_str())];
+    let runs = 100;
+    for n in 0..runs {
+        let mut fifo = EngineFifo::create(plugin.dir.path(), &format!("restart-{n}"));
+        assert_eq!(api.start_logging(&fifo.path, &id, &opts).await, "");
+        fifo.write_entries(&[line(
+            "stdout",
+            es_check::T0 + n,
+            format!("run {n}").as_bytes(),
+        )]);
+        if n % 2 == 0 {
+            assert_eq!(api.stop_logging(&fifo.path).await, "");
+        }
+        // Odd runs end by EOF: their end reaches the plugin whenever its task sees it.
+        drop(fifo);
+    }
+    wait_for_docs(&server, runs as usize, Duration::from_secs(60)).await;
+    let mut got = messages_of(&server, &id);
+    got.sort();
+    let mut want: Vec<String> = (0..runs).map(|n| format!("run {n}")).collect();
+    want.sort();
+    assert_eq!(got, want, "every run's line indexed once");
+}
