@@ -300,10 +300,20 @@ impl Plugin {
                     .with_metrics(Arc::clone(&metrics.ingest))
                     .run(stop_rx, shutdown)
                     .await;
-                plugin.run_ended(&file, end, stats);
-                // The pipeline's handle is gone: the store closes unless shipping or a reader
-                // still needs it.
-                plugin.stores.close_idle();
+                // Off the runtime's threads, which drain every other container's pipe: the run
+                // table is synced and idle stores are synced as they close.
+                let span = tracing::Span::current();
+                let ended = tokio::task::spawn_blocking(move || {
+                    span.in_scope(|| {
+                        plugin.run_ended(&file, end, stats);
+                        // The pipeline's handle is gone: the store closes unless shipping or a
+                        // reader still needs it.
+                        plugin.stores.close_idle();
+                    })
+                });
+                if let Err(error) = ended.await {
+                    tracing::error!(%error, "ending a logging run failed");
+                }
             }
             .instrument(span),
         );

@@ -129,11 +129,18 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
                 Ok(r) => r,
                 Err(answer) => return *answer,
             };
-            match plugin.start_logging(request) {
-                Ok(()) => ok(),
-                Err(error) => {
+            // Off the runtime's threads: opening a store reads its files and the run table is
+            // synced before the answer, while those threads drain every running container.
+            let started = tokio::task::spawn_blocking(move || plugin.start_logging(request)).await;
+            match started {
+                Ok(Ok(())) => ok(),
+                Ok(Err(error)) => {
                     tracing::warn!(%error, "StartLogging refused");
                     err_answer(StatusCode::OK, &error.to_string())
+                }
+                Err(error) => {
+                    tracing::error!(%error, "StartLogging failed");
+                    err_answer(StatusCode::OK, &format!("StartLogging failed in the plugin: {error}"))
                 }
             }
         }
