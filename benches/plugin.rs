@@ -4,8 +4,8 @@
 //!
 //! Run with `make bench` (or `make bench-short`: `BENCH_SHORT=1`, small N, one round, same code).
 //! For profiling one case: `BENCH_ONLY=ingest,shipping,memory,tail,latency` picks sections,
-//! `BENCH_CONTAINERS=N` the N-container ingest cases, `BENCH_INGEST_OPTS=compress=false,...`
-//! the ingest's log-opts.
+//! `BENCH_CONTAINERS=N` the N-container ingest cases, `BENCH_LINE_BYTES=100` (or 1000, 40000) one
+//! ingest workload, `BENCH_INGEST_OPTS=compress=false,...` the ingest's log-opts.
 //! Results go to `bench/results/plugin.md` and `bench/results/plugin.svg`. Figures are medians of
 //! several rounds and ratios against a baseline of the same run; nothing here asserts a time.
 
@@ -251,16 +251,23 @@ fn plugin_run(
         eprintln!("bench: the plugin's log:\n{}", plugin.output());
         std::panic::resume_unwind(panic);
     }
+    let cpu_before = thread_cpu_seconds(plugin.pid());
     let start = Instant::now();
     let fds: Vec<RawFd> = fifos.iter().map(|f| f.file.as_raw_fd()).collect();
     feed(&fds, chunk, reps);
     let written = start.elapsed();
     stop_all(rt, &api, &fifos);
     let total = start.elapsed();
+    let cpu_after = thread_cpu_seconds(plugin.pid());
+    let used =
+        |name: &str| cpu_after.get(name).unwrap_or(&0.0) - cpu_before.get(name).unwrap_or(&0.0);
     eprintln!(
-        "bench: {writers} container(s): written in {:.3} s, all stopped after {:.3} s",
+        "bench: {writers} container(s): written in {:.3} s, all stopped after {:.3} s; plugin CPU: \
+         {:.3} s draining (tokio-rt-worker), {:.3} s compressing (store-compress)",
         written.as_secs_f64(),
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        used("tokio-rt-worker"),
+        used("store-compress"),
     );
     total
 }
@@ -337,6 +344,10 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
     }
     let mut bars = Vec::new();
     for workload in &workloads {
+        // BENCH_LINE_BYTES=N runs only the workload of N-byte lines (profiling one of them).
+        if std::env::var("BENCH_LINE_BYTES").is_ok_and(|n| n != workload.line_bytes.to_string()) {
+            continue;
+        }
         let (chunk, chunk_lines, chunk_bytes) = batch(workload.line_bytes);
         let mut group = Vec::new();
         for writers in [1usize, 10, 100] {
@@ -397,7 +408,11 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
 
 /// CPU time (user + system, all threads) `pid` has used, in seconds; 0 if it is gone.
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+}
+
+/// utime + stime of a `/proc/.../stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> f64 {
     // Fields after the command name, which is in parentheses and may hold spaces: utime and
     // stime are the 12th and 13th from there, in clock ticks.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
@@ -410,6 +425,21 @@ fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     ticks as f64 / per_second
+}
+
+/// CPU time (user + system) of `pid`'s threads, summed by thread name, in seconds.
+fn thread_cpu_seconds(pid: u32) -> std::collections::HashMap<String, f64> {
+    let mut by_name = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        *by_name.entry(name.trim().to_owned()).or_insert(0.0) += stat_cpu_seconds(&stat);
+    }
+    by_name
 }
 
 /// Pins every thread of `pid` to CPU 1, so "on one core" is what it says.

@@ -14,12 +14,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::entry::LogEntry;
+use crate::entry::{self, LogEntry};
 use crate::fifo::{Fifo, Peek};
 use crate::frame::{FrameDecoder, PREFIX};
 use crate::metrics::IngestMetrics;
@@ -337,33 +336,42 @@ impl Drainer {
     /// with (stored, skipped, or lost to a failing store).
     fn store_frames(&mut self) -> usize {
         self.batch.clear();
-        // Decoded from `Bytes`, each entry's `line` borrows the peeked bytes instead of being
-        // copied out (the entry is only looked at: the payload itself is what gets stored);
-        // the buffer is taken back for the next round.
-        let peeked = Bytes::from(std::mem::take(&mut self.peeked));
         let Self {
             decoder,
+            peeked,
             batch,
             stats,
             replay,
             ..
         } = self;
-        let done = decoder.decode(&peeked, |payload| {
-            match LogEntry::decode(peeked.slice_ref(payload)) {
-                // The engine always sets source and time: an empty payload is no entry, and the
-                // store relies on never holding one (zeros must not read as records).
-                Ok(_) if payload.is_empty() => stats.invalid += 1,
-                Ok(entry) => {
-                    if let Some(filter) = replay.as_mut() {
-                        if filter.is_replay(&entry) {
-                            stats.replayed += 1;
-                            return;
-                        }
-                        *replay = None;
+        let done = decoder.decode(peeked, |payload| {
+            // The engine always sets source and time: an empty payload is no entry, and the
+            // store relies on never holding one (zeros must not read as records).
+            if payload.is_empty() {
+                stats.invalid += 1;
+                return;
+            }
+            if let Some(filter) = replay.as_mut() {
+                // Only in the first rounds after a crash: the whole entry is compared.
+                match LogEntry::decode(payload) {
+                    Ok(entry) if filter.is_replay(&entry) => {
+                        stats.replayed += 1;
+                        return;
                     }
-                    batch.push(payload, entry.time_nano);
+                    Ok(_) => *replay = None,
+                    Err(_) => {
+                        stats.invalid += 1;
+                        return;
+                    }
                 }
-                Err(_) => stats.invalid += 1,
+            }
+            // Only the time is needed; a payload the quick read cannot take is judged by the
+            // full decode, which alone decides what is invalid.
+            let time = entry::time_of(payload)
+                .or_else(|| LogEntry::decode(payload).ok().map(|entry| entry.time_nano));
+            match time {
+                Some(time) => batch.push(payload, time),
+                None => stats.invalid += 1,
             }
         });
         stats.oversized += done.oversized;
@@ -380,7 +388,6 @@ impl Drainer {
                 }
             }
         }
-        self.peeked = peeked.try_into_mut().map(Vec::from).unwrap_or_default();
         done.consumed
     }
 

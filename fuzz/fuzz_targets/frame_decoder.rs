@@ -6,12 +6,14 @@
 //!   behind), it yields exactly the frames and oversized counts of the model, in order, and
 //!   leaves exactly the model's incomplete tail;
 //! - a payload that decodes as a LogEntry survives the ReadLogs encoding (src/readlogs.rs):
-//!   decoded again it is the same entry, with the newline the engine expects on ends of lines.
+//!   decoded again it is the same entry, with the newline the engine expects on ends of lines;
+//! - the ingest's quick read of a payload's time (`entry::time_of`) accepts only what prost's
+//!   decode accepts, with the same time.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::BytesMut;
-use es_logging_plugin::entry::LogEntry;
+use es_logging_plugin::entry::{time_of, LogEntry};
 use es_logging_plugin::frame::{FrameDecoder, PREFIX};
 use es_logging_plugin::readlogs::encode_frame;
 use libfuzzer_sys::fuzz_target;
@@ -55,7 +57,13 @@ fn model(stream: &[u8], cap: usize) -> Model {
 }
 
 fn check_roundtrip(payload: &[u8]) {
-    let Ok(entry) = LogEntry::decode(payload) else {
+    let full = LogEntry::decode(payload);
+    match (time_of(payload), &full) {
+        (Some(time), Ok(entry)) => assert_eq!(time, entry.time_nano, "time_of's time"),
+        (Some(_), Err(error)) => panic!("time_of took what prost refuses: {error}"),
+        (None, _) => {}
+    }
+    let Ok(entry) = full else {
         return;
     };
     let mut out = BytesMut::new();

@@ -81,7 +81,19 @@ impl Drop for Compressor {
     }
 }
 
+/// The compressor's nice value: the lowest priority.
+const NICE: libc::c_int = 19;
+
 fn run(receiver: &mpsc::Receiver<Message>, stop: &AtomicBool) {
+    // Compression is deferrable and draining the FIFOs is not: under load the scheduler gives
+    // the cores to the drain (and to the host's containers) first, and the sealed segments wait,
+    // readable and counted in max-file, until a core is free (at full ingest rate gzip takes
+    // about as much CPU as the drain). On Linux this call sets the calling thread's nice value,
+    // not the whole process's.
+    // SAFETY: setpriority has no memory effects; who = 0 is this thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot lower the compressor's priority");
+    }
     while let Ok(Message::Compress { store, segment }) = receiver.recv() {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -191,4 +203,38 @@ fn write_gz(
     let output = encoder.finish().map_err(write_error)?;
     output.sync_all().map_err(write_error)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nice value of this process's thread named `name`, from /proc.
+    fn nice_of(name: &str) -> Option<i64> {
+        for task in fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let stat = fs::read_to_string(task.path().join("stat")).ok()?;
+                // The 19th field is the nice value; fields are counted after the name's ')'.
+                let after = stat.rsplit_once(')')?.1;
+                return after.split_whitespace().nth(16)?.parse().ok();
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn the_compressor_yields_the_cpu_to_draining() {
+        let compressor = Compressor::start().unwrap();
+        let mut nice = None;
+        for _ in 0..200 {
+            nice = nice_of("store-compress");
+            if nice == Some(i64::from(NICE)) {
+                break;
+            }
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(compressor);
+        assert_eq!(nice, Some(i64::from(NICE)));
+    }
 }
