@@ -189,13 +189,22 @@ async fn write_within(limit: Duration, fifo: &EngineFifo, bytes: Vec<u8>, plugin
 }
 
 /// The plugin log line of a run that ended, for its counters.
+/// The plugin's "logging run ended" line for `fifo`, waited for up to 10 s: the run's end is
+/// logged off the runtime's threads, so it may follow the StopLogging answer by a moment.
 fn run_end_line(plugin: &PluginProcess, fifo: &Path) -> Option<String> {
     let file = fifo.display().to_string();
-    plugin
-        .output()
-        .lines()
-        .find(|l| l.contains("logging run ended") && l.contains(&file))
-        .map(str::to_owned)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = plugin
+            .output()
+            .lines()
+            .find(|l| l.contains("logging run ended") && l.contains(&file))
+            .map(str::to_owned);
+        if found.is_some() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn body_text(answer: hyper::Response<hyper::body::Incoming>) -> (u16, String) {
