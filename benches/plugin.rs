@@ -336,7 +336,7 @@ fn ingest(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<(String, Vec
         ],
     );
     table.note = format!(
-        "Median of {rounds} rounds; raw pipe and plugin alternate within each round. The feeder \
+        "Median of {rounds} rounds; the baselines and the plugin alternate within each round. The feeder \
          writes pre-encoded frames in {} KiB batches to the FIFOs the plugin holds, from one \
          thread per core with non-blocking writes (as the engine's goroutines do); the clock stops when \
          StopLogging has answered for every container (it answers once the pipe is drained into \

@@ -351,24 +351,24 @@ impl Drainer {
                 stats.invalid += 1;
                 return;
             }
-            if let Some(filter) = replay.as_mut() {
+            let time = match replay.as_mut() {
                 // Only in the first rounds after a crash: the whole entry is compared.
-                match LogEntry::decode(payload) {
+                Some(filter) => match LogEntry::decode(payload) {
                     Ok(entry) if filter.is_replay(&entry) => {
                         stats.replayed += 1;
                         return;
                     }
-                    Ok(_) => *replay = None,
-                    Err(_) => {
-                        stats.invalid += 1;
-                        return;
+                    Ok(entry) => {
+                        *replay = None;
+                        Some(entry.time_nano)
                     }
-                }
-            }
-            // Only the time is needed; a payload the quick read cannot take is judged by the
-            // full decode, which alone decides what is invalid.
-            let time = entry::time_of(payload)
-                .or_else(|| LogEntry::decode(payload).ok().map(|entry| entry.time_nano));
+                    Err(_) => None,
+                },
+                // Only the time is needed; a payload the quick read cannot take is judged by
+                // the full decode, which alone decides what is invalid.
+                None => entry::time_of(payload)
+                    .or_else(|| LogEntry::decode(payload).ok().map(|entry| entry.time_nano)),
+            };
             match time {
                 Some(time) => batch.push(payload, time),
                 None => stats.invalid += 1,
