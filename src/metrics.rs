@@ -29,6 +29,14 @@ pub struct DestinationMetrics {
     duplicates: AtomicU64,
     retries: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Refused documents the dead-letter file could not keep (its budget full, a write error).
+    dead_letter_lost: AtomicU64,
+    /// Sends held back because the destination is not ready for them.
+    held: AtomicU64,
+    /// Sends held back because of an item answer the plugin does not know.
+    unknown_answers: AtomicU64,
+    /// A gauge: indices in a "not ready" episode.
+    not_ready: AtomicU64,
     requests: AtomicU64,
     bytes_sent: AtomicU64,
     dropped_bytes: AtomicU64,
@@ -48,6 +56,18 @@ impl DestinationMetrics {
     }
     pub fn add_dead_lettered(&self, n: u64) {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_dead_letter_lost(&self, n: u64) {
+        self.dead_letter_lost.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_held(&self, n: u64) {
+        self.held.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_unknown_answers(&self, n: u64) {
+        self.unknown_answers.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn set_not_ready(&self, indices: u64) {
+        self.not_ready.store(indices, Ordering::Relaxed);
     }
     pub fn add_request(&self, bytes: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -201,7 +221,7 @@ impl Metrics {
             }
         }
         let map = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        let per: [Counter; 7] = [
+        let per: [Counter; 10] = [
             (
                 "eslp_documents_acked_total",
                 "Documents Elasticsearch wrote",
@@ -222,6 +242,21 @@ impl Metrics {
                 "Documents refused for good, kept in the dead-letter file",
                 |m| get(&m.dead_lettered),
             ),
+            (
+                "eslp_dead_letter_lost_total",
+                "Documents refused for good that the dead-letter file could not keep (DEAD_LETTER_MAX_SIZE reached, or a write error): lost",
+                |m| get(&m.dead_letter_lost),
+            ),
+            (
+                "eslp_documents_held_total",
+                "Document sends held back and retried because the destination is not ready for them (item 401/403, a write block, a missing index or pipeline)",
+                |m| get(&m.held),
+            ),
+            (
+                "eslp_documents_unknown_answer_total",
+                "Document sends held back and retried slowly because of an item answer this plugin does not know",
+                |m| get(&m.unknown_answers),
+            ),
             ("eslp_bulk_requests_total", "Bulk requests sent", |m| {
                 get(&m.requests)
             }),
@@ -241,10 +276,15 @@ impl Metrics {
             "Bytes stored but not yet acknowledged by Elasticsearch",
             |m| get(&m.backlog_bytes),
         );
+        let not_ready: Counter = (
+            "eslp_destination_not_ready",
+            "Indices of the destination refusing documents as not ready (privileges, a write block, a missing index or pipeline); 0 when all accept",
+            |m| get(&m.not_ready),
+        );
         let kinds = per
             .iter()
             .map(|c| (c, "counter"))
-            .chain([(&backlog, "gauge")]);
+            .chain([(&backlog, "gauge"), (&not_ready, "gauge")]);
         for ((name, help, value), kind) in kinds {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
             for (label, m) in map.iter() {

@@ -124,6 +124,7 @@ impl Plugin {
                     shutdown.clone(),
                     tracker.clone(),
                     on_drained,
+                    settings.dead_letter_max_size,
                 ),
                 metrics,
                 settings,

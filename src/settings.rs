@@ -8,6 +8,7 @@
 //! | `DESTROY_LOGS_ON_STOP` | `false` | remove a container's local copy when its logging stops for good |
 //! | `LOCAL_LOGS_MAX_AGE` | `7d` | remove local copies of containers that logged nothing for this long; `0` keeps them |
 //! | `SPOOL_MAX_SIZE` | `1g` | unshipped data kept beyond max-file while Elasticsearch is away, plugin-wide |
+//! | `DEAD_LETTER_MAX_SIZE` | `256m` | the most each destination's dead-letter file holds; refused documents beyond it are a counted, logged loss |
 //! | `METRICS_ADDR` | (off) | `host:port` for the Prometheus text endpoint `/metrics` |
 //! | `EVENTS` | `false` | collect the engine's own events into Elasticsearch (see `events`) |
 //! | `EVENTS_SOCKET` | `/var/run/docker.sock` | the engine's API socket (mounted into the plugin) |
@@ -35,6 +36,8 @@ pub struct Settings {
     pub local_logs_max_age: Option<Duration>,
     /// Bytes of unshipped segments kept beyond max-file, summed over all containers.
     pub spool_max_size: u64,
+    /// Bytes each destination's dead-letter file may hold.
+    pub dead_letter_max_size: u64,
     pub metrics_addr: Option<SocketAddr>,
     /// Set when EVENTS is on.
     pub events: Option<EventsSettings>,
@@ -54,6 +57,7 @@ impl fmt::Debug for Settings {
             .field("destroy_logs_on_stop", &self.destroy_logs_on_stop)
             .field("local_logs_max_age", &self.local_logs_max_age)
             .field("spool_max_size", &self.spool_max_size)
+            .field("dead_letter_max_size", &self.dead_letter_max_size)
             .field("metrics_addr", &self.metrics_addr)
             .field("events", &self.events)
             .field("option_defaults", &defaults)
@@ -68,6 +72,7 @@ impl Default for Settings {
             destroy_logs_on_stop: false,
             local_logs_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             spool_max_size: 1 << 30,
+            dead_letter_max_size: crate::shipper::deadletter::DEFAULT_MAX_FILE,
             metrics_addr: None,
             events: None,
             option_defaults: HashMap::new(),
@@ -125,6 +130,13 @@ impl Settings {
                 name: "SPOOL_MAX_SIZE",
                 value,
                 accepts: "a size such as 512m or 4g",
+            })?;
+        }
+        if let Some(value) = get("DEAD_LETTER_MAX_SIZE") {
+            settings.dead_letter_max_size = parse_size(&value).ok_or(SettingError {
+                name: "DEAD_LETTER_MAX_SIZE",
+                value,
+                accepts: "a size above 0 such as 256m or 1g",
             })?;
         }
         if let Some(value) = get("METRICS_ADDR") {
@@ -286,5 +298,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("LOG_DRIVER_LEVEL"), "{err}");
+        for bad in ["lots", "0", "-1m"] {
+            let err = settings(&[("DEAD_LETTER_MAX_SIZE", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("DEAD_LETTER_MAX_SIZE") && err.contains("256m"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_budget_is_a_size() {
+        assert_eq!(Settings::default().dead_letter_max_size, 256 << 20);
+        assert_eq!(
+            settings(&[("DEAD_LETTER_MAX_SIZE", "1g")])
+                .unwrap()
+                .dead_letter_max_size,
+            1 << 30
+        );
     }
 }

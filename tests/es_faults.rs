@@ -1,7 +1,9 @@
 //! Elasticsearch failing in the ways tests/shipping.rs does not cover, each while a container
 //! keeps logging: down for minutes, a 429 storm, 413 on every large batch, 5xx from one of two
 //! live hosts, answers cut mid-body, a mapping conflict on every tenth document, credentials
-//! revoked then restored.
+//! revoked then restored, and a cluster not ready for the documents
+//! (item-level 403 privileges or write block, 404 no index, a missing ingest pipeline) until an
+//! operator fixes it.
 //!
 //! Every case checks the same promises: the container is never slowed (every write to its FIFO
 //! completes at once while Elasticsearch fails), `docker logs` has every line while it fails,
@@ -16,6 +18,8 @@ mod engine;
 mod es_check;
 #[path = "support/es_server.rs"]
 mod es_server;
+#[path = "support/probe.rs"]
+mod probe;
 #[path = "support/soak.rs"]
 mod soak;
 
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use engine::*;
 use es_check::{dead_lettered, messages_in, rss_and_fds, shown_lines, Fed, Feeder, Tally};
-use es_server::{Auth, EsServer, Faults, ServerOptions};
+use es_server::{Auth, EsServer, Faults, NotReady, ServerOptions};
 
 /// Lines a second each container writes: steady, well below what the plugin drains.
 const PER_SECOND: usize = 500;
@@ -404,4 +408,223 @@ async fn credentials_revoked_then_restored_lose_nothing() {
         !log.contains(PASSWORD),
         "the password reached the plugin log"
     );
+}
+
+/// The value of a metric labelled with its destination, summed over destinations.
+fn destination_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
+/// The cluster answers every document with `not_ready` (an item-level answer that means "the
+/// destination is not ready", not "this document is bad") while a container logs for a few
+/// seconds; then an operator fixes the cluster. Every line must be held, retried, and indexed
+/// once; none dead-lettered. The refusal is logged at ERROR once for the episode (not once per
+/// retry), naming the index, the status and Elasticsearch's reason, and counted in the metrics.
+async fn not_ready_then_fixed(
+    case: &str,
+    not_ready: NotReady,
+    config: &[(&str, &str)],
+    tag: u8,
+    expected: &str,
+) {
+    let server = EsServer::start(ServerOptions::default()).await;
+    server.set_faults(Faults {
+        item_not_ready: Some(not_ready),
+        ..Faults::default()
+    });
+    let metrics = probe::free_addr();
+    let plugin = plugin_for(&server.url(), &[("METRICS_ADDR", metrics.as_str())]);
+    let run = log_through_fault(plugin, config, tag, soak::duration(Duration::from_secs(4))).await;
+    let refused: usize = server.stats().rejected_by_fault.values().sum();
+    assert!(refused > 0, "{case}: the fault was never answered");
+    assert_eq!(server.doc_count(), 0, "{case}: a document went in");
+    // Held, not dead-lettered, before the cluster is fixed.
+    assert_eq!(
+        dead_lettered(&run.plugin.state).len(),
+        0,
+        "{case}: dead-lettered while the cluster was not ready"
+    );
+    let during = probe::fetch_metrics(&metrics);
+    server.set_faults(Faults::default());
+    let tally = settle(case, &run, &[&server]).await;
+    eprintln!("{case}: {refused} item answers refused while not ready");
+    assert_eq!(tally.dead_lettered, 0, "{case}: documents dead-lettered");
+    assert_eq!(tally.indexed, tally.sent, "{case}: not every line indexed");
+    let log = run.plugin.output();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains(expected))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{case}: one ERROR for the episode, not one per retry:\n{}",
+        errors.join("\n")
+    );
+    eprintln!("{case}: the ERROR: {}", errors[0]);
+    assert!(
+        errors[0].contains("logs-docker-default"),
+        "{case}: the ERROR names the index: {}",
+        errors[0]
+    );
+    assert!(
+        destination_metric(&during, "eslp_documents_held_total") > 0,
+        "{case}: held documents not counted:\n{during}"
+    );
+    assert_eq!(
+        destination_metric(&during, "eslp_destination_not_ready"),
+        1,
+        "{case}: the destination is not shown as not ready:\n{during}"
+    );
+    let after = probe::fetch_metrics(&metrics);
+    assert_eq!(
+        destination_metric(&after, "eslp_destination_not_ready"),
+        0,
+        "{case}: still shown as not ready after the fix:\n{after}"
+    );
+}
+
+/// Regression: an item-level 403 `security_exception` (the role or API key lacks `create_doc`,
+/// the commonest first-deploy mistake) dead-lettered every document and moved the checkpoint
+/// past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_level_403_is_held_and_retried_not_dead_lettered() {
+    not_ready_then_fixed(
+        "item 403 security_exception",
+        NotReady::Privileges,
+        &[],
+        40,
+        "security_exception",
+    )
+    .await;
+}
+
+/// Regression: an item-level 403 `cluster_block_exception` (a write block on the index) was
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_block_is_held_and_retried_not_dead_lettered() {
+    not_ready_then_fixed(
+        "item 403 cluster_block_exception",
+        NotReady::WriteBlock,
+        &[],
+        41,
+        "cluster_block_exception",
+    )
+    .await;
+}
+
+/// Regression: an item-level 404 `index_not_found_exception` (auto-create off, the index not
+/// made yet) was dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_level_404_index_not_found_is_held_and_retried_not_dead_lettered() {
+    not_ready_then_fixed(
+        "item 404 index_not_found_exception",
+        NotReady::NoIndex,
+        &[],
+        42,
+        "index_not_found_exception",
+    )
+    .await;
+}
+
+/// Regression: a `pipeline` log-opt naming a pipeline that does not exist (yet) dead-lettered
+/// every document (item 400 `illegal_argument_exception`, "pipeline with id [..] does not
+/// exist").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_ingest_pipeline_is_held_and_retried_not_dead_lettered() {
+    not_ready_then_fixed(
+        "item 400 missing pipeline",
+        NotReady::NoPipeline,
+        &[("pipeline", "docker-logs")],
+        43,
+        "pipeline with id [docker-logs] does not exist",
+    )
+    .await;
+}
+
+/// Regression: the dead-letter file was renamed over its previous copy at 64 MiB, unsynced,
+/// and nothing said so. Every document refused for good (a mapping conflict) with
+/// DEAD_LETTER_MAX_SIZE=64k: the file stops at its budget and keeps what it has, and every
+/// refused document that does not fit is counted (`eslp_dead_letter_lost_total`) and logged at
+/// ERROR with a count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_dead_letter_file_is_a_counted_and_logged_loss_never_a_quiet_one() {
+    const BUDGET: u64 = 64 << 10;
+    let server = EsServer::start(ServerOptions::default()).await;
+    server.set_faults(Faults {
+        item_status_every: Some((400, 1)),
+        ..Faults::default()
+    });
+    let metrics = probe::free_addr();
+    let plugin = plugin_for(
+        &server.url(),
+        &[
+            ("METRICS_ADDR", metrics.as_str()),
+            ("DEAD_LETTER_MAX_SIZE", "64k"),
+        ],
+    );
+    let run = log_through_fault(plugin, &[], 44, soak::duration(Duration::from_secs(2))).await;
+    let api = run.plugin.client();
+    assert_eq!(api.stop_logging(&run.fed.fifo.path).await, "");
+    let sent = run.fed.messages.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (kept, lost) = loop {
+        let text = probe::fetch_metrics(&metrics);
+        let kept = destination_metric(&text, "eslp_documents_dead_lettered_total");
+        let lost = destination_metric(&text, "eslp_dead_letter_lost_total");
+        if kept + lost >= sent {
+            break (kept, lost);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kept} dead-lettered + {lost} lost of {sent} refused:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let in_file = dead_lettered(&run.plugin.state);
+    let files: Vec<_> = std::fs::read_dir(run.plugin.state.join("dead-letter"))
+        .expect("a dead-letter folder")
+        .flatten()
+        .map(|f| (f.file_name(), f.metadata().map(|m| m.len()).unwrap_or(0)))
+        .collect();
+    eprintln!(
+        "full dead-letter file: sent {sent} refused {sent} dead-lettered {kept} lost {lost}; files {files:?}"
+    );
+    assert_eq!(files.len(), 1, "one file, never rotated: {files:?}");
+    assert!(
+        files[0].1 <= BUDGET,
+        "the file outgrew its budget: {files:?}"
+    );
+    assert_eq!(
+        in_file.len() as u64,
+        kept,
+        "the file holds what was counted as kept"
+    );
+    assert_eq!(kept + lost, sent);
+    assert!(lost > 0, "the budget never filled");
+    // Whole records of lines that were sent, each once.
+    let unique: std::collections::HashSet<&String> = in_file.iter().collect();
+    assert_eq!(unique.len(), in_file.len(), "a line dead-lettered twice");
+    assert!(in_file.iter().all(|m| run.fed.messages.contains(m)));
+    let log = run.plugin.output();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("DEAD_LETTER_MAX_SIZE"))
+        .collect();
+    assert!(!errors.is_empty(), "the loss was not logged at ERROR");
+    let logged: u64 = errors
+        .iter()
+        .filter_map(|l| {
+            l.split("lost=")
+                .nth(1)?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(logged, lost, "the ERROR lines count every lost document");
 }

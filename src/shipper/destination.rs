@@ -3,8 +3,11 @@
 //! checkpoint, turns entries into documents (rejoining split lines), and keeps up to `workers`
 //! bulk requests in flight. Answers are taken in the order the requests were made, so a
 //! checkpoint only ever moves past what Elasticsearch accepted (written, 409 duplicate, or
-//! dead-lettered); a request is retried until that is true for every document in it. Nothing
-//! here can slow a container: the store is the spool.
+//! dead-lettered); a request is retried until that is true for every document in it. A
+//! document the destination is not ready for (privileges, a write block, no index, a missing
+//! pipeline) or whose answer is unknown is held and retried, never dead-lettered: the
+//! destination's requests wait behind it, as for a whole-request 401, and the store keeps
+//! everything meanwhile. Nothing here can slow a container: the store is the spool.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -20,10 +23,11 @@ use super::bulk::{self, ItemVerdict, RequestVerdict};
 use super::checkpoint::Checkpoint;
 use super::client::Client;
 use super::config::EsOptions;
-use super::deadletter::DeadLetters;
+use super::deadletter::{DeadLetters, Recorded, Refused};
 use super::document::{self, ContainerDoc};
 use super::fragments::{Fragments, Line};
 use super::index::{IndexTemplate, ResolvedIndex};
+use super::not_ready::{Episodes, Hold, Report};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 use crate::events::DocumentOptions;
@@ -105,6 +109,8 @@ struct Shared {
     label: String,
     client: Client,
     dead_letters: DeadLetters,
+    /// Indices holding documents back, logged once per episode.
+    episodes: Episodes,
     metrics: Arc<DestinationMetrics>,
     shutdown: CancellationToken,
 }
@@ -136,6 +142,7 @@ impl Destination {
                 label,
                 client,
                 dead_letters,
+                episodes: Episodes::default(),
                 metrics,
                 shutdown,
             }),
@@ -494,39 +501,54 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
             match bulk::classify(answer.status, &answer.body, todo.len()) {
                 RequestVerdict::Items(verdicts) => {
                     let mut again = Vec::new();
-                    let mut progress = false;
+                    let mut accepted = Vec::new();
+                    let mut held: Vec<(usize, Hold, u16, String)> = Vec::new();
+                    let mut refused: Vec<(usize, u16, String)> = Vec::new();
                     for (&i, verdict) in todo.iter().zip(verdicts) {
                         match verdict {
                             ItemVerdict::Written => {
                                 shared.metrics.add_acked(1);
-                                progress = true;
+                                accepted.push(i);
                             }
                             ItemVerdict::Duplicate => {
                                 shared.metrics.add_duplicate(1);
-                                progress = true;
+                                accepted.push(i);
                             }
                             ItemVerdict::Retry { .. } => again.push(i),
+                            ItemVerdict::NotReady { status, reason } => {
+                                held.push((i, Hold::NotReady, status, reason));
+                                again.push(i);
+                            }
+                            ItemVerdict::Unknown { status, reason } => {
+                                held.push((i, Hold::Unknown, status, reason));
+                                again.push(i);
+                            }
                             ItemVerdict::Reject { status, reason } => {
-                                let item = &batch.items[i];
-                                shared.dead_letters.record(
-                                    &batch.ndjson[item.range.clone()],
-                                    status,
-                                    &reason,
-                                );
-                                shared.metrics.add_dead_lettered(1);
-                                tracing::warn!(container = item.source.short(), status, %reason, node = %answer.node, "document refused for good by Elasticsearch; written to the dead-letter file");
-                                progress = true;
+                                refused.push((i, status, reason))
                             }
                         }
                     }
+                    let progress = !accepted.is_empty() || !refused.is_empty();
+                    end_episodes(&shared, &batch, &accepted);
+                    dead_letter(&shared, &batch, &refused, &answer.node);
                     if progress {
                         backoff.reset();
                     }
-                    if !again.is_empty() {
-                        shared.metrics.add_retry(again.len() as u64);
+                    todo = again;
+                    if !held.is_empty() {
+                        report_held(&shared, &batch, &held, &answer.node);
+                        shared.metrics.add_retry(todo.len() as u64);
+                        // Unknown answers wait the longest; a destination not ready backs off
+                        // from the first wait, so a cluster fixed early in an episode is used
+                        // again soon and a long episode costs one request per backoff_max.
+                        if held.iter().any(|h| h.1 == Hold::Unknown) {
+                            backoff.next = backoff.max;
+                        }
+                        backoff.wait(&shared).await?;
+                    } else if !todo.is_empty() {
+                        shared.metrics.add_retry(todo.len() as u64);
                         backoff.wait(&shared).await?;
                     }
-                    todo = again;
                 }
                 RequestVerdict::TooLarge if todo.len() > 1 => {
                     let second = todo.split_off(todo.len() / 2);
@@ -534,14 +556,12 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
                     chunks.push(second);
                 }
                 RequestVerdict::TooLarge => {
-                    let item = &batch.items[todo[0]];
-                    shared.dead_letters.record(
-                        &batch.ndjson[item.range.clone()],
+                    let refused = [(
+                        todo[0],
                         413,
-                        "document alone is larger than the server accepts",
-                    );
-                    shared.metrics.add_dead_lettered(1);
-                    tracing::warn!(container = item.source.short(), "one document alone is too large for the server (413); written to the dead-letter file");
+                        "document alone is larger than the server accepts".to_owned(),
+                    )];
+                    dead_letter(&shared, &batch, &refused, &answer.node);
                     todo.clear();
                 }
                 RequestVerdict::RetryAll { reason } => {
@@ -577,6 +597,97 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
     Some(acks)
 }
 
+/// Writes documents refused for good to the dead-letter file (synced before they count as
+/// acknowledged) and counts them; what the file cannot keep is counted as lost (and logged at
+/// ERROR by the file).
+fn dead_letter(shared: &Shared, batch: &Batch, refused: &[(usize, u16, String)], node: &str) {
+    if refused.is_empty() {
+        return;
+    }
+    let records: Vec<Refused<'_>> = refused
+        .iter()
+        .map(|(i, status, reason)| Refused {
+            item: &batch.ndjson[batch.items[*i].range.clone()],
+            status: *status,
+            reason,
+        })
+        .collect();
+    // An fdatasync per answer: off the threads that drain FIFOs.
+    let Recorded { kept, lost } =
+        tokio::task::block_in_place(|| shared.dead_letters.record(&records));
+    shared.metrics.add_dead_lettered(kept as u64);
+    shared.metrics.add_dead_letter_lost(lost as u64);
+    // One line per answer, not per document: a mapping conflict can refuse every document.
+    let (first, status, reason) = &refused[0];
+    let container = batch.items[*first].source.short();
+    tracing::warn!(documents = refused.len(), kept, lost, %container, status, %reason, %node, path = %shared.dead_letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
+}
+
+/// Counts held documents and logs each index's episode: at ERROR when it starts and as a
+/// reminder, never once per retry.
+fn report_held(shared: &Shared, batch: &Batch, held: &[(usize, Hold, u16, String)], node: &str) {
+    // One report per index and reason in this answer, with its first status and reason.
+    let mut by_index: Vec<(String, Hold, u16, &str, u64)> = Vec::new();
+    for (i, hold, status, reason) in held {
+        match hold {
+            Hold::NotReady => shared.metrics.add_held(1),
+            Hold::Unknown => shared.metrics.add_unknown_answers(1),
+        }
+        let index = bulk::action_index(&batch.ndjson[batch.items[*i].range.clone()])
+            .unwrap_or_else(|| "(unknown index)".into());
+        match by_index
+            .iter_mut()
+            .find(|(x, h, ..)| *x == index && h == hold)
+        {
+            Some(entry) => entry.4 += 1,
+            None => by_index.push((index, *hold, *status, reason, 1)),
+        }
+    }
+    let now = Instant::now();
+    for (index, hold, status, reason, documents) in by_index {
+        let report = shared.episodes.held(&index, hold, documents, now);
+        let (since, total) = match report {
+            Report::Quiet => continue,
+            Report::Started => (Duration::ZERO, documents),
+            Report::Reminder { since, held } => (since, held),
+        };
+        let still = if since.is_zero() { "" } else { "still " };
+        let since = humantime::format_duration(Duration::from_secs(since.as_secs()));
+        match hold {
+            Hold::NotReady => {
+                tracing::error!(destination = %shared.label, %index, status, %reason, %node, held = total, since = %since, "Elasticsearch is {still}not ready for documents to {index} (HTTP {status}: {reason}); check the role or API key privileges (create_doc, auto_configure), write blocks, that the index or its template exists and the ingest pipeline. Logs are kept locally and retried with backoff; nothing is dead-lettered")
+            }
+            Hold::Unknown => {
+                tracing::error!(destination = %shared.label, %index, status, %reason, %node, held = total, since = %since, "Elasticsearch {still}answers documents to {index} with HTTP {status} ({reason}), an answer this plugin does not know; they are kept locally and retried slowly, not dead-lettered")
+            }
+        }
+    }
+    shared.metrics.set_not_ready(shared.episodes.not_ready());
+}
+
+/// Documents went in: the episodes of their indices are over.
+fn end_episodes(shared: &Shared, batch: &Batch, accepted: &[usize]) {
+    if shared.episodes.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut seen: Vec<String> = Vec::new();
+    for &i in accepted {
+        let Some(index) = bulk::action_index(&batch.ndjson[batch.items[i].range.clone()]) else {
+            continue;
+        };
+        if seen.contains(&index) {
+            continue;
+        }
+        if let Some(ended) = shared.episodes.accepted(&index, now) {
+            let lasted = humantime::format_duration(Duration::from_secs(ended.lasted.as_secs()));
+            tracing::warn!(destination = %shared.label, %index, held = ended.held, lasted = %lasted, "Elasticsearch accepts documents to {index} again; the held ones are being sent");
+        }
+        seen.push(index);
+    }
+    shared.metrics.set_not_ready(shared.episodes.not_ready());
+}
+
 /// Indexes refused documents into the dead-letter index as they come, until shutdown. Best
 /// effort beside the file: a whole-request failure keeps them queued and retries with backoff;
 /// a document the dead-letter index refuses too stays in the file only.
@@ -592,7 +703,7 @@ async fn dead_letters_to_index(shared: Arc<Shared>, index: String) {
             _ = tokio::time::sleep(options.flush_interval) => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        let documents = shared.dead_letters.take(1_000);
+        let documents = shared.dead_letters.take(1_000, options.bulk_max_bytes);
         if documents.is_empty() {
             continue;
         }
@@ -612,27 +723,57 @@ async fn dead_letters_to_index(shared: Arc<Shared>, index: String) {
             sent.map(|answer| bulk::classify(answer.status, &answer.body, documents.len()));
         match verdict {
             Ok(RequestVerdict::Items(items)) => {
-                backoff.reset();
                 let refused = items
                     .iter()
                     .filter(|v| matches!(v, ItemVerdict::Reject { .. }))
                     .count();
+                let first_held = items
+                    .iter()
+                    .find(|v| {
+                        matches!(
+                            v,
+                            ItemVerdict::Retry { .. }
+                                | ItemVerdict::NotReady { .. }
+                                | ItemVerdict::Unknown { .. }
+                        )
+                    })
+                    .map(ToString::to_string);
                 let retry: Vec<Vec<u8>> = items
                     .iter()
                     .zip(documents)
-                    .filter(|(v, _)| matches!(v, ItemVerdict::Retry { .. }))
+                    .filter(|(v, _)| {
+                        !matches!(
+                            v,
+                            ItemVerdict::Written
+                                | ItemVerdict::Duplicate
+                                | ItemVerdict::Reject { .. }
+                        )
+                    })
                     .map(|(_, d)| d)
                     .collect();
                 if refused > 0 {
                     tracing::warn!(refused, %index, "the dead-letter index refused documents too; they are in the dead-letter file");
                 }
                 shared.dead_letters.put_back(retry);
+                match first_held {
+                    None => backoff.reset(),
+                    Some(reason) => {
+                        let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
+                        if backoff
+                            .warn_and_wait(&shared, &message, tracing::Level::WARN)
+                            .await
+                            .is_none()
+                        {
+                            return;
+                        }
+                    }
+                }
             }
             other => {
                 shared.dead_letters.put_back(documents);
                 let reason = match other {
                     Err(error) => error,
-                    Ok(verdict) => format!("{verdict:?}"),
+                    Ok(verdict) => verdict.to_string(),
                 };
                 let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
                 if backoff

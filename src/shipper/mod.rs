@@ -6,7 +6,9 @@
 //! - [`bulk`]: bulk bodies and the meaning of every answer (a pure classification).
 //! - [`client`]: the nodes of a destination: failover, resting failed nodes, flavor.
 //! - [`checkpoint`]: how far each container's store is shipped, across restarts.
-//! - [`deadletter`]: documents refused for good.
+//! - [`deadletter`]: documents refused for good, in a file bounded by `DEAD_LETTER_MAX_SIZE`.
+//! - [`not_ready`]: episodes of documents held back (a destination not ready for them), logged
+//!   once each.
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
 //! - [`fragments`]: split lines rejoined into one message, with a byte cap.
 //! - [`destination`]: the task that follows stores and keeps bulk requests in flight.
@@ -24,6 +26,7 @@ pub mod document;
 pub mod fingerprint;
 pub mod fragments;
 pub mod index;
+pub mod not_ready;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -60,6 +63,8 @@ pub struct Shippers {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     on_drained: OnDrained,
+    /// `DEAD_LETTER_MAX_SIZE`: the most each destination's dead-letter file holds.
+    dead_letter_max_size: u64,
     destinations: Mutex<HashMap<EsOptions, mpsc::UnboundedSender<Command>>>,
 }
 
@@ -70,6 +75,7 @@ impl Shippers {
         shutdown: CancellationToken,
         tracker: TaskTracker,
         on_drained: OnDrained,
+        dead_letter_max_size: u64,
     ) -> Self {
         let agent_id = agent_id(&state_dir);
         Self {
@@ -80,6 +86,7 @@ impl Shippers {
             shutdown,
             tracker,
             on_drained,
+            dead_letter_max_size,
             destinations: Mutex::new(HashMap::new()),
         }
     }
@@ -210,6 +217,7 @@ impl Shippers {
                 self.state_dir.join("dead-letter"),
                 &label,
                 options.dead_letter_index.is_some(),
+                self.dead_letter_max_size,
             ),
             self.metrics.destination(&label),
             self.state_dir.join("checkpoints"),

@@ -2,10 +2,12 @@
 //!
 //! It answers the few endpoints the shipper uses, with the shapes Elasticsearch 8.15 documents
 //! (see `shared/docs/elasticsearch.md`), keeps every accepted document in memory, counts what
-//! it saw in [`Stats`], and can misbehave on demand ([`Faults`]): per-item 429/400/5xx, a whole
-//! `_bulk` answered 429/503/502/401/403/413, 413 above a number of items, slow answers, cut
-//! connections and answers cut halfway through their body. It exists because no real Elasticsearch can be installed here and the
-//! compatible servers that can (noida-db, osmem-server) cannot fail on demand.
+//! it saw in [`Stats`], and can misbehave on demand ([`Faults`]): per-item 429/400/5xx, a
+//! cluster not ready for the documents (item 403 privileges or write block, 404 no index, a
+//! missing pipeline), a whole `_bulk` answered 429/503/502/401/403/413, 413 above a number of
+//! items, slow answers, cut connections and answers cut halfway through their body. It exists
+//! because no real Elasticsearch can be installed here and the compatible servers that can
+//! (noida-db, osmem-server) cannot fail on demand.
 //!
 //! | endpoint | answer |
 //! |---|---|
@@ -112,6 +114,10 @@ pub struct Faults {
     pub item_status_every: Option<(u16, usize)>,
     /// `(status, text)`: every item whose source line contains `text` answers `status`.
     pub item_status_matching: Option<(u16, String)>,
+    /// The cluster is not ready for the documents (a role without `create_doc`, a write block,
+    /// auto-create off, a missing ingest pipeline): every `create`/`index` item answers the
+    /// error Elasticsearch gives for it, until cleared, and nothing is stored.
+    pub item_not_ready: Option<NotReady>,
     /// How often one `(index, _id)` may be failed by the two item faults above before it is
     /// accepted, so that retries succeed; 0 = no limit (a permanent failure). Items without an
     /// `_id` are not tracked and fail whenever chosen.
@@ -139,6 +145,55 @@ pub struct Faults {
     pub cut_answer: bool,
     /// Only the next N `_bulk` answers are cut; 0 = until cleared.
     pub cut_times: usize,
+}
+
+/// What [`Faults::item_not_ready`] answers to each item, as Elasticsearch 8 does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotReady {
+    /// 403 `security_exception`: the user's roles lack `create_doc` (or `auto_configure`) on
+    /// the index.
+    Privileges,
+    /// 403 `cluster_block_exception`: `index.blocks.write` is set on the index.
+    WriteBlock,
+    /// 404 `index_not_found_exception`: the index does not exist and
+    /// `action.auto_create_index` is false.
+    NoIndex,
+    /// 400 `illegal_argument_exception` `pipeline with id [..] does not exist`: the item's
+    /// pipeline (the request's `pipeline`, else the index's default pipeline) is missing.
+    NoPipeline,
+}
+
+impl NotReady {
+    /// The item's status and error object.
+    fn answer(self, index: &str, pipeline: Option<&str>) -> (u16, Value) {
+        match self {
+            NotReady::Privileges => (
+                403,
+                json!({
+                    "type": "security_exception",
+                    "reason": format!("action [indices:data/write/bulk[s]] is unauthorized for user [shipper] with effective roles [logs_reader] on indices [{index}], this action is granted by the index privileges [create_doc,create,index,write,all]")
+                }),
+            ),
+            NotReady::WriteBlock => (
+                403,
+                json!({
+                    "type": "cluster_block_exception",
+                    "reason": format!("index [{index}] blocked by: [FORBIDDEN/8/index write (api)];")
+                }),
+            ),
+            NotReady::NoIndex => (
+                404,
+                index_not_found(index)["error"]["root_cause"][0].clone(),
+            ),
+            NotReady::NoPipeline => (
+                400,
+                json!({
+                    "type": "illegal_argument_exception",
+                    "reason": format!("pipeline with id [{}] does not exist", pipeline.unwrap_or("logs-docker@custom"))
+                }),
+            ),
+        }
+    }
 }
 
 /// How [`Faults::garbled`] mangles a `_bulk` answer.
@@ -1133,6 +1188,14 @@ impl State {
         let op_name = op.kind.name();
         let failed = |status: u16, error: Value, id: Option<&str>| json!({"_op": op_name, "_index": op.index, "_id": id, "status": status, "error": error});
 
+        if let Some(not_ready) = faults.item_not_ready {
+            if op.kind != OpKind::Delete {
+                let pipeline = op.pipeline.as_deref().or(default_pipeline.as_deref());
+                let (status, error) = not_ready.answer(&op.index, pipeline);
+                *self.stats.rejected_by_fault.entry(status).or_default() += 1;
+                return failed(status, error, op.id.as_deref());
+            }
+        }
         let chosen_by_every = faults
             .item_status_every
             .filter(|(_, n)| *n > 0 && self.item_counter % n == 0)
