@@ -653,12 +653,13 @@ fn report_held(shared: &Shared, batch: &Batch, held: &[(usize, Hold, u16, String
         };
         let still = if since.is_zero() { "" } else { "still " };
         let since = humantime::format_duration(Duration::from_secs(since.as_secs()));
+        // The span names the destination and the message holds the reason whole.
         match hold {
             Hold::NotReady => {
-                tracing::error!(destination = %shared.label, %index, status, %reason, %node, held = total, since = %since, "Elasticsearch is {still}not ready for documents to {index} (HTTP {status}: {reason}); check the role or API key privileges (create_doc, auto_configure), write blocks, that the index or its template exists and the ingest pipeline. Logs are kept locally and retried with backoff; nothing is dead-lettered")
+                tracing::error!(%index, status, %node, held = total, since = %since, "Elasticsearch is {still}not ready for documents to {index} (HTTP {status}: {reason}); check the role or API key privileges (create_doc, auto_configure), write blocks, that the index or its template exists and the ingest pipeline. Logs are kept locally and retried with backoff; nothing is dead-lettered")
             }
             Hold::Unknown => {
-                tracing::error!(destination = %shared.label, %index, status, %reason, %node, held = total, since = %since, "Elasticsearch {still}answers documents to {index} with HTTP {status} ({reason}), an answer this plugin does not know; they are kept locally and retried slowly, not dead-lettered")
+                tracing::error!(%index, status, %node, held = total, since = %since, "Elasticsearch {still}answers documents to {index} with HTTP {status} ({reason}), an answer this plugin does not know; they are kept locally and retried slowly, not dead-lettered")
             }
         }
     }
