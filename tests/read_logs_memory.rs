@@ -158,7 +158,7 @@ async fn docker_logs_tail_of_a_300_mib_store_keeps_the_plugin_small() {
         "store of {total} entries ({} MiB) written in {written:?}; plugin at start: {at_start}; \
          after Tail=10: {after_small}; two Tail={n} in {read_time:?}: peak RSS {:.1} MiB \
          (+{growth_mib:.1} MiB), after: {after}",
-        (GZ_SEGMENTS + PLAIN_SEGMENTS) as usize * SEGMENT_BYTES >> 20,
+        ((GZ_SEGMENTS + PLAIN_SEGMENTS) as usize * SEGMENT_BYTES) >> 20,
         peak as f64 / 1024.0,
     );
     assert!(
