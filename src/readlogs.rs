@@ -473,19 +473,26 @@ mod tests {
             bytes.extend_from_slice(&chunk);
         }
         reading.await.unwrap()?;
+        Ok(decode_answer(&bytes))
+    }
+
+    /// The whole frames of an answer, as stored (the newline is the answer's).
+    fn decode_answer(bytes: &[u8]) -> Vec<LogEntry> {
         let mut entries = Vec::new();
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
+        let mut rest = bytes;
+        while rest.len() >= 4 {
             let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            if rest.len() < 4 + len {
+                break;
+            }
             let mut entry = LogEntry::decode(&rest[4..4 + len]).unwrap();
-            // As stored: the newline is the answer's.
             if entry.line.ends_with(b"\n") {
                 entry.line = entry.line.slice(..entry.line.len() - 1);
             }
             entries.push(entry);
             rest = &rest[4 + len..];
         }
-        Ok(entries)
+        entries
     }
 
     /// What the engine shows for tail N with since/until: the last N, then those in the window.
@@ -599,6 +606,69 @@ mod tests {
             if tail.is_none_or(|t| t >= n) {
                 assert_eq!(got, readable, "tail {tail:?}");
             }
+        }
+    }
+
+    /// Regression: the history part of a follow stopped at the end taken when the request came,
+    /// and dropped what the read step that crossed it had fetched beyond it, while the cursor
+    /// (where the follow goes on) had moved past those entries: lines written while a
+    /// `docker logs -f` sent its history were never shown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follow_loses_nothing_written_while_its_history_streams() {
+        use crate::container_id::ContainerId;
+        use crate::store::{Spool, StoreLimits, Stores};
+        let dir = tempfile::tempdir().unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
+        let id = ContainerId::parse(&"d".repeat(64)).unwrap();
+        let store = stores.open_container(&id, StoreLimits::default()).unwrap();
+        let long = |i: usize| LogEntry {
+            line: Bytes::from(format!("{i:06} {}", "y".repeat(200))),
+            ..history_entry(i)
+        };
+        // Far more than the channel and a read step hold: the stream waits for the client
+        // before its history reaches the end.
+        let mut written: Vec<LogEntry> = (0..10_000).map(long).collect();
+        append(&store, &written);
+        for (round, tail) in [None, Some(9_000)].into_iter().enumerate() {
+            let request = ReadRequest {
+                since: None,
+                until: None,
+                tail,
+                follow: true,
+            };
+            let (runs_tx, runs_rx) = watch::channel(1);
+            let follow_end = FollowEnd {
+                active_runs: runs_rx,
+                shutdown: CancellationToken::new(),
+            };
+            let (tx, mut rx) = mpsc::channel(8);
+            let reading = tokio::spawn(stream(Arc::clone(&store), request, follow_end, tx));
+            // The first chunk is sent after the history's end was taken.
+            let mut bytes = rx.recv().await.unwrap().to_vec();
+            let first = 20_000 + round * 100;
+            let later: Vec<LogEntry> = (first..first + 50).map(long).collect();
+            append(&store, &later);
+            let from = written.len() - tail.unwrap_or(written.len());
+            written.extend(later);
+            let want = &written[from..];
+            loop {
+                if decode_answer(&bytes).len() >= want.len() {
+                    break;
+                }
+                let chunk = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+                let Ok(Some(chunk)) = chunk else {
+                    break;
+                };
+                bytes.extend_from_slice(&chunk);
+            }
+            runs_tx.send(0).unwrap();
+            while let Some(chunk) = rx.recv().await {
+                bytes.extend_from_slice(&chunk);
+            }
+            reading.await.unwrap().unwrap();
+            let got = decode_answer(&bytes);
+            assert_eq!(got.len(), want.len(), "tail {tail:?}");
+            assert!(got == want, "tail {tail:?}: not the entries written");
         }
     }
 
