@@ -413,17 +413,17 @@ impl ContainerStore {
         self.shared.end_tx.subscribe()
     }
 
-    /// The last `n` entries, oldest first. Reads backwards from the end using the trailing
-    /// sizes: the cost grows with `n`, not with the store's size (a compressed segment is
-    /// decompressed whole; segments are bounded by max_size).
+    /// The last `n` entries, oldest first; an error if any of them cannot be read. Holds the
+    /// `n` entries, not the segments they come from (see `tail`).
     pub fn tail(&self, n: usize) -> Result<Vec<LogEntry>, StoreError> {
         Ok(tail::tail(&self.shared, n)?.0)
     }
 
-    /// [`tail`](Self::tail), and the position just after the last entry it saw: a follow that
-    /// goes on from there misses nothing and repeats nothing, however fast the store grows.
-    pub fn tail_with_end(&self, n: usize) -> Result<(Vec<LogEntry>, Position), StoreError> {
-        tail::tail(&self.shared, n)
+    /// Where the last `n` entries start, and the end they were counted up to, without keeping
+    /// any of them (see `tail`): `docker logs --tail` reads forward from one to the other, and a
+    /// follow goes on from the end, missing nothing and repeating nothing.
+    pub fn tail_start(&self, n: usize) -> Result<(Position, Position), StoreError> {
+        tail::start(&self.shared, n)
     }
 
     /// A forward reader from `from` (moved to start() if rotation deleted that data).

@@ -1,33 +1,52 @@
-//! The last entries of a store, read backwards from the end through the trailing sizes, so
-//! `docker logs --tail N` costs what N costs, not what the store holds.
+//! Where the last N entries of a store start, found without keeping any of them, so
+//! `docker logs --tail N` streams forward from there with a [`Cursor`] and costs one read step
+//! of memory whatever N and the store's size.
+//!
+//! Segments are counted newest first. A plain segment is counted backwards from its end through
+//! the trailing sizes, a chunk at a time. A gzip stream cannot be read backwards: a compressed
+//! segment is decompressed as a stream that counts its records, and, when the start falls inside
+//! it, once more to find that record's offset. Only counts and offsets are kept.
+//!
+//! Damage counts as the forward reader meets it: a segment holds, for `docker logs`, the records
+//! before its first one that is not whole or not a LogEntry (the cursor stops there; a reader
+//! that skips damaged segments goes on with the next one). So the last N counted are the last N
+//! a reader can show, and one damaged segment costs only what it cannot give.
 
 use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
-use bytes::Bytes;
+use flate2::read::GzDecoder;
+use prost::Message;
 
 use super::container::Shared;
-use super::record::{self, BadRecord, Front};
+use super::cursor::Cursor;
+use super::record::{self, BadRecord, FRAMING};
 use super::segment::{self, Opened};
 use super::{Position, StoreError};
-use crate::entry::LogEntry;
+use crate::entry::{self, LogEntry};
 
 /// Bytes read per step backwards: many small records per read, and big enough that a
-/// `--tail 10` of ordinary lines is one read.
-const CHUNK: u64 = 64 << 10;
+/// `--tail 10` of ordinary lines is one read. Also the buffer of a forward count.
+const CHUNK: usize = 64 << 10;
+/// Bytes of records [`tail`] reads forward per step.
+const READ_STEP: usize = 256 << 10;
 
-/// The last `n` entries, oldest first, and the end position they were read up to.
-pub(crate) fn tail(shared: &Shared, n: usize) -> Result<(Vec<LogEntry>, Position), StoreError> {
-    let (segments, end) = shared.tail_plan()?;
-    let mut newest_first = Vec::new();
-    for number in segments {
-        let want = n - newest_first.len();
-        if want == 0 {
+/// Where the last `n` entries start, and the end they were counted up to: reading forward from
+/// the first to the second gives them, oldest first (fewer if retention deletes some meanwhile).
+pub(crate) fn start(shared: &Shared, n: usize) -> Result<(Position, Position), StoreError> {
+    let (newest_first, end) = shared.tail_plan()?;
+    let mut start = end;
+    let mut left = n;
+    for number in newest_first {
+        if left == 0 {
             break;
         }
         // Only the active segment is bounded by the end: it may be written meanwhile.
         let limit = (number == end.segment).then_some(end.offset);
-        match segment::open(&shared.dir, number)? {
+        let counted = match segment::open(&shared.dir, number)? {
             // Deleted by retention since the plan: everything older is gone too.
             None => break,
             Some(Opened::Plain { file, path }) => {
@@ -35,50 +54,93 @@ pub(crate) fn tail(shared: &Shared, n: usize) -> Result<(Vec<LogEntry>, Position
                     Some(limit) => limit,
                     None => segment::file_len(&file, &path)?,
                 };
-                backwards(&file, &path, len, want, &mut newest_first)?;
+                match backwards(&file, &path, len, left) {
+                    Ok(counted) => counted,
+                    Err(error) if error.is_segment_damage() => {
+                        // Backwards cannot tell how much of it a forward reader gets.
+                        tracing::debug!(%error, "tail counts a damaged segment forward");
+                        forwards(
+                            || Ok(BufReader::with_capacity(CHUNK, At::new(&file))),
+                            &path,
+                            Some(len),
+                            left,
+                        )?
+                    }
+                    Err(error) => return Err(error),
+                }
             }
             Some(Opened::Gz { file, path }) => {
-                let content = Bytes::from(segment::read_gz_all(file, &path)?);
-                last_of(&content, &path, limit, want, &mut newest_first)?;
+                forwards(|| Ok(GzDecoder::new(At::new(&file))), &path, None, left)?
             }
-        }
+        };
+        left -= counted.records;
+        start = Position {
+            segment: number,
+            offset: counted.start,
+        };
     }
-    newest_first.reverse();
-    Ok((newest_first, end))
+    Ok((start, end))
 }
 
-/// Pushes up to `want` entries of a plain segment onto `out`, newest first, from byte `end` back.
-fn backwards(
-    file: &File,
-    path: &Path,
-    end: u64,
-    want: usize,
-    out: &mut Vec<LogEntry>,
-) -> Result<(), StoreError> {
-    let target = out.len() + want;
-    // `chunk` holds the file's bytes [chunk_start, at).
-    let mut chunk = Bytes::new();
-    let mut chunk_start = end;
-    let mut at = end;
-    while at > 0 && out.len() < target {
-        if at - chunk_start < 4 {
-            (chunk, chunk_start) = read_back(file, path, at, 4)?;
+/// The last `n` entries, oldest first, and the end position they were read up to. Unlike a
+/// `docker logs` stream, any damage on the way is an error: the callers want the entries as
+/// they are, or nothing.
+pub(crate) fn tail(
+    shared: &Arc<Shared>,
+    n: usize,
+) -> Result<(Vec<LogEntry>, Position), StoreError> {
+    let (from, end) = start(shared, n)?;
+    let mut cursor = Cursor::new(Arc::clone(shared), from);
+    let mut entries = Vec::new();
+    while cursor.position() < end {
+        let read = cursor.read(READ_STEP)?;
+        if read.is_empty() {
+            break;
         }
-        let size = record::read_size(&chunk[(at - 4 - chunk_start) as usize..]);
-        let len = record::record_len_for(size)
-            .map_err(|bad| segment::bad_record(path, at - 4, bad))? as u64;
-        let Some(start) = at.checked_sub(len) else {
+        for (entry, after) in read {
+            if after > end {
+                return Ok((entries, end));
+            }
+            entries.push(entry);
+        }
+    }
+    Ok((entries, end))
+}
+
+/// What counting found in one segment: `records` (at most the number wanted) start at offset
+/// `start` and run to the counted end.
+#[derive(Debug, PartialEq, Eq)]
+struct Counted {
+    records: usize,
+    start: u64,
+}
+
+/// Counts up to `want` records of a plain segment backwards from byte `end`. Any damage met is
+/// an error: the caller counts the segment forward instead.
+fn backwards(file: &File, path: &Path, end: u64, want: usize) -> Result<Counted, StoreError> {
+    let mut window = Window::new(file, path);
+    let mut at = end;
+    let mut records = 0;
+    while at > 0 && records < want {
+        if at < FRAMING as u64 {
+            return Err(segment::corrupt(
+                path,
+                0,
+                "the segment starts with a partial record",
+            ));
+        }
+        let size = record::read_size(window.get(at - 4, 4)?);
+        let len =
+            record::record_len_for(size).map_err(|bad| segment::bad_record(path, at - 4, bad))?;
+        let Some(start) = at.checked_sub(len as u64) else {
             return Err(segment::corrupt(
                 path,
                 at - 4,
                 format!("trailing size {size} points before the start of the segment"),
             ));
         };
-        if start < chunk_start {
-            (chunk, chunk_start) = read_back(file, path, at, len)?;
-        }
-        let relative = (start - chunk_start) as usize;
-        let leading = record::read_size(&chunk[relative..]);
+        let bytes = window.get(start, len)?;
+        let leading = record::read_size(bytes);
         if leading != size {
             let bad = BadRecord::SizesDiffer {
                 leading,
@@ -86,59 +148,195 @@ fn backwards(
             };
             return Err(segment::bad_record(path, start, bad));
         }
-        let payload = chunk.slice(relative + 4..relative + 4 + size as usize);
-        out.push(segment::decode(payload, path, start)?);
+        check_entry(&bytes[4..len - 4], path, start)?;
+        records += 1;
         at = start;
     }
-    Ok(())
+    Ok(Counted { records, start: at })
 }
 
-/// Reads at least `need` bytes (a chunk if more are there) ending at `at`; returns them and
-/// where they start.
-fn read_back(file: &File, path: &Path, at: u64, need: u64) -> Result<(Bytes, u64), StoreError> {
-    let start = at.saturating_sub(need.max(CHUNK));
-    let bytes = segment::read_exact_at(file, path, start, (at - start) as usize)?;
-    Ok((Bytes::from(bytes), start))
-}
-
-/// Pushes up to `want` entries of a decompressed segment onto `out`, newest first. The records
-/// are walked forward (a gzip stream has no way back) and only the last `want` decoded.
-fn last_of(
-    content: &Bytes,
+/// Counts the last `want` records a forward reader gets from a segment's content (`open` gives
+/// it from its start, as often as asked), reading it once, or twice when it holds more than
+/// `want`: the second time to the offset where they start.
+fn forwards<R: Read>(
+    open: impl Fn() -> Result<R, StoreError>,
     path: &Path,
     limit: Option<u64>,
     want: usize,
-    out: &mut Vec<LogEntry>,
-) -> Result<(), StoreError> {
-    let end = limit.map_or(content.len(), |limit| {
-        content
-            .len()
-            .min(usize::try_from(limit).unwrap_or(usize::MAX))
-    });
-    let mut payloads = Vec::new();
-    let mut at = 0;
-    while at < end {
-        match record::front(&content[at..end]) {
-            Ok(Front::Record { payload, end }) => {
-                payloads.push((at, at + payload.start..at + payload.end));
-                at += end;
+) -> Result<Counted, StoreError> {
+    let all = walk(open()?, path, limit, usize::MAX);
+    if let Some(error) = &all.damage {
+        tracing::debug!(%error, records = all.records, "tail counts the records before the damage");
+    }
+    if all.records <= want {
+        return Ok(Counted {
+            records: all.records,
+            start: 0,
+        });
+    }
+    let skipped = walk(open()?, path, limit, all.records - want);
+    if skipped.records < all.records - want {
+        // The file changed between the two reads (it is never written once sealed, so only a
+        // damaged device does this): say so rather than count from a wrong place.
+        return Err(skipped.damage.unwrap_or_else(|| {
+            segment::corrupt(
+                path,
+                skipped.at,
+                "the segment got shorter while it was read",
+            )
+        }));
+    }
+    Ok(Counted {
+        records: want,
+        start: skipped.at,
+    })
+}
+
+/// How far a forward walk got.
+struct Walk {
+    records: usize,
+    /// The offset just after the last record counted.
+    at: u64,
+    /// What stopped it before the end, if anything did.
+    damage: Option<StoreError>,
+}
+
+/// Walks records forward from the start of `reader` (a segment's uncompressed content) up to
+/// `limit` bytes, checking each as the cursor does, and stops after `stop_after` records or at
+/// the first damage. Keeps one record at a time.
+fn walk(mut reader: impl Read, path: &Path, limit: Option<u64>, stop_after: usize) -> Walk {
+    let mut walked = Walk {
+        records: 0,
+        at: 0,
+        damage: None,
+    };
+    let mut record = Vec::new();
+    while walked.records < stop_after && limit.is_none_or(|limit| walked.at < limit) {
+        match next_record(&mut reader, path, walked.at, &mut record) {
+            Ok(Some(len)) => {
+                walked.records += 1;
+                walked.at += len;
             }
-            Ok(Front::Incomplete { .. }) => {
-                return Err(segment::corrupt(
-                    path,
-                    at as u64,
-                    "the segment ends inside a record",
-                ))
+            Ok(None) => break,
+            Err(error) => {
+                walked.damage = Some(error);
+                break;
             }
-            Err(bad) => return Err(segment::bad_record(path, at as u64, bad)),
         }
     }
-    for (offset, payload) in payloads.into_iter().rev().take(want) {
-        out.push(segment::decode(
-            content.slice(payload),
-            path,
-            offset as u64,
-        )?);
+    walked
+}
+
+/// Reads the record at `at` into `record` (its payload and trailing size) and checks it; its
+/// whole length, or None at a clean end.
+fn next_record(
+    reader: &mut impl Read,
+    path: &Path,
+    at: u64,
+    record: &mut Vec<u8>,
+) -> Result<Option<u64>, StoreError> {
+    let mut size = [0u8; 4];
+    let got = segment::read_fully(reader, &mut size, path, at)?;
+    if got == 0 {
+        return Ok(None);
     }
-    Ok(())
+    let ends_inside = || segment::corrupt(path, at, "the segment ends inside a record");
+    if got < size.len() {
+        return Err(ends_inside());
+    }
+    let size = u32::from_be_bytes(size);
+    let len = record::record_len_for(size).map_err(|bad| segment::bad_record(path, at, bad))?;
+    record.resize(len - 4, 0);
+    if segment::read_fully(reader, record, path, at + 4)? < record.len() {
+        return Err(ends_inside());
+    }
+    let (payload, trailing) = record.split_at(size as usize);
+    let trailing = record::read_size(trailing);
+    if trailing != size {
+        let bad = BadRecord::SizesDiffer {
+            leading: size,
+            trailing,
+        };
+        return Err(segment::bad_record(path, at, bad));
+    }
+    check_entry(payload, path, at)?;
+    Ok(Some(len as u64))
+}
+
+/// The cursor decodes every payload and stops at one that is not a LogEntry; counting must
+/// stop there too. `time_of` accepts nothing the full decode refuses and allocates nothing;
+/// only what it cannot judge is decoded.
+fn check_entry(payload: &[u8], path: &Path, offset: u64) -> Result<(), StoreError> {
+    if entry::time_of(payload).is_some() {
+        return Ok(());
+    }
+    LogEntry::decode(payload)
+        .map(drop)
+        .map_err(|source| StoreError::Decode {
+            path: path.to_owned(),
+            offset,
+            source,
+        })
+}
+
+/// A file read from its start by position (pread), so several walks share one descriptor.
+struct At<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl<'a> At<'a> {
+    fn new(file: &'a File) -> Self {
+        Self { file, offset: 0 }
+    }
+}
+
+impl Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.file.read_at(buf, self.offset)?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
+/// The bytes of a plain segment a backward count looks at: one buffer, refilled backwards a
+/// chunk (or one larger record) at a time.
+struct Window<'a> {
+    file: &'a File,
+    path: &'a Path,
+    buf: Vec<u8>,
+    /// The file offset of `buf[0]`.
+    start: u64,
+}
+
+impl<'a> Window<'a> {
+    fn new(file: &'a File, path: &'a Path) -> Self {
+        Self {
+            file,
+            path,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The `len` bytes at `offset`, read (with up to a chunk before them) if not held.
+    fn get(&mut self, offset: u64, len: usize) -> Result<&[u8], StoreError> {
+        let end = offset + len as u64;
+        let held = offset >= self.start && end <= self.start + self.buf.len() as u64;
+        if !held {
+            let start = end.saturating_sub(len.max(CHUNK) as u64);
+            self.buf.resize((end - start) as usize, 0);
+            let read = segment::read_at_most(self.file, self.path, start, &mut self.buf)?;
+            if read < self.buf.len() {
+                return Err(segment::corrupt(
+                    self.path,
+                    start + read as u64,
+                    "the file ends inside a record",
+                ));
+            }
+            self.start = start;
+        }
+        let from = (offset - self.start) as usize;
+        Ok(&self.buf[from..from + len])
+    }
 }

@@ -1031,3 +1031,71 @@ fn stores_nobody_uses_are_closed_and_reopen_whole() {
         .collect();
     assert_eq!(read, vec![entry(0, 10), entry(100, 10), entry(101, 10)]);
 }
+
+/// Every entry from `from` up to `end`, as `docker logs` reads a tail: forward with a cursor.
+fn entries_between(store: &ContainerStore, from: Position, end: Position) -> Vec<LogEntry> {
+    let mut cursor = store.cursor(from);
+    let mut got = Vec::new();
+    while cursor.position() < end {
+        let read = cursor.read(100).unwrap();
+        assert!(!read.is_empty(), "the cursor stopped before the end");
+        got.extend(
+            read.into_iter()
+                .take_while(|(_, after)| *after <= end)
+                .map(|(entry, _)| entry),
+        );
+    }
+    got
+}
+
+/// `docker logs --tail N` finds where the last N start by counting backwards (plain segments
+/// through their trailing sizes, gzipped ones by a counting decompress) and reads forward from
+/// there: exactly the last N, in order, for N within the active segment, at and across segment
+/// boundaries, into the gzipped ones, and beyond what exists.
+#[test]
+fn tail_start_then_forward_is_exactly_the_last_n_over_plain_and_gz_segments() {
+    let one = record_len(&entry(1, 40));
+    let per_segment = 5;
+    let limits = |compress| StoreLimits {
+        max_size: per_segment * one,
+        max_file: 1000,
+        compress,
+    };
+    let fixture = Fixture::new(limits(true));
+    let entries: Vec<LogEntry> = (1..=93).map(|seq| entry(seq, 40)).collect();
+    // Segments 1-8 gzipped, 9-18 plain sealed, 19 active with 3 records.
+    fixture.store.append(&batch_of(&entries[..41])).unwrap();
+    let dir = fixture.container_dir();
+    wait_compressed(&dir);
+    fixture.store.set_limits(limits(false));
+    fixture.store.append(&batch_of(&entries[41..])).unwrap();
+    let names = files(&dir);
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".gz")).count(),
+        8,
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| n.ends_with(".log")).count(),
+        11,
+        "{names:?}"
+    );
+    let total = entries.len();
+    for n in (0..=total + 2).chain([usize::MAX]) {
+        let (start, end) = fixture.store.tail_start(n).unwrap();
+        assert_eq!(end, fixture.store.end());
+        let want = &entries[total.saturating_sub(n)..];
+        assert_eq!(
+            entries_between(&fixture.store, start, end),
+            want,
+            "tail {n}"
+        );
+        assert_eq!(fixture.store.tail(n).unwrap(), want, "tail {n}");
+        // A start at a segment boundary is that segment's start, never the end of the one
+        // before it.
+        assert!(
+            start.offset > 0 || n == 0 || n >= total || (total - n) % per_segment as usize == 0,
+            "tail {n}: {start:?}"
+        );
+    }
+}
