@@ -102,6 +102,12 @@ fn run(receiver: &mpsc::Receiver<Message>, stop: &AtomicBool) {
             // Not a loss: the plain segment stays readable, and is queued again at next open.
             tracing::warn!(%error, "cannot compress a sealed segment; it stays uncompressed");
         }
+        if stop.load(Ordering::Relaxed) {
+            // Cut short by the shutdown: not settled at its raw size, which could delete
+            // backlog on the way out.
+            break;
+        }
+        store.compression_done(segment);
     }
 }
 

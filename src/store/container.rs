@@ -36,6 +36,16 @@ fn first_segment_number() -> u64 {
     1
 }
 
+/// The number of a segment started after `highest` by a process that cannot know every number
+/// used before it: the highest it finds plus one, or the current time in microseconds if that is
+/// more. A power loss can take a new segment's directory entry with it (the directory is synced
+/// only at stop, shutdown or close), so the highest number on disk may be lower than one whose
+/// entries were shipped; the time cannot be: numbers grow by one per rotation, far slower than
+/// the clock, so every number handed out before is below the time of the start.
+fn fresh_segment_number(highest: u64) -> u64 {
+    highest.saturating_add(1).max(first_segment_number())
+}
+
 /// How many deleted segments' lengths are remembered for [`Cursor::skipped_bytes`]: a cursor
 /// further behind than this many rotations counts the older ones as 0 bytes.
 const DELETED_REMEMBERED: usize = 1024;
@@ -47,6 +57,7 @@ pub struct ContainerStore {
 
 /// What readers and the compressor share with the writer.
 pub(crate) struct Shared {
+    id: ContainerId,
     pub(crate) dir: PathBuf,
     state: Mutex<State>,
     end_tx: watch::Sender<Position>,
@@ -68,9 +79,19 @@ pub(crate) struct State {
     unsynced: Vec<u64>,
     /// Files were created since the last sync: the directory needs an fsync too.
     dir_dirty: bool,
+    /// Every segment numbered up to this has its directory entry on disk (0: not known).
+    dir_synced_through: u64,
     /// The oldest position a shipper still needs: segments at or after it are kept beyond
     /// max_file as backlog, within the spool budget.
     pin: Option<Position>,
+    /// The active segment may be shorter than positions already handed out in it: it was
+    /// written by an earlier process (a power loss cuts back what the page cache had not written
+    /// out, while the shipper's checkpoint, synced every second, can name a later offset), or
+    /// its file system lost data under this one. Appending there would give new records the
+    /// positions, and so the document ids, of records Elasticsearch may already hold (answered
+    /// 409, dropped as duplicates). So it is never appended to: the next write (or
+    /// [`ContainerStore::take_over`]) starts a new segment first.
+    retire_active: bool,
 }
 
 pub(crate) struct Sealed {
@@ -82,6 +103,11 @@ pub(crate) struct Sealed {
     pub(crate) compressed: bool,
     /// Sent to the compressor (once: a failed compression is retried at the next open).
     pub(crate) queued: bool,
+    /// Sent to the compressor, which has not finished with it yet.
+    compressing: bool,
+    /// Charged raw while waiting for the compressor (see `spool`): the charge is settled, at
+    /// the size on disk, when the compressor is done with it.
+    charged_awaiting: bool,
     /// Entries in it, when known (not for segments found on disk at open).
     entries: Option<u64>,
     /// Bytes charged to the spool: non-zero for a backlog segment (beyond max_file, unshipped),
@@ -141,12 +167,17 @@ impl ContainerStore {
     /// Opens the store in `dir` (which must exist), recovering the active segment. `limits` is
     /// None when the store is opened only to be read: then nothing is queued for compression
     /// until [`ContainerStore::set_limits`] says compression is wanted.
+    ///
+    /// `written_here` is the active segment this process last appended to in this store (see
+    /// [`ContainerStore::written_here`]): only that one may be appended to again; any other
+    /// active segment found on disk is retired before the next append.
     pub(crate) fn open(
         id: ContainerId,
         dir: PathBuf,
         limits: Option<StoreLimits>,
         queue: CompressQueue,
         spool: Arc<Spool>,
+        written_here: Option<u64>,
     ) -> Result<Self, StoreError> {
         let mut files: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
         for (number, kind, path) in segment::list(&dir)? {
@@ -161,7 +192,7 @@ impl ContainerStore {
         // crash right after rotation lost the new file), a new active one follows it.
         let (active_number, active_exists) = match files.last_key_value() {
             Some((&number, &(_, false))) => (number, true),
-            Some((&number, &(_, true))) => (number + 1, false),
+            Some((&number, &(_, true))) => (fresh_segment_number(number), false),
             None => (first_segment_number(), false),
         };
         let mut sealed = VecDeque::new();
@@ -185,14 +216,21 @@ impl ContainerStore {
                 last_time: None,
                 compressed,
                 queued: false,
+                compressing: false,
+                charged_awaiting: false,
                 entries: None,
                 charged: 0,
             });
         }
         let path = segment::log_path(&dir, active_number);
+        let mut retire_active = false;
         let (file, recovered) = if active_exists {
             let file = segment::open_active(&path)?;
+            let on_disk = segment::file_len(&file, &path)?;
             let recovered = segment::recover(&file, &path)?;
+            // Cut back now, or written by an earlier process: either way it may be shorter
+            // than what was handed out from it.
+            retire_active = recovered.len < on_disk || written_here != Some(active_number);
             (file, recovered)
         } else {
             // A new segment: its entries are counted from here.
@@ -226,11 +264,15 @@ impl ContainerStore {
             deleted: VecDeque::new(),
             unsynced: Vec::new(),
             dir_dirty: !active_exists,
+            // Files found on disk may be in the page cache only (an earlier process killed).
+            dir_synced_through: 0,
             pin: None,
+            retire_active,
         };
         let store = Self {
-            id,
+            id: id.clone(),
             shared: Arc::new(Shared {
+                id,
                 dir,
                 state: Mutex::new(state),
                 end_tx: watch::Sender::new(end),
@@ -254,6 +296,38 @@ impl ContainerStore {
         let mut state = self.shared.lock();
         state.limits = limits;
         state.queue_compression(&self.shared);
+    }
+
+    /// Makes this process the store's writer: an active segment that must not be appended to
+    /// (see `State::retire_active`) is sealed now, and a new one started, before any shipper
+    /// attaches: a shipper whose checkpoint lies past the old segment's end then starts in the
+    /// new one (see [`Cursor`]), so the id of its first new document is new too. A failure is
+    /// logged; the next append tries again (and reports it).
+    pub(crate) fn take_over(&self) {
+        let mut state = self.shared.lock();
+        if !state.retire_active || state.removed {
+            return;
+        }
+        // Cut back to its last whole record first, as before any rotation.
+        let rotated = match state.reopen_active() {
+            Ok(_) => state.rotate(&self.shared.dir),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = rotated {
+            tracing::warn!(%error, container = self.id.short(), "cannot start a new segment after a restart; the next append tries again");
+            return;
+        }
+        state.queue_compression(&self.shared);
+        let end = state.end();
+        drop(state);
+        self.publish(end);
+    }
+
+    /// The active segment, if this process may append to it again after the store is closed and
+    /// opened again (no restart in between can have cut it back).
+    pub(crate) fn written_here(&self) -> Option<u64> {
+        let state = self.shared.lock();
+        (!state.retire_active && !state.removed).then_some(state.active.number)
     }
 
     /// Appends the whole batch: one `write` per segment touched (rotating between records when
@@ -281,16 +355,22 @@ impl ContainerStore {
             }));
         }
         let written = state.write(&self.shared.dir, batch);
-        state.retain(&self.shared, &self.id);
+        // Queued first: a segment that becomes backlog at once is charged as one the compressor
+        // will shrink.
         state.queue_compression(&self.shared);
+        state.retain(&self.shared);
         let end = state.end();
         drop(state);
+        self.publish(end);
+        written
+    }
+
+    fn publish(&self, end: Position) {
         self.shared.end_tx.send_if_modified(|published| {
             let changed = *published != end;
             *published = end;
             changed
         });
-        written
     }
 
     /// True when closing this store loses nothing that only this instance knows: no cursor or
@@ -308,7 +388,7 @@ impl ContainerStore {
     /// Makes everything appended so far durable: the active segment, segments sealed since the
     /// last sync, and the directory entries of new segments.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let (active, active_path, unsynced, dir_dirty) = {
+        let (active, active_path, unsynced, dir_dirty, through) = {
             let mut state = self.shared.lock();
             if state.removed {
                 return Err(self.shared.removed_error());
@@ -327,7 +407,13 @@ impl ContainerStore {
                 unsynced.push(state.active.number);
             }
             let dir_dirty = std::mem::replace(&mut state.dir_dirty, false);
-            (active, active_path, unsynced, dir_dirty)
+            (
+                active,
+                active_path,
+                unsynced,
+                dir_dirty,
+                state.active.number,
+            )
         };
         // fsync outside the lock: appends go on meanwhile.
         let result = sync_files(
@@ -337,6 +423,10 @@ impl ContainerStore {
             &active_path,
             dir_dirty,
         );
+        if result.is_ok() && dir_dirty {
+            let mut state = self.shared.lock();
+            state.dir_synced_through = state.dir_synced_through.max(through);
+        }
         if result.is_err() {
             // Try again at the next sync.
             let mut state = self.shared.lock();
@@ -371,7 +461,7 @@ impl ContainerStore {
             return;
         }
         state.pin = pin;
-        state.retain(&self.shared, &self.id);
+        state.retain(&self.shared);
     }
 
     /// Bytes stored after `from` (uncompressed, as far as the lengths are known): what a
@@ -547,7 +637,7 @@ impl State {
         while first < batch.len() {
             // Before a rotation too: a sealed segment must end with its last whole record.
             self.reopen_active()?;
-            if full(self.active.len) {
+            if self.retire_active || full(self.active.len) {
                 self.rotate(dir)?;
             }
             // Take records until the segment reaches max_size: the one that reaches it is
@@ -608,14 +698,21 @@ impl State {
             self.active.len = recovered.len;
             self.active.last_time = recovered.last_time;
             self.active.entries = None;
+            // Positions past the new end were handed out: never again in this segment.
+            self.retire_active = true;
         }
         Ok(file)
     }
 
     fn rotate(&mut self, dir: &Path) -> Result<(), StoreError> {
-        let number = self.active.number + 1;
+        let number = if self.retire_active {
+            fresh_segment_number(self.active.number)
+        } else {
+            self.active.number + 1
+        };
         let path = segment::log_path(dir, number);
         let file = segment::create_active(&path)?;
+        self.retire_active = false;
         let new = Active {
             number,
             file: Some(file),
@@ -625,17 +722,30 @@ impl State {
             entries: Some(0),
         };
         let old = std::mem::replace(&mut self.active, new);
+        self.dir_dirty = true;
+        if old.len == 0 {
+            // Only a retired segment is sealed empty (rotation otherwise needs max_size bytes):
+            // it holds nothing, and a sealed segment is never empty (see `Cursor::read`).
+            match segment::remove_if_exists(&old.path) {
+                Ok(()) => {
+                    self.remember_deleted(old.number, Some(0));
+                    return Ok(());
+                }
+                Err(error) => tracing::warn!(%error, "cannot delete an empty segment; it is kept"),
+            }
+        }
         self.sealed.push_back(Sealed {
             number: old.number,
             len: Some(old.len),
             last_time: old.last_time,
             compressed: false,
             queued: false,
+            compressing: false,
+            charged_awaiting: false,
             entries: old.entries,
             charged: 0,
         });
         self.unsynced.push(old.number);
-        self.dir_dirty = true;
         Ok(())
     }
 
@@ -644,7 +754,7 @@ impl State {
     /// has not, the oldest backlog segment goes, and the loss is counted and logged at ERROR.
     /// A failure to delete is logged and retried after the next append: the records just
     /// written are safe either way.
-    fn retain(&mut self, shared: &Shared, id: &ContainerId) {
+    fn retain(&mut self, shared: &Shared) {
         if self.removed {
             return;
         }
@@ -657,30 +767,54 @@ impl State {
             if beyond == 0 {
                 return;
             }
-            let (number, len, entries) = (oldest.number, oldest.len, oldest.entries);
-            let needed = self.pin.is_some_and(|pin| number >= pin.segment);
+            let needed = self.pin.is_some_and(|pin| oldest.number >= pin.segment);
             if needed {
                 if self.charge_backlog(shared, beyond) {
                     return;
                 }
                 // Over budget: the oldest unshipped data goes.
-                if !self.delete_oldest(&shared.dir, &shared.spool) {
+                if !self.drop_oldest_backlog(shared) {
                     return;
                 }
-                let bytes = len.unwrap_or(0);
-                shared.spool.record_drop(bytes, entries);
-                tracing::error!(
-                    container = id.short(),
-                    segment = number,
-                    lost_bytes = bytes,
-                    lost_entries = ?entries,
-                    spool_max = shared.spool.max(),
-                    "the spool budget is full: unshipped log entries deleted before Elasticsearch acknowledged them (raise SPOOL_MAX_SIZE, or bring Elasticsearch back)"
-                );
             } else if !self.delete_oldest(&shared.dir, &shared.spool) {
                 return;
             }
         }
+    }
+
+    /// After a backlog segment's charge settled over the budget: the oldest backlog goes until
+    /// the budget holds again (or this store has no backlog left).
+    fn trim_backlog(&mut self, shared: &Shared) {
+        while shared.spool.over_budget()
+            && self.sealed.front().is_some_and(|oldest| oldest.charged > 0)
+        {
+            if !self.drop_oldest_backlog(shared) {
+                return;
+            }
+        }
+    }
+
+    /// Deletes the oldest sealed segment, which a shipper still needs: a loss, counted and
+    /// logged at ERROR. False if it could not be deleted (logged).
+    fn drop_oldest_backlog(&mut self, shared: &Shared) -> bool {
+        let Some(oldest) = self.sealed.front() else {
+            return false;
+        };
+        let (number, len, entries) = (oldest.number, oldest.len, oldest.entries);
+        if !self.delete_oldest(&shared.dir, &shared.spool) {
+            return false;
+        }
+        let bytes = len.unwrap_or(0);
+        shared.spool.record_drop(bytes, entries);
+        tracing::error!(
+            container = shared.id.short(),
+            segment = number,
+            lost_bytes = bytes,
+            lost_entries = ?entries,
+            spool_max = shared.spool.max(),
+            "the spool budget is full: unshipped log entries deleted before Elasticsearch acknowledged them (raise SPOOL_MAX_SIZE, or bring Elasticsearch back)"
+        );
+        true
     }
 
     /// Charges the first `beyond` sealed segments (the backlog) that are not charged yet. False
@@ -694,10 +828,12 @@ impl State {
                 .or(sealed.len)
                 .unwrap_or(0)
                 .max(1);
-            if !shared.spool.try_charge(size) {
+            let awaiting = sealed.compressing && !sealed.compressed;
+            if !shared.spool.try_charge(size, awaiting) {
                 return false;
             }
             sealed.charged = size;
+            sealed.charged_awaiting = awaiting;
         }
         true
     }
@@ -708,7 +844,12 @@ impl State {
         let Some(oldest) = self.sealed.front() else {
             return false;
         };
-        let (number, len, charged) = (oldest.number, oldest.len, oldest.charged);
+        let (number, len, charged, awaiting) = (
+            oldest.number,
+            oldest.len,
+            oldest.charged,
+            oldest.charged_awaiting,
+        );
         // The .tmp too: if the compressor is writing it, it finds the segment gone when it
         // comes to rename, and drops its work.
         let deleted = [
@@ -722,14 +863,18 @@ impl State {
             tracing::warn!(%error, "cannot delete a segment beyond max-file");
             return false;
         }
-        spool.release(charged);
+        spool.release(charged, awaiting);
         self.sealed.pop_front();
+        self.remember_deleted(number, len);
+        self.unsynced.retain(|&unsynced| unsynced != number);
+        true
+    }
+
+    fn remember_deleted(&mut self, number: u64, len: Option<u64>) {
         if self.deleted.len() == DELETED_REMEMBERED {
             self.deleted.pop_front();
         }
         self.deleted.push_back((number, len));
-        self.unsynced.retain(|&unsynced| unsynced != number);
-        true
     }
 
     fn queue_compression(&mut self, shared: &Arc<Shared>) {
@@ -739,6 +884,7 @@ impl State {
         for sealed in self.sealed.iter_mut() {
             if !sealed.compressed && !sealed.queued {
                 sealed.queued = shared.queue.send(Arc::clone(shared), sealed.number);
+                sealed.compressing = sealed.queued;
             }
         }
     }
@@ -762,7 +908,7 @@ impl Shared {
         let mut state = self.lock();
         state.removed = true;
         for sealed in &state.sealed {
-            self.spool.release(sealed.charged);
+            self.spool.release(sealed.charged, sealed.charged_awaiting);
         }
         match fs::remove_dir_all(&self.dir) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
@@ -854,6 +1000,56 @@ impl Shared {
             sealed,
             active: state.active.number,
         })
+    }
+
+    /// Makes segment `number`'s directory entry durable before a reader hands out a position
+    /// in it (the shipper turns positions into document ids). A power loss that took the entry
+    /// would let the next process number a new segment the same (it knows only the numbers on
+    /// disk, and the clock it also goes by can be set back at boot, on a host without a
+    /// battery-backed clock), and documents of both would share ids. One directory fsync per
+    /// new segment, on the reader's thread: appends never wait for it. A failure is logged, not
+    /// returned: the records are readable, and the clock still guards the numbers.
+    pub(crate) fn make_entry_durable(&self, number: u64) {
+        let through = {
+            let state = self.lock();
+            if number <= state.dir_synced_through || state.removed {
+                return;
+            }
+            state.active.number
+        };
+        match segment::sync_dir(&self.dir) {
+            Ok(()) => {
+                let mut state = self.lock();
+                state.dir_synced_through = state.dir_synced_through.max(through);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot sync a store's directory; a power loss now could let a new segment reuse this one's number")
+            }
+        }
+    }
+
+    /// The compressor is done with segment `number`, compressed or not: a charge it had while
+    /// waiting settles at its size on disk now, and if the budget no longer holds, this
+    /// store's oldest backlog goes.
+    pub(crate) fn compression_done(&self, number: u64) {
+        let mut state = self.lock();
+        let dir = &self.dir;
+        let Some(sealed) = state.sealed_mut(number) else {
+            return;
+        };
+        sealed.compressing = false;
+        if !sealed.charged_awaiting {
+            return;
+        }
+        let size = segment::disk_size(dir, number, sealed.compressed)
+            .unwrap_or(sealed.charged)
+            .max(1);
+        let over = self.spool.settle(sealed.charged, size);
+        sealed.charged = size;
+        sealed.charged_awaiting = false;
+        if over {
+            state.trim_backlog(self);
+        }
     }
 
     pub(crate) fn remember_last_time(&self, number: u64, time_nano: i64) {

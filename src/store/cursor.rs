@@ -60,6 +60,21 @@ impl Cursor {
                 };
             }
             Located::Beyond { end } => cursor.position = end,
+            // Past the end of a sealed segment: a position handed out before a power loss cut
+            // the segment back (the store then never appends to it again). Reading goes on in
+            // the next segment, and says so now: the shipper names the first entry it reads
+            // by where it started (`position()`), and that must be a place no earlier entry
+            // had. At the end exactly, the position stays: it is an entry's start, as it was
+            // before a restart (a resent entry must get the id it had).
+            Located::Sealed {
+                len: Some(len),
+                next,
+            } if from.offset > len => {
+                cursor.position = Position {
+                    segment: next,
+                    offset: 0,
+                };
+            }
             Located::Removed | Located::Active { .. } | Located::Sealed { .. } => {}
         }
         cursor
@@ -169,6 +184,7 @@ impl Cursor {
         if self.source.is_some() {
             return Ok(true);
         }
+        self.shared.make_entry_durable(self.position.segment);
         match segment::open(&self.shared.dir, self.position.segment)? {
             Some(Opened::Plain { file, path }) => self.source = Some(Source::Plain { file, path }),
             Some(Opened::Gz { file, path }) => {

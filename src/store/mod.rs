@@ -42,9 +42,23 @@
 //!   reopens the file by path and cuts it back to its last whole record, so storing resumes by
 //!   itself when the disk is usable again, and the plugin does not pin a broken mount.
 //! - Offsets in a [`Position`] count bytes of the uncompressed segment.
-
-//! - A segment's number is never reused: the next segment is always the highest existing number
-//!   plus one, so a [`Position`] names the same bytes for as long as they exist.
+//! - A (segment, offset) is handed out once, ever: it names a document in Elasticsearch. The
+//!   active segment is synced only at stop, shutdown or close, so after a power loss it can be
+//!   shorter than positions already shipped from it (the checkpoint is synced every second). So
+//!   a process never appends to a segment an earlier process wrote: the first time it opens a
+//!   store for writing ([`Stores::open_container`]), the active segment found on disk is sealed
+//!   (deleted if empty) and a new one started; so is a segment whose file system lost data
+//!   under this process. A store closed and opened again by the same process goes on in its
+//!   active segment. A cursor at a position past a sealed segment's end goes on at the start of
+//!   the next segment.
+//! - A segment's number is never reused: a rotation takes the active number plus one; a segment
+//!   started by a new process takes the highest number on disk plus one, or the current time in
+//!   microseconds if that is more, because a power loss can take the directory entry of a newer
+//!   segment with it (rotations are far slower than the clock, so every number used before is
+//!   below it). So a [`Position`] names the same bytes for as long as they exist. And a clock
+//!   set back at boot is covered too: a cursor syncs the directory before it reads from a
+//!   segment whose entry is not known to be on disk (once per new segment, on the reader's
+//!   thread), so a segment whose records were handed out cannot vanish from the listing.
 //!
 //! # Concurrency
 //! One mutex per container guards the segment list and the active file. [`ContainerStore::append`]

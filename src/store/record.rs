@@ -8,6 +8,11 @@ use super::MAX_PAYLOAD_LEN;
 /// Bytes of framing around each payload: the leading and the trailing size.
 pub(crate) const FRAMING: usize = 8;
 
+/// Bytes of record buffer a [`Batch`] keeps between batches once a burst is over: a pipe's
+/// worth of ordinary lines. A burst (long lines, a backlog in the pipe) may take more for as long
+/// as it lasts; one run per container keeps a batch, so what it keeps is paid per container.
+const RETAINED_BYTES: usize = 256 << 10;
+
 /// Records ready to append, built by the FIFO pipeline. `payload` is the LogEntry protobuf bytes
 /// exactly as received; `time_nano` its timestamp (already decoded by the caller).
 #[derive(Debug, Default)]
@@ -50,11 +55,23 @@ impl Batch {
         self.buf.len()
     }
 
-    /// Empties the batch and keeps its capacity: the pipeline reuses one Batch.
+    /// Empties the batch for the pipeline to reuse. It keeps its memory while batches stay large
+    /// (reallocating for every batch of a burst would cost more than it saves), and gives back
+    /// what is over [`RETAINED_BYTES`] once a batch uses less than a quarter of it: the burst is
+    /// over.
     pub fn clear(&mut self) {
+        let used = (self.buf.len(), self.records.len());
         self.buf.clear();
         self.records.clear();
         self.largest = 0;
+        if self.buf.capacity() > RETAINED_BYTES && used.0 < self.buf.capacity() / 4 {
+            self.buf.shrink_to(RETAINED_BYTES.max(2 * used.0));
+        }
+        // Records are 16 bytes each; the same rule for their list.
+        let retained_records = RETAINED_BYTES / 16;
+        if self.records.capacity() > retained_records && used.1 < self.records.capacity() / 4 {
+            self.records.shrink_to(retained_records.max(2 * used.1));
+        }
     }
 
     pub(crate) fn largest_payload(&self) -> usize {
@@ -175,6 +192,30 @@ mod tests {
         assert!(batch.is_empty());
         assert_eq!(batch.encoded_len(), 0);
         assert_eq!(batch.buf.capacity(), capacity);
+    }
+
+    /// Regression (issue 12, item 11): a run's batch kept the capacity of its largest burst for
+    /// as long as the container ran (megabytes per container after one burst of long lines).
+    #[test]
+    fn a_batch_gives_back_its_memory_after_a_burst() {
+        let mut batch = Batch::default();
+        for _ in 0..4 {
+            batch.push(&vec![b'x'; 1 << 20], 1);
+        }
+        batch.clear();
+        // Still bursting: the memory is kept for the next batch.
+        for _ in 0..4 {
+            batch.push(&vec![b'x'; 1 << 20], 1);
+        }
+        batch.clear();
+        // The burst is over: a small batch, and the memory goes back.
+        batch.push(b"small", 2);
+        batch.clear();
+        assert!(
+            batch.buf.capacity() <= RETAINED_BYTES,
+            "{} bytes kept",
+            batch.buf.capacity()
+        );
     }
 
     #[test]

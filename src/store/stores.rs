@@ -28,6 +28,10 @@ pub struct Stores {
     /// pin, its spool charges and its unsynced segments), so a store leaves this map only when
     /// no handle to it is held elsewhere.
     open: Mutex<HashMap<ContainerId, Arc<ContainerStore>>>,
+    /// The active segment this process last appended to, per container whose store it closed:
+    /// a store opened again may go on appending there, and only there (see
+    /// `ContainerStore::take_over`). Entries go with the container's directory.
+    written_here: Mutex<HashMap<ContainerId, u64>>,
     /// Dropped after `open` (field order), so the thread is joined last.
     compressor: Compressor,
     spool: Arc<Spool>,
@@ -41,6 +45,7 @@ impl Stores {
         Ok(Self {
             root,
             open: Mutex::new(HashMap::new()),
+            written_here: Mutex::new(HashMap::new()),
             compressor: Compressor::start()?,
             spool,
         })
@@ -50,7 +55,9 @@ impl Stores {
         &self.spool
     }
 
-    /// Opens (creating if needed) and caches the store; if already open, updates its limits.
+    /// Opens (creating if needed) and caches the store for writing; if already open, updates its
+    /// limits. Either way the store's writer is this process from now on: an active segment an
+    /// earlier process wrote is sealed and a new one started (`ContainerStore::take_over`).
     pub fn open_container(
         &self,
         id: &ContainerId,
@@ -59,19 +66,34 @@ impl Stores {
         let mut open = self.lock();
         if let Some(store) = open.get(id) {
             store.set_limits(limits);
+            store.take_over();
             return Ok(Arc::clone(store));
         }
-        let dir = self.dir(id);
-        segment::create_dir(&dir)?;
-        let store = Arc::new(ContainerStore::open(
-            id.clone(),
-            dir,
-            Some(limits),
-            self.compressor.queue(),
-            Arc::clone(&self.spool),
-        )?);
+        let store = Arc::new(self.open_store(id, Some(limits))?);
+        store.take_over();
         open.insert(id.clone(), Arc::clone(&store));
         Ok(store)
+    }
+
+    /// Opens the store in its directory (which must exist).
+    fn open_store(
+        &self,
+        id: &ContainerId,
+        limits: Option<StoreLimits>,
+    ) -> Result<ContainerStore, StoreError> {
+        let dir = self.dir(id);
+        if limits.is_some() {
+            segment::create_dir(&dir)?;
+        }
+        let written_here = self.written_lock().get(id).copied();
+        ContainerStore::open(
+            id.clone(),
+            dir,
+            limits,
+            self.compressor.queue(),
+            Arc::clone(&self.spool),
+            written_here,
+        )
     }
 
     /// The store if its directory exists (opened and cached), without creating anything. A
@@ -88,13 +110,7 @@ impl Stores {
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Open { path: dir, source }),
         }
-        let store = Arc::new(ContainerStore::open(
-            id.clone(),
-            dir,
-            None,
-            self.compressor.queue(),
-            Arc::clone(&self.spool),
-        )?);
+        let store = Arc::new(self.open_store(id, None)?);
         open.insert(id.clone(), Arc::clone(&store));
         Ok(Some(store))
     }
@@ -116,6 +132,11 @@ impl Stores {
             if let Err(error) = store.sync() {
                 tracing::warn!(%error, container = store.id().short(), "cannot sync a local copy being closed");
             }
+            let mut written_here = self.written_lock();
+            match store.written_here() {
+                Some(number) => written_here.insert(store.id().clone(), number),
+                None => written_here.remove(store.id()),
+            };
         }
         idle.len()
     }
@@ -131,6 +152,7 @@ impl Stores {
         // Holding the map lock: an open_container racing this cannot recreate the directory
         // halfway through its deletion.
         let mut open = self.lock();
+        self.written_lock().remove(id);
         if let Some(store) = open.remove(id) {
             return store.remove();
         }
@@ -181,6 +203,12 @@ impl Stores {
     fn lock(&self) -> MutexGuard<'_, HashMap<ContainerId, Arc<ContainerStore>>> {
         // The map stays valid whatever panicked while it was held.
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn written_lock(&self) -> MutexGuard<'_, HashMap<ContainerId, u64>> {
+        self.written_here
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
