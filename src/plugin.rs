@@ -26,7 +26,7 @@ use crate::container_id::{ContainerId, InvalidContainerId};
 use crate::fifo::{Fifo, FifoError};
 use crate::metrics::Metrics;
 use crate::options::{LogOptions, OptionError};
-use crate::pipeline::{Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
+use crate::pipeline::{sync_store, Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
 use crate::shipper::config::EsOptions;
@@ -319,15 +319,23 @@ impl Plugin {
         let span = tracing::info_span!("run", container = id.short());
         self.tracker.spawn(
             async move {
-                let (end, stats) = Pipeline::new(fifo, store, replay)
+                let (end, stats) = Pipeline::new(fifo, Arc::clone(&store), replay)
                     .with_metrics(Arc::clone(&metrics.ingest))
                     .run(stop_rx, shutdown)
                     .await;
-                // Off the runtime's threads, which drain every other container's pipe: the run
-                // table is synced and idle stores are synced as they close.
+                // Off the runtime's threads, which drain every other container's pipe: the
+                // store is synced after StopLogging was answered (a host crash would lose what
+                // is only in the page cache), the run table is synced, and idle stores are
+                // synced as they close.
                 let span = tracing::Span::current();
                 let ended = tokio::task::spawn_blocking(move || {
                     span.in_scope(|| {
+                        if end == RunEnd::Stopped {
+                            sync_store(&store);
+                        }
+                        // Let go of the store before the run's end decides whether anything
+                        // still uses it (DESTROY_LOGS_ON_STOP).
+                        drop(store);
                         plugin.run_ended(&file, end, stats);
                         // The pipeline's handle is gone: the store closes unless shipping or a
                         // reader still needs it.

@@ -143,11 +143,13 @@ impl Stores {
         let aside = {
             let mut open = self.lock();
             if let Some(store) = open.get(id) {
-                if Arc::strong_count(store) > 1 || !store.is_idle() {
+                // A logging run, a reader and a shipper each hold a handle; a shipper that let
+                // go may still pin its backlog. Background work (compression, a sync) holds the
+                // store's inner state only, and retiring it stops that work.
+                if Arc::strong_count(store) > 1 || store.is_pinned() {
                     return Ok(Removal::InUse);
                 }
-                // Only the map holds it and its memory holds nothing the files do not: it can be
-                // dropped as a close would.
+                store.retire();
                 open.remove(id);
             }
             let dir = self.dir(id);
