@@ -213,13 +213,11 @@ impl Pipeline {
                     if let Ok(reply) = request {
                         let _ = reply.send(self.drainer.stats);
                     }
-                    // fsync only after answering, off the runtime's threads: the engine waits
-                    // for StopLogging (a container stop waits for it, and containers stopping
-                    // together wait in line), and flushing a large dirty segment takes what the
-                    // disk takes. The bytes are in the page cache already, so a plugin crash
-                    // loses nothing meanwhile; the sync guards against a host crash.
-                    let store = Arc::clone(&self.drainer.store);
-                    tokio::task::spawn_blocking(move || sync_store(&store));
+                    // No fsync here: the engine waits for StopLogging (a container stop waits
+                    // for it, and containers stopping together wait in line), and flushing a
+                    // large dirty segment takes what the disk takes. The bytes are in the page
+                    // cache already, so a plugin crash loses nothing meanwhile; the owner of the
+                    // run syncs the store off the runtime's threads (`sync_store`) after this.
                     return (RunEnd::Stopped, self.drainer.stats);
                 }
                 _ = shutdown.cancelled() => {
@@ -291,7 +289,7 @@ impl Pipeline {
 
 /// Flushes the store to disk; a store removed meanwhile (DESTROY_LOGS_ON_STOP) has nothing left
 /// to flush.
-fn sync_store(store: &ContainerStore) {
+pub fn sync_store(store: &ContainerStore) {
     match store.sync() {
         Ok(()) | Err(crate::store::StoreError::Removed { .. }) => {}
         Err(error) => tracing::warn!(%error, "cannot sync the local copy"),

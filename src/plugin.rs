@@ -26,12 +26,12 @@ use crate::container_id::{ContainerId, InvalidContainerId};
 use crate::fifo::{Fifo, FifoError};
 use crate::metrics::Metrics;
 use crate::options::{LogOptions, OptionError};
-use crate::pipeline::{Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
+use crate::pipeline::{sync_store, Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
 use crate::shipper::config::EsOptions;
 use crate::shipper::{ShipError, Shippers};
-use crate::store::{ContainerStore, Spool, StoreError, Stores};
+use crate::store::{ContainerStore, Removal, Spool, StoreError, Stores};
 
 /// How long StopLogging waits for the final drain before answering anyway: the engine must
 /// never hang on us, and the drain of a full 1 MiB pipe takes milliseconds.
@@ -155,21 +155,41 @@ impl Plugin {
         &self.metrics
     }
 
-    /// Everything a container's logging run shipped: release its ended runs, and its local copy
-    /// when DESTROY_LOGS_ON_STOP says so and it has not started again.
+    /// Everything a container's logging run shipped: release its ended runs, the shipper's pin
+    /// on its store, and its local copy when DESTROY_LOGS_ON_STOP says so.
     fn drained(&self, id: &ContainerId) {
         if let Err(error) = self.table.remove_stopped(id.as_str()) {
             log_table_error(&error);
         }
-        self.stores.close_idle();
-        if self.settings.destroy_logs_on_stop && !self.is_active(id) {
-            match self.stores.remove(id) {
-                Ok(()) => tracing::info!(
-                    container = id.short(),
-                    "local copy removed after shipping (DESTROY_LOGS_ON_STOP)"
-                ),
-                Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
+        {
+            // Under the order lock a new run takes to count itself and pin its backlog: a
+            // container that started again keeps the pin its new run set.
+            let _order = self.lock_ship_order();
+            if self.runs_counted(id) == 0 {
+                if let Some(store) = self.stores.get_open(id) {
+                    store.set_pin(None);
+                }
             }
+        }
+        self.stores.close_idle();
+        if self.settings.destroy_logs_on_stop {
+            self.destroy_local_copy(id, "after shipping");
+        }
+    }
+
+    /// DESTROY_LOGS_ON_STOP: removes the container's local copy unless something uses it (a new
+    /// run of a container that restarted at once, a reader, a shipper).
+    fn destroy_local_copy(&self, id: &ContainerId, when: &str) {
+        match self.stores.remove_unused(id) {
+            Ok(Removal::Removed) => tracing::info!(
+                container = id.short(),
+                "local copy removed {when} (DESTROY_LOGS_ON_STOP)"
+            ),
+            Ok(Removal::InUse) => tracing::info!(
+                container = id.short(),
+                "local copy kept despite DESTROY_LOGS_ON_STOP: the container logs again or is being read"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
         }
     }
 
@@ -300,15 +320,23 @@ impl Plugin {
         let span = tracing::info_span!("run", container = id.short());
         self.tracker.spawn(
             async move {
-                let (end, stats) = Pipeline::new(fifo, store, replay)
+                let (end, stats) = Pipeline::new(fifo, Arc::clone(&store), replay)
                     .with_metrics(Arc::clone(&metrics.ingest))
                     .run(stop_rx, shutdown)
                     .await;
-                // Off the runtime's threads, which drain every other container's pipe: the run
-                // table is synced and idle stores are synced as they close.
+                // Off the runtime's threads, which drain every other container's pipe: the
+                // store is synced after StopLogging was answered (a host crash would lose what
+                // is only in the page cache), the run table is synced, and idle stores are
+                // synced as they close.
                 let span = tracing::Span::current();
                 let ended = tokio::task::spawn_blocking(move || {
                     span.in_scope(|| {
+                        if end == RunEnd::Stopped {
+                            sync_store(&store);
+                        }
+                        // Let go of the store before the run's end decides whether anything
+                        // still uses it (DESTROY_LOGS_ON_STOP).
+                        drop(store);
                         plugin.run_ended(&file, end, stats);
                         // The pipeline's handle is gone: the store closes unless shipping or a
                         // reader still needs it.
@@ -392,13 +420,7 @@ impl Plugin {
         self.forget_record(file);
         let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
         if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
-            match self.stores.remove(&run.id) {
-                Ok(()) => tracing::info!(
-                    container = run.id.short(),
-                    "local copy removed (DESTROY_LOGS_ON_STOP)"
-                ),
-                Err(error) => tracing::warn!(%error, "cannot remove the local copy"),
-            }
+            self.destroy_local_copy(&run.id, "at stop");
         }
     }
 
@@ -455,6 +477,12 @@ impl Plugin {
         now
     }
 
+    /// How many runs of the container are counted now (started, not yet ended).
+    fn runs_counted(&self, id: &ContainerId) -> usize {
+        let activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        activity.get(id).map_or(0, |a| *a.runs.borrow())
+    }
+
     /// The active-run count of a container, for a follow stream to watch; marks the active runs
     /// as having served ReadLogs.
     pub fn watch_runs(&self, id: &ContainerId) -> watch::Receiver<usize> {
@@ -469,11 +497,6 @@ impl Plugin {
             })
             .runs
             .subscribe()
-    }
-
-    /// True when the container has a logging run now (its store must stay).
-    pub fn is_active(&self, id: &ContainerId) -> bool {
-        self.lock_active().values().any(|r| &r.id == id)
     }
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
@@ -499,4 +522,107 @@ fn strip_secrets(mut info: Info) -> Info {
 
 fn log_table_error(error: &RunsError) {
     tracing::error!(%error, "cannot update the run table; after a plugin crash these FIFOs would not be reopened");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::LogEntry;
+    use crate::store::{Batch, StoreLimits};
+    use prost::Message;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn plugin(dir: &Path) -> Arc<Plugin> {
+        let settings = Settings {
+            destroy_logs_on_stop: true,
+            ..Settings::default()
+        };
+        Plugin::open(settings, dir, CancellationToken::new()).unwrap()
+    }
+
+    fn one_line(time: i64) -> Batch {
+        let entry = LogEntry {
+            source: "stdout".into(),
+            time_nano: time,
+            line: b"a new run's line".to_vec().into(),
+            ..LogEntry::default()
+        };
+        let mut batch = Batch::default();
+        batch.push(&entry.encode_to_vec(), time);
+        batch
+    }
+
+    /// What a StartLogging of a container that restarts at once holds first: its store, before
+    /// its run is counted or listed as active.
+    fn new_run_store(plugin: &Plugin) -> Arc<ContainerStore> {
+        let id = ContainerId::parse(ID).unwrap();
+        plugin
+            .stores()
+            .open_container(&id, StoreLimits::default())
+            .unwrap()
+    }
+
+    /// Regression: the release after shipping (DESTROY_LOGS_ON_STOP) decided the container was
+    /// idle from the active-run list, which a restarting container's StartLogging joins only
+    /// after it opened its store: the store was removed under the new run, whose every line was
+    /// then counted as lost.
+    #[test]
+    fn a_container_restarting_while_its_copy_is_destroyed_keeps_its_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = plugin(dir.path());
+        let store = new_run_store(&plugin);
+        plugin.drained(&ContainerId::parse(ID).unwrap());
+        store
+            .append(&one_line(1))
+            .expect("the new run's line goes into a store that still exists");
+        assert_eq!(store.tail(10).unwrap().len(), 1);
+        drop(store);
+        // Once nothing uses it, DESTROY_LOGS_ON_STOP applies.
+        plugin.drained(&ContainerId::parse(ID).unwrap());
+        assert!(!dir.path().join("containers").join(ID).exists());
+    }
+
+    /// Regression: the age sweep checked for an active run, then removed the directory; a run
+    /// starting in between wrote into a removed store.
+    #[test]
+    fn the_age_sweep_never_removes_a_store_a_new_run_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = plugin(dir.path());
+        let store = new_run_store(&plugin);
+        store.append(&one_line(1)).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(crate::retention::sweep(&plugin, Duration::ZERO, later), 0);
+        store
+            .append(&one_line(2))
+            .expect("the store the run holds was not removed");
+        drop(store);
+        assert_eq!(crate::retention::sweep(&plugin, Duration::ZERO, later), 1);
+        assert!(!dir.path().join("containers").join(ID).exists());
+    }
+
+    /// A restarted container's new run pins its backlog (StartLogging, under the order lock);
+    /// the release of its previous run must not lift that pin, or retention could delete what
+    /// the new run's shipper has not sent.
+    #[test]
+    fn the_release_of_an_old_run_keeps_the_pin_of_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = plugin(dir.path());
+        let id = ContainerId::parse(ID).unwrap();
+        let store = new_run_store(&plugin);
+        store.append(&one_line(1)).unwrap();
+        {
+            let _order = plugin.lock_ship_order();
+            plugin.add_run(&id, 1);
+            store.set_pin(Some(store.end()));
+        }
+        drop(store);
+        plugin.drained(&id);
+        let store = plugin.stores().get_open(&id).expect("still open: pinned");
+        assert!(!store.is_idle(), "the new run's pin was lifted");
+        plugin.add_run(&id, -1);
+        drop(store);
+        plugin.drained(&id);
+        assert!(plugin.stores().get_open(&id).is_none());
+    }
 }

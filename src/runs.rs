@@ -111,14 +111,22 @@ impl RunTable {
         })
     }
 
-    /// Marks a run as ended, kept until its container's lines are shipped.
+    /// Marks a run as ended, kept until its container's lines are shipped. It replaces the
+    /// container's earlier ended runs with the same log-opts: resuming shipping after a restart
+    /// needs one per destination, and a container that keeps restarting while Elasticsearch is
+    /// away would otherwise add a record on every run, each rewritten on every save.
     pub fn mark_stopped(&self, file: &str) -> Result<(), RunsError> {
-        self.change(|runs| match runs.get_mut(file) {
-            Some(run) => {
-                run.stopped = true;
-                true
-            }
-            None => false,
+        self.change(|runs| {
+            let Some(run) = runs.get_mut(file) else {
+                return false;
+            };
+            run.stopped = true;
+            let (container, config) = (run.info.container_id.clone(), run.info.config.clone());
+            runs.retain(|other, r| {
+                other == file
+                    || !(r.stopped && r.info.container_id == container && r.info.config == config)
+            });
+            true
         })
     }
 
@@ -304,5 +312,56 @@ mod tests {
         std::fs::write(dir.path().join("runs.json"), b"{not json").unwrap();
         let err = RunTable::load(dir.path()).err().unwrap().to_string();
         assert!(err.contains("runs.json"), "{err}");
+    }
+
+    /// Regression: a container restarting while its lines were not all shipped (Elasticsearch
+    /// away, a restart policy) left one ended run per restart in the table, all kept and
+    /// rewritten on every save until shipping caught up.
+    #[test]
+    fn ended_runs_of_a_restarting_container_do_not_pile_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = RunTable::empty(dir.path());
+        let info = |config: &str| Info {
+            container_id: "c".repeat(64),
+            config: [("index".to_owned(), config.to_owned())].into(),
+            ..Info::default()
+        };
+        for n in 0..100 {
+            let file = format!("/run/docker/logging/{n}");
+            table
+                .insert(RunRecord {
+                    file: file.clone(),
+                    info: info("a"),
+                    stopped: false,
+                })
+                .unwrap();
+            table.mark_stopped(&file).unwrap();
+        }
+        // Another destination's ended run is kept beside it.
+        table
+            .insert(RunRecord {
+                file: "/run/docker/logging/other".into(),
+                info: info("b"),
+                stopped: true,
+            })
+            .unwrap();
+        table
+            .insert(RunRecord {
+                file: "/run/docker/logging/last".into(),
+                info: info("a"),
+                stopped: false,
+            })
+            .unwrap();
+        table.mark_stopped("/run/docker/logging/last").unwrap();
+        let files: Vec<String> = RunTable::load(dir.path())
+            .unwrap()
+            .all()
+            .into_iter()
+            .map(|r| r.file)
+            .collect();
+        assert_eq!(
+            files,
+            ["/run/docker/logging/last", "/run/docker/logging/other"]
+        );
     }
 }

@@ -150,7 +150,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
             plugin.stop_logging(&file).await;
             ok()
         }
-        "/LogDriver.ReadLogs" => read_logs(plugin, &path, &body),
+        "/LogDriver.ReadLogs" => read_logs(plugin, &path, &body).await,
         _ => err_answer(
             StatusCode::NOT_FOUND,
             &format!("unknown endpoint {path}; this logging plugin serves /Plugin.Activate and /LogDriver.{{Capabilities,StartLogging,StopLogging,ReadLogs}}"),
@@ -158,7 +158,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
     }
 }
 
-fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
+async fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
     let request: types::ReadLogs = match parse(path, body) {
         Ok(r) => r,
         Err(answer) => return *answer,
@@ -171,7 +171,19 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
         Ok(r) => r,
         Err(error) => return err_answer(StatusCode::BAD_REQUEST, &error.to_string()),
     };
-    let store = match plugin.stores().existing(&id) {
+    // Opening a store that is not open scans its active segment for a torn tail: file work,
+    // kept off the runtime's threads, which drain the containers' pipes.
+    let opening = {
+        let (plugin, id) = (Arc::clone(&plugin), id.clone());
+        tokio::task::spawn_blocking(move || plugin.stores().existing(&id)).await
+    };
+    let opened = opening.unwrap_or_else(|error| {
+        Err(crate::store::StoreError::Open {
+            path: id.as_str().into(),
+            source: std::io::Error::other(error.to_string()),
+        })
+    });
+    let store = match opened {
         Ok(Some(store)) => store,
         Ok(None) => {
             tracing::info!(
@@ -198,8 +210,12 @@ fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
         if let Err(error) = readlogs::stream(store, read, follow_end, tx).await {
             tracing::warn!(%error, container = id.short(), "ReadLogs stream cut short");
         }
-        // The reader's handle is gone: a stopped container's store closes again.
-        plugin.stores().close_idle();
+        // The reader's handle is gone: a stopped container's store closes again (after a sync:
+        // off the runtime's threads).
+        let closing = tokio::task::spawn_blocking(move || plugin.stores().close_idle());
+        if let Err(error) = closing.await {
+            tracing::error!(%error, "closing idle local copies failed");
+        }
     });
     stream_answer(rx)
 }

@@ -319,7 +319,8 @@ impl Destination {
         for id in done {
             if let Some(mut source) = self.sources.remove(&id) {
                 source.wake_task.cancel();
-                source.store.set_pin(None);
+                // The pin stays: the owner of the runs lifts it (on_drained) unless the
+                // container started again meanwhile, whose new run pinned its backlog already.
                 let _ = source.checkpoint.advance(source.acked, true);
                 tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
                 self.order.retain(|o| o != &id);

@@ -2,7 +2,7 @@
 //! bookkeeping readers and the compressor consult under the store's mutex.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -528,9 +528,16 @@ impl ContainerStore {
         cursor::since(Arc::clone(&self.shared), since_nano)
     }
 
-    /// Deletes the directory; the store refuses appends and reads from then on.
-    pub(crate) fn remove(&self) -> Result<(), StoreError> {
-        self.shared.remove()
+    /// Retires the store before its directory is deleted: it refuses appends and reads from
+    /// then on, and its backlog charges go back to the spool. Under the store's lock, so a
+    /// compression job in flight finishes before and creates nothing after.
+    pub(crate) fn retire(&self) {
+        self.shared.retire()
+    }
+
+    /// True while a shipper pins a position (see [`set_pin`](Self::set_pin)).
+    pub(crate) fn is_pinned(&self) -> bool {
+        self.shared.lock().pin.is_some()
     }
 }
 
@@ -903,19 +910,11 @@ impl Shared {
         }
     }
 
-    fn remove(&self) -> Result<(), StoreError> {
-        // Under the lock, so the compressor cannot create a file in the directory meanwhile.
+    fn retire(&self) {
         let mut state = self.lock();
         state.removed = true;
         for sealed in &state.sealed {
             self.spool.release(sealed.charged, sealed.charged_awaiting);
-        }
-        match fs::remove_dir_all(&self.dir) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
-                path: self.dir.clone(),
-                source: error,
-            }),
-            _ => Ok(()),
         }
     }
 

@@ -99,7 +99,7 @@ pub use container::ContainerStore;
 pub use cursor::Cursor;
 pub use record::Batch;
 pub use spool::Spool;
-pub use stores::Stores;
+pub use stores::{Removal, Stores};
 
 /// The largest record payload the store accepts. The FIFO pipeline must cap frames at or below
 /// it; the engine splits lines at 16 KiB, so real entries are far smaller. The cap exists so a

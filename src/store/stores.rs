@@ -115,6 +115,11 @@ impl Stores {
         Ok(Some(store))
     }
 
+    /// The store if it is open now; opens nothing.
+    pub fn get_open(&self, id: &ContainerId) -> Option<Arc<ContainerStore>> {
+        self.lock().get(id).cloned()
+    }
+
     /// Closes every store nobody uses (no logging run, reader, shipper or compression job holds
     /// it: see `ContainerStore::is_idle`), after syncing it; returns how many.
     pub fn close_idle(&self) -> usize {
@@ -146,23 +151,66 @@ impl Stores {
         self.lock().len()
     }
 
-    /// Deletes the container's directory and forgets it. Handles still held elsewhere refuse
-    /// appends and reads from then on.
-    pub fn remove(&self, id: &ContainerId) -> Result<(), StoreError> {
-        // Holding the map lock: an open_container racing this cannot recreate the directory
-        // halfway through its deletion.
-        let mut open = self.lock();
-        self.written_lock().remove(id);
-        if let Some(store) = open.remove(id) {
-            return store.remove();
-        }
-        let dir = self.dir(id);
-        match fs::remove_dir_all(&dir) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
-                path: dir,
-                source: error,
-            }),
-            _ => Ok(()),
+    /// Deletes the container's directory and forgets it, unless something still uses the
+    /// store: a logging run, a ReadLogs reader, a shipper (its handle or its pin) or a
+    /// compression job. The check and the unlinking of the directory happen under the map lock
+    /// that [`Stores::open_container`] takes, so a container that starts again at that moment
+    /// either holds its store first (and it stays) or gets a new, empty one afterwards: its new
+    /// lines never go into a removed store.
+    ///
+    /// The directory is renamed aside under the lock and deleted after it, so a large copy being
+    /// deleted never holds up a StartLogging.
+    pub fn remove_unused(&self, id: &ContainerId) -> Result<Removal, StoreError> {
+        let aside = {
+            let mut open = self.lock();
+            if let Some(store) = open.get(id) {
+                // A logging run, a reader and a shipper each hold a handle; a shipper that let
+                // go may still pin its backlog. Background work (compression, a sync) holds the
+                // store's inner state only, and retiring it stops that work.
+                if Arc::strong_count(store) > 1 || store.is_pinned() {
+                    return Ok(Removal::InUse);
+                }
+                store.retire();
+                open.remove(id);
+            }
+            // A store created here again is new to this process too.
+            self.written_lock().remove(id);
+            let dir = self.dir(id);
+            let aside = self.root.join(format!(
+                "{REMOVING_PREFIX}{}-{}",
+                id.as_str(),
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ));
+            match fs::rename(&dir, &aside) {
+                Ok(()) => aside,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    return Ok(Removal::Removed)
+                }
+                Err(source) => return Err(StoreError::Delete { path: dir, source }),
+            }
+        };
+        delete_aside(&aside)?;
+        Ok(Removal::Removed)
+    }
+
+    /// Deletes what an interrupted [`Stores::remove_unused`] left renamed aside.
+    pub fn delete_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(REMOVING_PREFIX))
+            {
+                if let Err(error) = delete_aside(&entry.path()) {
+                    tracing::warn!(%error, "cannot delete a local copy removed before a restart");
+                }
+            }
         }
     }
 
@@ -209,6 +257,29 @@ impl Stores {
         self.written_here
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What [`Stores::remove_unused`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The directory is gone (or was never there).
+    Removed,
+    /// Something uses the store: it stays.
+    InUse,
+}
+
+/// Names a removed container directory takes until it is deleted: not a container id, so
+/// [`Stores::list`] and [`Stores::existing`] never see it.
+const REMOVING_PREFIX: &str = ".removing-";
+
+fn delete_aside(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_dir_all(path) {
+        Err(source) if source.kind() != io::ErrorKind::NotFound => Err(StoreError::Delete {
+            path: path.to_owned(),
+            source,
+        }),
+        _ => Ok(()),
     }
 }
 
