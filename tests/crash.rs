@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine::*;
-use es_server::{EsServer, ServerOptions};
+use es_server::{EsServer, Faults, ServerOptions};
 
 const T0: i64 = 1_790_000_000_000_000_000;
 /// Kills in one round. A soak runs more rounds (`soak::iterations(1)`), each on a fresh state
@@ -457,4 +457,96 @@ async fn torn_gz_segment_costs_only_the_records_after_the_tear() {
         got.len(),
         sent.len() - got.len()
     );
+}
+
+/// The parts of a split line indexed for container `id`, in store order (ids end in the
+/// position of the part's first fragment: `<container>-<segment hex>-<offset hex>`).
+fn parts_indexed(server: &EsServer, id: &str) -> Vec<String> {
+    let mut parts: Vec<((u64, u64), String)> = server
+        .docs()
+        .into_iter()
+        .filter(|d| d.source["container"]["id"] == id)
+        .map(|d| {
+            let mut fields = d.id.rsplitn(3, '-');
+            let offset = u64::from_str_radix(fields.next().expect("offset"), 16).expect("hex");
+            let segment = u64::from_str_radix(fields.next().expect("segment"), 16).expect("hex");
+            let message = d.source["message"].as_str().unwrap_or_default().to_owned();
+            ((segment, offset), message)
+        })
+        .collect();
+    parts.sort();
+    parts.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Regression (issue 12, item 9): a split line whose last fragment came more than FRAGMENT_WAIT
+/// (5 s) after the first was shipped in two documents; after a kill before the checkpoint
+/// covered them, the replay joined every fragment into one document under the first part's id,
+/// Elasticsearch answered 409 (that id holds the first part), and the rest of the line was never
+/// indexed. The replay must make the same two documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_flushed_in_two_parts_then_killed_is_replayed_in_the_same_two_parts() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    // The first part is stored but its answer never comes before the kill: nothing is
+    // acknowledged, so the checkpoint stays before the line and the restart replays all of it.
+    server.set_faults(Faults {
+        delay: Some(Duration::from_secs(3600)),
+        ..Faults::default()
+    });
+    let mut plugin = PluginProcess::start_with_env(&[
+        ("ES_HOSTS", &server.url()),
+        ("ES_BACKOFF_INIT", "20ms"),
+        ("ES_BACKOFF_MAX", "200ms"),
+    ]);
+    let id = container_id(0xc4);
+    let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo");
+    // One request in flight: the second part waits behind the first, unsent at the kill.
+    let opts = [("workers", "1")];
+    assert_eq!(
+        plugin.client().start_logging(&fifo.path, &id, &opts).await,
+        ""
+    );
+    let text: Vec<u8> = (0..20_000).map(|k| b'a' + (k % 26) as u8).collect();
+    let split = fragments(T0, &text, "slow-line");
+    assert_eq!(split.len(), 2);
+    fifo.write_entries(&split[..1]);
+    // FRAGMENT_WAIT later the first part is shipped alone.
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "the first part indexed", || {
+            server.doc_count() == 1
+        })
+    });
+    fifo.write_entries(&split[1..]);
+    let stored = std::time::Instant::now() + Duration::from_secs(10);
+    while plugin.client().read_logs(&id, "", "", -1).await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < stored,
+            "the last part not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    plugin.kill();
+    server.set_faults(Faults::default());
+    plugin.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.doc_count() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parts = parts_indexed(&server, &id);
+    let lengths: Vec<usize> = parts.iter().map(String::len).collect();
+    let statuses = server.stats().item_statuses;
+    assert_eq!(
+        lengths,
+        [16 * 1024, text.len() - 16 * 1024],
+        "indexed parts of {lengths:?} bytes for a line of {}; item statuses {statuses:?}",
+        text.len()
+    );
+    assert!(
+        parts.concat().as_bytes() == text,
+        "the parts joined differ from the line"
+    );
+    eprintln!(
+        "a line of {} bytes in two parts, replayed after a kill: indexed as {lengths:?} bytes, item statuses {statuses:?}",
+        text.len()
+    );
+    assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
 }

@@ -842,3 +842,51 @@ async fn a_container_restarting_at_once_ships_every_runs_lines() {
     want.sort();
     assert_eq!(got, want, "every run's line indexed once");
 }
+
+/// Regression (issue 12, item 9): the checkpoint was keyed to the ordered host list, so a
+/// plugin restarted with a node added to ES_HOSTS found no checkpoint for the new list and
+/// started at the store's end: every line stored while Elasticsearch was down was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_to_es_hosts_keeps_the_unshipped_backlog() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    // Down while the backlog builds up.
+    server.set_faults(Faults {
+        drop_connection: true,
+        ..Faults::default()
+    });
+    let mut plugin = PluginProcess::start_with_env(&[
+        ("ES_HOSTS", &server.url()),
+        ("ES_BACKOFF_INIT", "20ms"),
+        ("ES_BACKOFF_MAX", "200ms"),
+    ]);
+    let id = container_id(16);
+    let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo16");
+    assert_eq!(
+        plugin.client().start_logging(&fifo.path, &id, &[]).await,
+        ""
+    );
+    let (entries, messages) = container_lines(3_000, 16, 0);
+    fifo.write_entries(&entries[..2_000]);
+    let stored = std::time::Instant::now() + Duration::from_secs(10);
+    while plugin.client().read_logs(&id, "", "", -1).await.len() < 2_000 {
+        assert!(std::time::Instant::now() < stored, "the backlog not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.doc_count(), 0);
+    // A node added in front of the old one (a reordered list too): the same cluster.
+    let added = free_addr();
+    plugin.set_env("ES_HOSTS", &format!("http://{added},{}", server.url()));
+    plugin.restart();
+    server.set_faults(Faults::default());
+    fifo.write_entries(&entries[2_000..]);
+    let shipped = wait_for_docs_or_show(&server, 3_000, Duration::from_secs(30), &plugin).await;
+    let indexed = messages_of(&server, &id);
+    assert!(
+        shipped,
+        "{} of 3000 lines indexed; the first indexed is {:?}",
+        indexed.len(),
+        indexed.first()
+    );
+    assert_eq!(indexed, messages);
+    assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
+}

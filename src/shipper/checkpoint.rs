@@ -1,16 +1,35 @@
 //! How far a container's store has been shipped, kept across restarts.
 //!
-//! File: `<state>/checkpoints/<container id>.json`,
-//! `{"version":1,"destination":"<label>","segment":N,"offset":M}`: the store position just after
-//! the last entry Elasticsearch acknowledged (written, duplicate, or dead-lettered). Written
-//! through a synced temporary file and a rename (see `runs::write_atomically`), at most once per
-//! [`MIN_INTERVAL`] while shipping and always when a container is done: after a crash the
-//! shipper replays at most that much, and deterministic ids turn the replay into 409s.
+//! File: `<state>/checkpoints/<container id>.json`, one per container (per store):
 //!
-//! A container new to a destination (no checkpoint, or one of another destination because the
-//! options changed) starts at the store's end at StartLogging: the checkpoint is written then,
-//! before the FIFO is read, so every line of that run is shipped and none written before it.
+//! ```text
+//! {"version":2,"destination":"<label>","segment":N,"offset":M,"splits":[[S,O],...]}
+//! ```
+//!
+//! - `segment`, `offset`: where a replay starts (see `fragments::Fragments::resume`): every
+//!   document before it is acknowledged by Elasticsearch (written, duplicate, or dead-lettered).
+//! - `splits`: store positions where a split line was shipped in two documents because its
+//!   rest was late (the fragment wait), each written here before that document was sent, so that
+//!   a replay cuts the line at the same place and makes the same documents (the same ids). Only
+//!   points after the position are kept.
+//! - `destination`: the host list that wrote the file. Not a key: a checkpoint says what part of
+//!   this store is shipped, and it stays true whatever the host list is now (a node added, the
+//!   list reordered, `cloud_id` instead of hosts), so shipping resumes from it and the backlog is
+//!   kept. A container moved to a genuinely different cluster therefore sends there what was not
+//!   shipped yet, not the lines the old cluster already has; the change is logged at INFO.
+//!   (Version 1 held the same fields but no `splits`, and was ignored when its `destination`
+//!   differed, which skipped the backlog; it is read whatever its `destination`.)
+//!
+//! Written through a synced temporary file and a rename (see `runs::write_atomically`), at most
+//! once per [`MIN_INTERVAL`] while shipping, always when a container is done, and at once when a
+//! split point is recorded: after a crash the shipper replays at most that much, and
+//! deterministic ids turn the replay into 409s.
+//!
+//! A container new to shipping (no checkpoint) starts at the store's end at StartLogging: the
+//! checkpoint is written then, before the FIFO is read, so every line of that run is shipped and
+//! none written before it.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,7 +40,7 @@ use crate::runs::write_atomically;
 use crate::store::Position;
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
@@ -29,6 +48,25 @@ struct OnDisk {
     destination: String,
     segment: u64,
     offset: u64,
+    /// Absent in version 1.
+    #[serde(default)]
+    splits: Vec<[u64; 2]>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read the shipping checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the shipping checkpoint {path} is not a checkpoint: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the shipping checkpoint {path} has version {version}, newer than this plugin reads ({VERSION})")]
+    Version { path: PathBuf, version: u32 },
 }
 
 pub struct Checkpoint {
@@ -38,32 +76,68 @@ pub struct Checkpoint {
     /// Acknowledged but not yet written (rate limit).
     pending: Option<Position>,
     last_write: Option<Instant>,
+    /// Recorded split points after `saved`.
+    splits: BTreeSet<Position>,
+    /// The host list named in the file.
+    written_for: Option<String>,
 }
 
 impl Checkpoint {
-    /// The saved position for this destination, if there is one.
+    /// The saved position of this container's store, if there is one, whatever destination
+    /// wrote it. A file that cannot be read is logged at ERROR (the shipping start it held is
+    /// lost: the caller starts at the store's end) and counts as none.
     pub fn load(dir: &Path, id: &ContainerId, destination: &str) -> (Self, Option<Position>) {
         let path = dir.join(format!("{id}.json"));
-        let found = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<OnDisk>(&bytes).ok())
-            .filter(|disk| disk.version == VERSION && disk.destination == destination)
-            .map(|disk| Position {
-                segment: disk.segment,
-                offset: disk.offset,
-            });
-        let checkpoint = Self {
+        let mut checkpoint = Self {
             path,
             destination: destination.to_owned(),
-            saved: found.unwrap_or_default(),
+            saved: Position::default(),
             pending: None,
             last_write: None,
+            splits: BTreeSet::new(),
+            written_for: None,
         };
-        (checkpoint, found)
+        let disk = match read(&checkpoint.path) {
+            Ok(Some(disk)) => disk,
+            Ok(None) => return (checkpoint, None),
+            Err(error) => {
+                tracing::error!(%error, container = id.short(), "shipping starts where the store ends now: what it holds and was not shipped yet is not sent");
+                return (checkpoint, None);
+            }
+        };
+        if disk.destination != destination {
+            tracing::info!(container = id.short(), from = %disk.destination, to = %destination, "the container's shipping destination changed; shipping resumes at its checkpoint: what was not shipped yet goes to the new destination, what was shipped is not sent again");
+        }
+        checkpoint.written_for = Some(disk.destination);
+        checkpoint.saved = Position {
+            segment: disk.segment,
+            offset: disk.offset,
+        };
+        checkpoint.splits = disk
+            .splits
+            .iter()
+            .map(|&[segment, offset]| Position { segment, offset })
+            .filter(|&s| s > checkpoint.saved)
+            .collect();
+        let saved = checkpoint.saved;
+        (checkpoint, Some(saved))
     }
 
     pub fn saved(&self) -> Position {
         self.saved
+    }
+
+    /// Split points recorded after the saved position, for a replay from it.
+    pub fn splits(&self) -> impl Iterator<Item = Position> + '_ {
+        self.splits.iter().copied()
+    }
+
+    /// The file was written for another host list (it is rewritten for this one at the next
+    /// write).
+    pub fn is_for_another_destination(&self) -> bool {
+        self.written_for
+            .as_ref()
+            .is_some_and(|d| d != &self.destination)
     }
 
     /// Records `at`; writes it when `force` or when the last write is older than MIN_INTERVAL.
@@ -76,17 +150,40 @@ impl Checkpoint {
             self.pending = Some(at);
             return Ok(());
         }
+        self.write(at)
+    }
+
+    /// Records split points (see the module doc) and writes them at once, with the latest
+    /// acknowledged position: the documents they end must not be sent before this returns `Ok`.
+    pub fn record_splits(&mut self, at: &[Position]) -> std::io::Result<()> {
+        let before = self.splits.clone();
+        self.splits
+            .extend(at.iter().copied().filter(|&s| s > self.saved));
+        let position = self.pending.unwrap_or(self.saved);
+        let written = self.write(position);
+        if written.is_err() {
+            self.splits = before;
+        }
+        written
+    }
+
+    fn write(&mut self, at: Position) -> std::io::Result<()> {
+        // Points at or before the position are never reached by a replay from it.
+        let splits: BTreeSet<Position> = self.splits.iter().copied().filter(|&s| s > at).collect();
         let disk = OnDisk {
             version: VERSION,
             destination: self.destination.clone(),
             segment: at.segment,
             offset: at.offset,
+            splits: splits.iter().map(|s| [s.segment, s.offset]).collect(),
         };
         let bytes = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
         write_atomically(&self.path, &bytes)?;
+        self.splits = splits;
         self.saved = at;
         self.pending = None;
         self.last_write = Some(Instant::now());
+        self.written_for = Some(self.destination.clone());
         Ok(())
     }
 
@@ -103,15 +200,87 @@ impl Checkpoint {
     }
 }
 
+/// The file's content; `None` when there is no file.
+fn read(path: &Path) -> Result<Option<OnDisk>, CheckpointError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let disk: OnDisk = serde_json::from_slice(&bytes).map_err(|source| CheckpointError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    if disk.version > VERSION {
+        return Err(CheckpointError::Version {
+            path: path.to_owned(),
+            version: disk.version,
+        });
+    }
+    Ok(Some(disk))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn id() -> ContainerId {
+        ContainerId::parse(&"ab".repeat(32)).unwrap()
+    }
+
+    /// Regression (issue 12, item 9): the checkpoint was keyed to the ordered host list, so
+    /// adding a node, reordering the hosts or moving to cloud_id found no checkpoint and shipping
+    /// started at the store's end, skipping every unshipped line.
     #[test]
-    fn checkpoint_survives_reload_and_is_per_destination() {
+    fn a_changed_host_list_keeps_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let id = ContainerId::parse(&"ab".repeat(32)).unwrap();
-        let (mut cp, found) = Checkpoint::load(dir.path(), &id, "http://es:9200");
+        let at = Position {
+            segment: 3,
+            offset: 99,
+        };
+        let (mut cp, _) = Checkpoint::load(dir.path(), &id(), "http://a:9200,http://b:9200");
+        cp.advance(at, true).unwrap();
+        for changed in [
+            "http://b:9200,http://a:9200",
+            "http://a:9200,http://b:9200,http://c:9200",
+            "https://abcd.es.example.com:443",
+        ] {
+            assert_eq!(
+                Checkpoint::load(dir.path(), &id(), changed).1,
+                Some(at),
+                "{changed}"
+            );
+        }
+    }
+
+    /// A checkpoint written by the previous version (version 1, with the host list it was for)
+    /// is read whatever host list it names: it is the only record of what was shipped.
+    #[test]
+    fn a_version_1_checkpoint_of_another_host_list_is_read_for_migration() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.json", id())),
+            r#"{"version":1,"destination":"http://old:9200","segment":7,"offset":1234}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Checkpoint::load(dir.path(), &id(), "http://new:9200").1,
+            Some(Position {
+                segment: 7,
+                offset: 1234
+            })
+        );
+    }
+
+    #[test]
+    fn checkpoint_survives_reload_and_a_rate_limited_position_is_written_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut cp, found) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
         assert_eq!(found, None);
         let at = Position {
             segment: 3,
@@ -119,25 +288,58 @@ mod tests {
         };
         cp.advance(at, false).unwrap();
         // Rate-limited: recorded, written on flush.
-        cp.advance(
-            Position {
-                segment: 3,
-                offset: 120,
-            },
-            false,
-        )
-        .unwrap();
+        let later = Position {
+            segment: 3,
+            offset: 120,
+        };
+        cp.advance(later, false).unwrap();
+        assert_eq!(
+            Checkpoint::load(dir.path(), &id(), "http://es:9200").1,
+            Some(at)
+        );
         cp.flush().unwrap();
         assert_eq!(
-            Checkpoint::load(dir.path(), &id, "http://es:9200").1,
-            Some(Position {
-                segment: 3,
-                offset: 120
-            })
+            Checkpoint::load(dir.path(), &id(), "http://es:9200").1,
+            Some(later)
         );
+    }
+
+    /// Split points are written at once, with the latest acknowledged position, read back for a
+    /// replay, and dropped once the position passes them.
+    #[test]
+    fn split_points_are_kept_until_the_position_passes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |offset| Position { segment: 1, offset };
+        let (mut cp, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        cp.advance(p(10), true).unwrap();
+        // Acknowledged, not yet written (rate limit): written with the split points.
+        cp.advance(p(20), false).unwrap();
+        cp.record_splits(&[p(30), p(50)]).unwrap();
+        let (loaded, found) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        assert_eq!(found, Some(p(20)));
+        assert_eq!(loaded.splits().collect::<Vec<_>>(), [p(30), p(50)]);
+        cp.advance(p(30), true).unwrap();
+        let (loaded, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        assert_eq!(loaded.splits().collect::<Vec<_>>(), [p(50)]);
+        let text = std::fs::read_to_string(dir.path().join(format!("{}.json", id()))).unwrap();
         assert_eq!(
-            Checkpoint::load(dir.path(), &id, "http://other:9200").1,
-            None
+            text,
+            r#"{"version":2,"destination":"http://es:9200","segment":1,"offset":30,"splits":[[1,50]]}"#
         );
+    }
+
+    /// A file that is not a checkpoint is not taken for one (and is logged at ERROR): the caller
+    /// starts afresh and overwrites it.
+    #[test]
+    fn a_damaged_or_newer_checkpoint_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("{}.json", id()));
+        for bad in [
+            "not json",
+            r#"{"version":3,"destination":"x","segment":1,"offset":2}"#,
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert_eq!(Checkpoint::load(dir.path(), &id(), "x").1, None, "{bad}");
+        }
     }
 }

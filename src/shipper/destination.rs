@@ -77,16 +77,20 @@ struct Source {
     cursor: Cursor,
     /// Just after the last entry read.
     read_to: Position,
-    /// The split line being rejoined (log sources only).
+    /// The split lines being rejoined, one per stream (log sources only).
     fragments: Fragments,
     checkpoint: Checkpoint,
+    /// Where a replay would start now: every document before it is acknowledged.
     acked: Position,
+    /// A split point could not be recorded (logged once until one is).
+    split_unrecorded: bool,
     stopped: bool,
     skipped_reported: u64,
     wake_task: CancellationToken,
 }
 
-/// One document of a batch: its NDJSON bytes and the store position just after it.
+/// One document of a batch: its NDJSON bytes and where a replay may start once it and every
+/// document before it are acknowledged (`Fragments::resume` when it was made).
 struct Item {
     range: Range<usize>,
     source: ContainerId,
@@ -224,6 +228,8 @@ impl Destination {
         // one (that write failed) the store's end now is the best start left.
         let from = saved.unwrap_or_else(|| spec.store.end());
         let cursor = spec.store.cursor(from);
+        // Lines cut early before a crash are cut at the same place again (see `fragments`).
+        let fragments = Fragments::new(MAX_MESSAGE).with_splits(checkpoint.splits());
         let wake_task = CancellationToken::new();
         let mut changes = spec.store.subscribe();
         let wake = Arc::clone(&self.wake);
@@ -249,8 +255,9 @@ impl Destination {
                 documents: spec.documents,
                 index: spec.index,
                 cursor,
-                fragments: Fragments::new(MAX_MESSAGE),
+                fragments,
                 checkpoint,
+                split_unrecorded: false,
                 stopped: false,
                 skipped_reported: 0,
                 wake_task,
@@ -352,14 +359,46 @@ impl Source {
                 self.take(entry, after, batch);
             }
         }
-        let overdue = self
-            .fragments
-            .waiting_since()
-            .is_some_and(|since| self.stopped || since.elapsed() >= FRAGMENT_WAIT);
-        if overdue && self.read_to >= self.store.end() {
-            if let Some(line) = self.fragments.flush() {
+        if self.fragments.is_empty() || self.read_to < self.store.end() {
+            return;
+        }
+        if self.stopped {
+            // No more of these lines can come: the cut needs no record.
+            for line in self.fragments.flush() {
                 self.emit(batch, line);
             }
+            return;
+        }
+        let overdue: Vec<Position> = self
+            .fragments
+            .waiting_since()
+            .filter(|(_, since)| since.elapsed() >= FRAGMENT_WAIT)
+            .map(|(end, _)| end)
+            .collect();
+        if !overdue.is_empty() {
+            self.flush_overdue(batch, &overdue);
+        }
+    }
+
+    /// Ships lines whose rest is late as they are, once the cut is recorded: a replay after a
+    /// crash must cut them at the same place (see `fragments`). If it cannot be recorded they
+    /// wait for their rest or the container's stop instead; nothing is lost either way.
+    fn flush_overdue(&mut self, batch: &mut Batch, ends: &[Position]) {
+        let recorded = tokio::task::block_in_place(|| self.checkpoint.record_splits(ends));
+        match recorded {
+            Ok(()) => {
+                self.split_unrecorded = false;
+                for &end in ends {
+                    if let Some(line) = self.fragments.flush_at(end) {
+                        self.emit(batch, line);
+                    }
+                }
+            }
+            Err(error) if !self.split_unrecorded => {
+                self.split_unrecorded = true;
+                tracing::warn!(%error, container = self.id.short(), "cannot write the shipping checkpoint; a split line whose rest is late is held until its rest comes or the container stops");
+            }
+            Err(_) => {}
         }
     }
 
@@ -431,7 +470,9 @@ impl Source {
         batch.items.push(Item {
             range: begin..batch.ndjson.len(),
             source: self.id.clone(),
-            end: line.end,
+            // After the whole push that handed this line out: a push's lines go into one batch,
+            // and a batch is acknowledged whole.
+            end: self.fragments.resume(self.read_to),
         });
     }
 

@@ -146,20 +146,31 @@ impl Shippers {
         Ok(())
     }
 
-    /// A store new to this destination ships what is written from now on: the checkpoint is
-    /// written here, synchronously, before the FIFO is read, so no line of this run is skipped
-    /// however late the destination task gets to it, and a crash before the first
-    /// acknowledgement keeps the start.
+    /// A store new to shipping ships what is written from now on: the checkpoint is written
+    /// here, synchronously, before the FIFO is read, so no line of this run is skipped however
+    /// late the destination task gets to it, and a crash before the first acknowledgement keeps
+    /// the start. A store with a checkpoint resumes from it, whatever host list wrote it (see
+    /// `checkpoint`); the file is rewritten for this one, so the change is logged once.
     fn mark_start(&self, options: &EsOptions, id: &ContainerId, store: &ContainerStore) {
         let dir = self.state_dir.join("checkpoints");
         let (mut checkpoint, saved) = Checkpoint::load(&dir, id, &options.label());
-        let from = saved.unwrap_or_else(|| {
-            let end = store.end();
-            if let Err(error) = checkpoint.advance(end, true) {
-                tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; shipping starts where the store ends when the shipper attaches");
+        let from = match saved {
+            Some(saved) => {
+                if checkpoint.is_for_another_destination() {
+                    if let Err(error) = checkpoint.advance(saved, true) {
+                        tracing::warn!(%error, container = id.short(), "cannot rewrite the shipping checkpoint for the new destination; it is rewritten at the next acknowledgement");
+                    }
+                }
+                saved
             }
-            end
-        });
+            None => {
+                let end = store.end();
+                if let Err(error) = checkpoint.advance(end, true) {
+                    tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; shipping starts where the store ends when the shipper attaches");
+                }
+                end
+            }
+        };
         // Before the FIFO is read: nothing still to ship may be deleted by rotation meanwhile.
         store.set_pin(Some(from));
     }

@@ -118,6 +118,13 @@ impl PluginProcess {
         self.spawn();
     }
 
+    /// Sets (or replaces) an environment variable for the next start, as `docker plugin set`
+    /// does between a disable and an enable.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
