@@ -41,13 +41,14 @@
 //!   keep the zero-loss tee path.
 //!
 //! Why not `CAP_SYS_RESOURCE` in config.json: it lets the plugin ignore the pipe budget, and
-//! also every other resource limit (RLIMIT_NOFILE and RLIMIT_NPROC ceilings, disk quotas and
-//! ext4's reserved blocks, mqueue and pipe-max-size limits): far more than reading frames
-//! needs, granted to a process that parses untrusted input. And the budget is shared: every
-//! page the plugin takes past it is a page root's other pipes (dockerd's, containerd's, every
-//! root container's shell pipelines) no longer get; they then start at 2 slots. Reading frames
-//! without the capability costs nothing in the common case and keeps the plugin a good
-//! neighbour.
+//! also most other resource limits (raising any rlimit's hard ceiling, RLIMIT_NPROC, disk quotas
+//! and ext4's reserved blocks, pipe-max-size, message queue limits, oom_score_adj protection):
+//! far more than reading frames needs, granted to a process that parses untrusted input. And it
+//! does not enlarge the budget: the plugin's pages are still charged to uid 0, the capability
+//! only exempts the plugin from the check. Every page it takes past the budget is a page that
+//! root's unprivileged processes (every container running as root, other managed plugins) no
+//! longer get: their new pipes then start at 2 slots. Reading frames without the capability
+//! costs nothing in the common case and keeps the plugin a good neighbour.
 
 use std::fs::{File, OpenOptions};
 use std::io;
