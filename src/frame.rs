@@ -5,10 +5,15 @@
 //! The decoder works on whatever bytes are available and never consumes a frame it has not seen
 //! whole, so the FIFO reader can leave an incomplete frame in the pipe (see `fifo`). A declared
 //! length over the cap is not a reason to allocate or to stop: the frame is skipped as its bytes
-//! come, and counted.
+//! come, and counted (the pipeline counts it lost).
 
 /// Bytes in the length prefix.
 pub const PREFIX: usize = 4;
+
+/// The largest payload read from a FIFO: 1 MiB. The engine splits lines at 16 KiB, so its
+/// frames stay under 16.5 KiB; a frame over this is not the engine's (a protocol violation).
+/// Fixed, not derived from a pipe's size: the kernel may grant a pipe as little as 8 KiB.
+pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// What [`FrameDecoder::decode`] did with a buffer.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -152,7 +152,7 @@ impl Metrics {
             ),
             (
                 "eslp_lines_lost_total",
-                "Entries lost because the local copy could not be written",
+                "Entries lost: the local copy could not be written, or the frame was over the 1 MiB cap",
                 get(&self.ingest.lost),
             ),
         ];

@@ -1,11 +1,16 @@
 //! One logging run: drain a container's FIFO into its store until the engine stops it (or closes
 //! the FIFO), without ever stopping to read.
 //!
-//! Each round peeks the pipe's whole content (`fifo`), hands whole frames to the decoder, appends
-//! the valid entries to the store in one batch, and only then consumes those bytes from the pipe.
+//! Each round peeks the pipe's content (`fifo`), hands whole frames to the decoder, appends the
+//! valid entries to the store in one batch, and only then consumes those bytes from the pipe.
 //! Whatever fails downstream, the bytes are consumed: a store that cannot write (disk full,
 //! read-only) costs the entries of that round, which are counted and logged at ERROR, but the
 //! container is never blocked. An incomplete frame stays in the pipe until the rest of it comes.
+//!
+//! A frame larger than one peek can show (the plugin's pipes are small past the kernel's pipe
+//! budget, see `fifo`) is read by consuming instead: once the pipe holds all of it, it is read
+//! and stored at once; a frame larger than the FIFO itself is read as it comes and stored when
+//! whole. A frame over [`MAX_PAYLOAD`] is skipped as its bytes come and counted as lost.
 //!
 //! After a plugin crash the round that was stored but not yet consumed is read again; a
 //! [`ReplayFilter`] built from the end of the store drops those repeated entries, so a crash
@@ -19,13 +24,14 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::entry::{self, LogEntry};
-use crate::fifo::{Fifo, Peek};
-use crate::frame::{FrameDecoder, PREFIX};
+use crate::fifo::{page_size, Fifo, Peek, Read, WANTED_PIPE_SIZE};
+use crate::frame::{FrameDecoder, MAX_PAYLOAD, PREFIX};
 use crate::metrics::IngestMetrics;
 use crate::store::{Batch, ContainerStore};
 
-/// A drain that took less than this (a quarter of the default 1 MiB pipe) makes the run wait
-/// [`SETTLE`] before it looks at the pipe again.
+/// A drain that took less than this (a quarter of the default 1 MiB pipe; a quarter of the FIFO
+/// when the kernel left it smaller, past its pipe budget) makes the run wait [`SETTLE`] before
+/// it looks at the pipe again.
 ///
 /// The engine writes one frame per log line. A reader that wakes for every few frames costs both
 /// sides a wakeup per write (the kernel wakes a pipe's reader on each write into an empty pipe)
@@ -41,6 +47,17 @@ const SETTLE: Duration = Duration::from_millis(1);
 /// (see `Pipeline::run`).
 const INCOMPLETE_RECHECK: Duration = Duration::from_millis(20);
 
+/// At shutdown, how long the writer of a frame half read into memory (one larger than the FIFO)
+/// gets to finish it: the engine writes a frame in one go, so its rest comes at once unless the
+/// engine itself is stuck.
+const TAKEN_FRAME_GRACE: Duration = Duration::from_secs(2);
+
+/// A buffer a large frame was read into is kept for the next one up to this size.
+const KEEP_TAKEN: usize = 64 << 10;
+
+/// At most one ERROR line per kind of loss in this long, each with the count since the last.
+const LOSS_REPORT_EVERY: Duration = Duration::from_secs(10);
+
 /// Counts for one logging run, logged when it ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunStats {
@@ -48,13 +65,13 @@ pub struct RunStats {
     pub entries: u64,
     /// Bytes of frames read (prefix included).
     pub bytes: u64,
-    /// Frames over the cap, skipped.
+    /// Frames over [`MAX_PAYLOAD`], skipped (each also counted in `lost`).
     pub oversized: u64,
     /// Frames whose payload is not a LogEntry, skipped.
     pub invalid: u64,
     /// Bytes of an incomplete frame left when the run ended.
     pub truncated_bytes: u64,
-    /// Entries read but lost because the store could not write them.
+    /// Entries lost: the store could not write them, or their frame was over [`MAX_PAYLOAD`].
     pub lost: u64,
     /// Entries dropped after a crash because the store already had them.
     pub replayed: u64,
@@ -134,9 +151,41 @@ impl ReplayFilter {
 #[derive(Debug, PartialEq, Eq)]
 enum Drained {
     Empty,
-    /// Only the start of a frame is there.
+    /// Only the start of a frame is there: this many bytes of it in the pipe (and perhaps more
+    /// already taken out, see [`Drainer::taken`]).
     Incomplete(usize),
     Eof,
+}
+
+/// Where reading a frame by consuming it stands.
+enum Taking {
+    /// Stored (or handed to the decoder to skip); nothing is taken any more.
+    Done,
+    /// The rest has not come yet.
+    Waiting,
+    /// The writer is gone before the rest came.
+    Eof,
+}
+
+/// Rate limit for the ERROR lines of one kind of loss.
+#[derive(Debug, Default)]
+struct LossLog {
+    last: Option<Instant>,
+    /// Lost since the last line.
+    pending: u64,
+}
+
+impl LossLog {
+    /// Adds `n` lost entries; returns the count to log now if a line is due.
+    fn add(&mut self, n: u64) -> Option<u64> {
+        self.pending += n;
+        let due = self.last.is_none_or(|at| at.elapsed() >= LOSS_REPORT_EVERY);
+        if !due || self.pending == 0 {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.pending))
+    }
 }
 
 struct Drainer {
@@ -146,8 +195,13 @@ struct Drainer {
     batch: Batch,
     stats: RunStats,
     replay: Option<ReplayFilter>,
-    last_loss_report: Option<Instant>,
-    lost_reported: u64,
+    /// A frame being read by consuming it (see `fifo`): its bytes so far, prefix first. Empty
+    /// when no frame is being taken.
+    taken: Vec<u8>,
+    store_losses: LossLog,
+    oversized_losses: LossLog,
+    /// A drain that took less than this makes the next wait settle (see [`SMALL_DRAIN`]).
+    small_drain: u64,
     /// The last drain was small: let lines gather before the next (see [`SMALL_DRAIN`]).
     settle: bool,
     /// Where the counts go as they grow (the metrics endpoint), and what was added so far.
@@ -162,19 +216,29 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(fifo: Fifo, store: Arc<ContainerStore>, replay: Option<ReplayFilter>) -> Self {
-        // A frame must fit in the pipe to be seen whole (see `fifo`).
-        let cap = fifo.capacity().saturating_sub(PREFIX);
+        // The settling pause assumes a drain under a quarter of the pipe: with a FIFO the kernel
+        // would not raise (past the pipe budget), a quarter of what it has.
+        let fifo_size = fifo.pipe_size().unwrap_or(WANTED_PIPE_SIZE);
+        if fifo_size < WANTED_PIPE_SIZE {
+            tracing::info!(
+                fifo_bytes = fifo_size,
+                "the FIFO keeps {fifo_size} bytes, the kernel refused more: root's pipe budget \
+                 (fs.pipe-user-pages-soft) is used up on this host; lines are read whole anyway"
+            );
+        }
         Self {
             fifo,
             drainer: Drainer {
                 store,
-                decoder: FrameDecoder::new(cap),
+                decoder: FrameDecoder::new(MAX_PAYLOAD),
                 peeked: Vec::new(),
                 batch: Batch::default(),
                 stats: RunStats::default(),
                 replay: replay.filter(|r| !r.is_done()),
-                last_loss_report: None,
-                lost_reported: 0,
+                taken: Vec::new(),
+                store_losses: LossLog::default(),
+                oversized_losses: LossLog::default(),
+                small_drain: SMALL_DRAIN.min(fifo_size as u64 / 4),
                 settle: false,
                 metrics: None,
                 published: RunStats::default(),
@@ -222,10 +286,12 @@ impl Pipeline {
                 }
                 _ = shutdown.cancelled() => {
                     self.final_drain();
+                    self.finish_taken_frame().await;
                     // The process is about to exit: durable before it does.
                     sync_store(&self.drainer.store);
                     // An incomplete frame stays in the pipe for the next start: not truncated.
-                    self.drainer.stats.truncated_bytes = 0;
+                    // One half taken out of it (larger than the FIFO) is lost.
+                    self.drainer.stats.truncated_bytes = self.drainer.taken.len() as u64;
                     return (RunEnd::Shutdown, self.drainer.stats);
                 }
                 ready = readable => ready,
@@ -278,11 +344,36 @@ impl Pipeline {
 
     fn final_drain(&mut self) {
         match self.drainer.drain(&self.fifo) {
-            Ok(Drained::Incomplete(left)) => self.drainer.stats.truncated_bytes = left as u64,
+            Ok(Drained::Incomplete(left)) => {
+                self.drainer.stats.truncated_bytes = (left + self.drainer.taken.len()) as u64
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::warn!(%error, file = %self.fifo.path().display(), "final read of the FIFO failed")
             }
+        }
+    }
+}
+
+impl Pipeline {
+    /// At shutdown, a frame half read into memory (only one larger than the FIFO is) would be
+    /// lost, and the next start would read the FIFO from its middle: give its writer a moment
+    /// to finish it.
+    async fn finish_taken_frame(&mut self) {
+        let deadline = Instant::now() + TAKEN_FRAME_GRACE;
+        while !self.drainer.taken.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Err(error) = self.drainer.drain(&self.fifo) {
+                tracing::warn!(%error, file = %self.fifo.path().display(), "final read of the FIFO failed");
+                break;
+            }
+        }
+        if !self.drainer.taken.is_empty() {
+            tracing::error!(
+                bytes = self.drainer.taken.len(),
+                "shutting down in the middle of a frame larger than the FIFO: that entry is lost, \
+                 and the next start reads the rest of it as frames (skipped)"
+            );
         }
     }
 }
@@ -303,7 +394,7 @@ impl Drainer {
         let before = self.stats.bytes;
         let drained = self.drain_rounds(fifo);
         let taken = self.stats.bytes - before;
-        self.settle = taken > 0 && taken < SMALL_DRAIN;
+        self.settle = taken > 0 && taken < self.small_drain;
         self.publish();
         drained
     }
@@ -317,17 +408,93 @@ impl Drainer {
 
     fn drain_rounds(&mut self, fifo: &Fifo) -> std::io::Result<Drained> {
         loop {
+            if !self.taken.is_empty() {
+                match self.take_frame(fifo)? {
+                    Taking::Done => continue,
+                    Taking::Waiting => return Ok(Drained::Incomplete(0)),
+                    Taking::Eof => {
+                        self.stats.truncated_bytes += self.taken.len() as u64;
+                        self.taken.clear();
+                        return Ok(Drained::Eof);
+                    }
+                }
+            }
             let n = match fifo.peek(&mut self.peeked)? {
                 Peek::Empty => return Ok(Drained::Empty),
                 Peek::Eof => return Ok(Drained::Eof),
                 Peek::Data(n) => n,
             };
             let consumed = self.store_frames();
-            if consumed == 0 {
+            if consumed > 0 {
+                fifo.consume(consumed)?;
+            } else if !self.start_taking(fifo, n)? {
                 return Ok(Drained::Incomplete(n));
             }
-            fifo.consume(consumed)?;
         }
+    }
+
+    /// The frame at the front of the pipe is not whole in the `n` bytes a peek showed. Starts
+    /// reading it by consuming (see `fifo`) when no later peek could show it whole: the pipe
+    /// holds all of it and a scratch pipe is too small to show it (read and stored at once), or
+    /// the FIFO cannot hold all of it (read as it comes). Otherwise the rest is still to come and
+    /// the frame waits in the pipe. Returns whether it started.
+    fn start_taking(&mut self, fifo: &Fifo, n: usize) -> std::io::Result<bool> {
+        let available = fifo.available()?;
+        let first_read = match self.peeked.first_chunk::<PREFIX>() {
+            Some(prefix) => {
+                let need = PREFIX + u32::from_be_bytes(*prefix) as usize;
+                // A write's first bytes may share a page with the frame before (the kernel
+                // merges small writes), so a frame is sure to fit whole only a page short of
+                // the pipe's size.
+                let fits = need <= fifo.pipe_size()?.saturating_sub(page_size());
+                if available < need && fits {
+                    return Ok(false);
+                }
+                need
+            }
+            // Not even the length prefix showed, yet more is there: only a scratch pipe of a
+            // couple of tiny buffers does that. Take the prefix, then go on as above.
+            None if available > n => PREFIX,
+            None => return Ok(false),
+        };
+        fifo.read_into(&mut self.taken, first_read)?;
+        Ok(!self.taken.is_empty())
+    }
+
+    /// Reads more of the frame being taken, and stores it once whole: through the same decoder
+    /// and batch as peeked frames, right after the read that completed it.
+    fn take_frame(&mut self, fifo: &Fifo) -> std::io::Result<Taking> {
+        loop {
+            let want = match self.taken.first_chunk::<PREFIX>() {
+                None => PREFIX - self.taken.len(),
+                Some(prefix) => {
+                    let len = u32::from_be_bytes(*prefix) as usize;
+                    if len > self.decoder.cap() {
+                        // The decoder skips the rest as it comes, and counts the loss.
+                        0
+                    } else {
+                        PREFIX + len - self.taken.len()
+                    }
+                }
+            };
+            if want == 0 {
+                break;
+            }
+            match fifo.read_into(&mut self.taken, want)? {
+                Read::Data(_) => {}
+                Read::Empty => return Ok(Taking::Waiting),
+                Read::Eof => return Ok(Taking::Eof),
+            }
+        }
+        std::mem::swap(&mut self.peeked, &mut self.taken);
+        self.store_frames();
+        std::mem::swap(&mut self.peeked, &mut self.taken);
+        if self.taken.capacity() > KEEP_TAKEN {
+            self.taken = Vec::new();
+        } else {
+            self.taken.clear();
+        }
+        Ok(Taking::Done)
     }
 
     /// Decodes the whole frames in `peeked`, appends the valid entries, and returns the bytes done
@@ -373,7 +540,17 @@ impl Drainer {
             }
         });
         stats.oversized += done.oversized;
+        stats.lost += done.oversized;
         stats.bytes += done.consumed as u64;
+        if let Some(lost) = self.oversized_losses.add(done.oversized) {
+            tracing::error!(
+                lost,
+                lost_total = self.stats.lost,
+                max_bytes = MAX_PAYLOAD,
+                "frames longer than the cap were skipped: these log entries are lost (the engine \
+                 splits lines at 16 KiB, so whatever wrote them was not the engine)"
+            );
+        }
         if !self.batch.is_empty() {
             match self.store.append(&self.batch) {
                 Ok(()) => self.stats.entries += self.batch.len() as u64,
@@ -381,33 +558,26 @@ impl Drainer {
                     // The records before the failure are stored: counting the whole batch as
                     // lost would break stored + lost = read.
                     self.stats.entries += failed.stored as u64;
-                    self.stats.lost += (self.batch.len() - failed.stored) as u64;
-                    self.report_loss(&failed.error);
+                    let lost = (self.batch.len() - failed.stored) as u64;
+                    self.stats.lost += lost;
+                    if let Some(lost) = self.store_losses.add(lost) {
+                        tracing::error!(
+                            error = %failed.error,
+                            lost,
+                            lost_total = self.stats.lost,
+                            "cannot write the local copy: these log entries are lost (the FIFO \
+                             keeps being drained)"
+                        );
+                    }
                 }
             }
         }
         done.consumed
     }
 
-    /// An ERROR line for lost entries, at most every 10 s, with the count since the last one.
-    fn report_loss(&mut self, error: &crate::store::StoreError) {
-        let due = self
-            .last_loss_report
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
-        if due {
-            tracing::error!(
-                %error,
-                lost = self.stats.lost - self.lost_reported,
-                lost_total = self.stats.lost,
-                "cannot write the local copy: these log entries are lost (the FIFO keeps being drained)"
-            );
-            self.lost_reported = self.stats.lost;
-            self.last_loss_report = Some(Instant::now());
-        }
-    }
-
     fn discard_incomplete(&mut self, fifo: &Fifo, left: usize) {
-        self.stats.truncated_bytes += left as u64;
+        self.stats.truncated_bytes += (left + self.taken.len()) as u64;
+        self.taken.clear();
         self.publish();
         if let Err(error) = fifo.consume(left) {
             tracing::debug!(%error, "cannot discard the incomplete frame");
@@ -418,6 +588,10 @@ impl Drainer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container_id::ContainerId;
+    use crate::store::{Spool, StoreLimits, Stores};
+    use std::io::Write;
+    use std::path::Path;
 
     fn entry(t: i64, line: &str) -> LogEntry {
         LogEntry {
@@ -443,5 +617,154 @@ mod tests {
         let mut filter = ReplayFilter::new(vec![entry(1, "a")]);
         assert!(!filter.is_replay(&entry(1, "a-but-different")));
         assert!(filter.is_done());
+    }
+
+    fn framed(entry: &LogEntry) -> Vec<u8> {
+        let payload = entry.encode_to_vec();
+        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&payload);
+        out
+    }
+
+    fn fragments(t: i64, len: usize, id: &str) -> Vec<LogEntry> {
+        let text: Vec<u8> = (0..len).map(|k| b'a' + (k % 26) as u8).collect();
+        let chunks: Vec<&[u8]> = text.chunks(16 << 10).collect();
+        let n = chunks.len();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| LogEntry {
+                source: "stdout".into(),
+                time_nano: t,
+                line: chunk.to_vec().into(),
+                partial: true,
+                partial_log_metadata: Some(entry::PartialLogEntryMetadata {
+                    last: i + 1 == n,
+                    id: id.into(),
+                    ordinal: i as i32 + 1,
+                }),
+            })
+            .collect()
+    }
+
+    /// Runs a pipeline on a FIFO of `fifo_size` bytes read through private pipes of
+    /// `scratch_size` bytes; a writer thread writes `frames` with one blocking write each, as
+    /// the engine does; then StopLogging. Returns the run's counts and what the store holds.
+    async fn run_through_pipes(
+        fifo_size: usize,
+        scratch_size: usize,
+        frames: Vec<Vec<u8>>,
+    ) -> (RunStats, Vec<LogEntry>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Held read-write like the engine holds it, so the pipeline never sees EOF.
+        let mut writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fifo = Fifo::open_with_pipe_sizes(Path::new(&path), fifo_size, scratch_size).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
+        let id = ContainerId::parse(&"ab".repeat(32)).unwrap();
+        let store = stores.open_container(&id, StoreLimits::default()).unwrap();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let run = tokio::spawn(
+            Pipeline::new(fifo, Arc::clone(&store), None).run(stop_rx, CancellationToken::new()),
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            for f in &frames {
+                writer.write_all(f).unwrap();
+            }
+            writer
+        });
+        let writer = tokio::time::timeout(Duration::from_secs(30), written)
+            .await
+            .expect("the writer was blocked: the FIFO stopped being drained")
+            .unwrap();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        stop_tx.send(reply_tx).unwrap();
+        let stats = reply_rx.await.unwrap();
+        let (end, _) = run.await.unwrap();
+        assert_eq!(end, RunEnd::Stopped);
+        drop(writer);
+        let stored = store.tail(usize::MAX).unwrap();
+        (stats, stored)
+    }
+
+    /// Lines of 12 KB, 16 KiB fragments of a long line, and 100 KB frames, between short lines.
+    fn large_frames() -> Vec<LogEntry> {
+        let mut entries = Vec::new();
+        let mut t = 1_000;
+        let mut next = |entries: &mut Vec<LogEntry>, text: Vec<u8>| {
+            t += 1;
+            entries.push(entry(t, "x"));
+            entries.last_mut().unwrap().line = text.into();
+        };
+        for i in 0..20 {
+            next(&mut entries, format!("short {i}").into_bytes());
+            next(&mut entries, vec![b'0' + (i % 10) as u8; 12_000]);
+        }
+        entries.extend(fragments(5_000, 200 << 10, "long"));
+        for i in 0..5 {
+            next(&mut entries, vec![b'A' + i as u8; 100_000]);
+            next(&mut entries, format!("after {i}").into_bytes());
+        }
+        entries
+    }
+
+    fn assert_stored_whole(stats: RunStats, stored: &[LogEntry], sent: &[LogEntry]) {
+        assert_eq!(
+            (stats.oversized, stats.lost, stats.truncated_bytes),
+            (0, 0, 0),
+            "nothing skipped: {stats:?}"
+        );
+        assert_eq!(stats.entries, sent.len() as u64, "{stats:?}");
+        assert_eq!(stored.len(), sent.len(), "entries in the store");
+        for (i, (got, want)) in stored.iter().zip(sent).enumerate() {
+            assert!(
+                got == want,
+                "entry {i} differs ({} bytes sent)",
+                want.line.len()
+            );
+        }
+    }
+
+    /// Regression: past the pipe budget (`fs.pipe-user-pages-soft`) the kernel gives the private
+    /// pipe 2 slots; the frame cap followed the smallest pipe, and every frame over ~8 KiB was
+    /// skipped as oversized.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_larger_than_a_small_scratch_pipe_arrive_whole() {
+        let sent = large_frames();
+        let frames = sent.iter().map(framed).collect();
+        let (stats, stored) = run_through_pipes(1 << 20, 8 << 10, frames).await;
+        assert_stored_whole(stats, &stored, &sent);
+    }
+
+    /// A FIFO that holds less than a frame (the engine's default 64 KiB, when the plugin may not
+    /// raise it): the frame is read as it comes and stored whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_larger_than_the_fifo_arrive_whole() {
+        let mut sent = large_frames();
+        sent.push(entry(9_000, &"m".repeat(1_000_000)));
+        sent.push(entry(9_001, "after a million"));
+        let frames = sent.iter().map(framed).collect();
+        let (stats, stored) = run_through_pipes(64 << 10, 8 << 10, frames).await;
+        assert_stored_whole(stats, &stored, &sent);
+    }
+
+    /// A frame over the 1 MiB cap is a protocol violation the engine never commits: skipped as
+    /// its bytes come, and counted as a loss, not only as "oversized".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_over_the_cap_is_skipped_and_counted_lost() {
+        let before = entry(1, "before");
+        let after = entry(3, "after");
+        let mut huge = (2u32 << 20).to_be_bytes().to_vec();
+        huge.extend(std::iter::repeat_n(b'z', 2 << 20));
+        let frames = vec![framed(&before), huge, framed(&after)];
+        let (stats, stored) = run_through_pipes(1 << 20, 1 << 20, frames).await;
+        assert_eq!(stored, vec![before, after]);
+        assert_eq!((stats.oversized, stats.lost), (1, 1), "{stats:?}");
     }
 }

@@ -380,23 +380,31 @@ impl Plugin {
     fn run_ended(&self, file: &str, end: RunEnd, stats: RunStats) {
         let run = self.lock_active().remove(file);
         let Some(run) = run else { return };
-        tracing::info!(
-            file,
-            ?end,
-            entries = stats.entries,
-            bytes = stats.bytes,
-            oversized = stats.oversized,
-            invalid = stats.invalid,
-            truncated_bytes = stats.truncated_bytes,
-            lost = stats.lost,
-            replayed = stats.replayed,
-            "logging run ended"
-        );
-        if stats.lost > 0 {
-            tracing::error!(
-                lost = stats.lost,
-                "log entries lost in this run because the local copy could not be written"
-            );
+        // ERROR when entries or bytes of entries were lost, WARN when frames that were no
+        // entries were skipped: a run that lost something never ends at INFO.
+        macro_rules! run_ended {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    file,
+                    ?end,
+                    entries = stats.entries,
+                    bytes = stats.bytes,
+                    oversized = stats.oversized,
+                    invalid = stats.invalid,
+                    truncated_bytes = stats.truncated_bytes,
+                    lost = stats.lost,
+                    replayed = stats.replayed,
+                    "logging run ended"
+                )
+            };
+        }
+        if stats.lost > 0 || stats.truncated_bytes > 0 {
+            run_ended!(tracing::Level::ERROR);
+        } else if stats.invalid > 0 {
+            run_ended!(tracing::Level::WARN);
+        } else {
+            run_ended!(tracing::Level::INFO);
         }
         if end == RunEnd::Shutdown {
             // Still open in the engine: the table keeps it for the next start.

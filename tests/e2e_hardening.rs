@@ -64,6 +64,14 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         "one_container_logging_as_fast_as_it_can",
         one_container_logging_as_fast_as_it_can,
     ),
+    (
+        "lines_of_12_kb_arrive_whole_with_the_pipe_budget_used_up",
+        lines_of_12_kb_arrive_whole_with_the_pipe_budget_used_up,
+    ),
+    (
+        "seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget",
+        seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget,
+    ),
 ];
 
 #[test]
@@ -1075,4 +1083,195 @@ fn one_container_logging_as_fast_as_it_can(docker: &mut Docker) {
     );
     docker.docker_ok(&["rm", name]);
     assert_flat(docker, "one container as fast as it can", start, top);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The kernel's pipe budget (issue 12, item 2). A managed plugin has no CAP_SYS_RESOURCE: every
+// pipe of uid 0 (dockerd's, the containers', the plugin's) is charged to one budget,
+// fs.pipe-user-pages-soft; past it the plugin's new pipes get 2 slots (8 KiB) and raising the
+// FIFO is refused. Lines of 8-16 KiB (and fragments of longer lines) were then skipped.
+
+const PIPE_BUDGET: &str = "/proc/sys/fs/pipe-user-pages-soft";
+
+/// `fs.pipe-user-pages-soft` lowered to 1 page while it lives: every pipe an unprivileged
+/// process of uid 0 creates (or resizes) meanwhile gets 2 slots, as past the budget on a busy
+/// host. The sysctl is machine-wide, so the window is kept short (one `docker run`), and the
+/// old value is restored on drop (a panic included) and, should this process be killed, by a
+/// watchdog 180 s later.
+struct LoweredPipeBudget {
+    old: String,
+    watchdog: Child,
+}
+
+impl LoweredPipeBudget {
+    fn new() -> Self {
+        let old = std::fs::read_to_string(PIPE_BUDGET)
+            .unwrap_or_else(|e| panic!("read {PIPE_BUDGET}: {e}"))
+            .trim()
+            .to_string();
+        assert!(
+            old.parse::<u64>().is_ok_and(|v| v > 1),
+            "{PIPE_BUDGET} is {old:?}: this test needs the budget on (0 turns it off)"
+        );
+        let watchdog = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("sleep 180; echo {old} > {PIPE_BUDGET}"))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("start the sysctl watchdog");
+        std::fs::write(PIPE_BUDGET, "1").unwrap_or_else(|e| panic!("write {PIPE_BUDGET}: {e}"));
+        eprintln!("h4:   {PIPE_BUDGET} lowered from {old} to 1");
+        Self { old, watchdog }
+    }
+}
+
+impl Drop for LoweredPipeBudget {
+    fn drop(&mut self) {
+        let restored = std::fs::write(PIPE_BUDGET, &self.old);
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+        match restored {
+            Ok(()) => eprintln!("h4:   {PIPE_BUDGET} restored to {}", self.old),
+            Err(e) => eprintln!(
+                "h4:   CANNOT RESTORE {PIPE_BUDGET} to {}: {e}; do it by hand",
+                self.old
+            ),
+        }
+    }
+}
+
+/// The line `n` of [`LINES_12KB`]: its number, a dash, the number again zero-padded to 12,000
+/// characters.
+fn line_12kb(n: u64) -> String {
+    format!("{n}-{n:0w$}", w = 12_000)
+}
+
+/// Prints `LINES` lines of 12 KB (see [`line_12kb`]) with busybox's printf.
+fn lines_12kb_script(lines: u64) -> String {
+    format!("for i in $(seq 1 {lines}); do printf '%s-%012000d\\n' $i $i; done")
+}
+
+/// `docker logs` of `name` must be exactly lines 1..=n of [`line_12kb`]; returns n.
+fn assert_lines_12kb(docker: &Docker, name: &str, at_least: u64) -> u64 {
+    let logs = docker.logs(name, &[]).stdout;
+    let lines: Vec<&str> = logs.lines().collect();
+    let whole = lines
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| **l == line_12kb(*i as u64 + 1))
+        .count();
+    let shorter = lines.iter().filter(|l| l.len() < 12_000).count();
+    assert!(
+        whole == lines.len() && whole as u64 >= at_least,
+        "{name}: {} lines in docker logs, {whole} of them whole and in place, {shorter} cut \
+         short; at least {at_least} expected",
+        lines.len()
+    );
+    whole as u64
+}
+
+/// The plugin's ingest counters: (lines lost, frames skipped).
+fn ingest_losses(metrics: &str) -> (u64, u64) {
+    let text = probe::fetch_metrics(metrics);
+    (
+        probe::metric(&text, "eslp_lines_lost_total"),
+        probe::metric(&text, "eslp_frames_skipped_total"),
+    )
+}
+
+/// The budget used up, as on a host with a few dozen containers: a container starts while it
+/// is, so the plugin's raise of its FIFO is refused (64 KiB) and the plugin's private pipes,
+/// created at that first StartLogging of a fresh plugin process, get 2 slots; the container
+/// prints 50 lines of 12 KB at once. Promise: all 50 in `docker logs`, whole; the plugin
+/// counts nothing lost or skipped.
+fn lines_of_12_kb_arrive_whole_with_the_pipe_budget_used_up(docker: &mut Docker) {
+    let name = "h4-budget";
+    docker.remove_all_containers();
+    let metrics = probe::free_addr();
+    // A fresh plugin process: it creates its private pipes at the first StartLogging.
+    docker.set_plugin(&[&format!("METRICS_ADDR={metrics}")]);
+    let id = {
+        let _lowered = LoweredPipeBudget::new();
+        let t = Instant::now();
+        // The pipes are sized at StartLogging, before `docker run` returns; the machine-wide
+        // window ends right after.
+        let id = docker.run_logged(name, &[], &lines_12kb_script(50));
+        eprintln!("h4:   budget lowered for {:.1?}", t.elapsed());
+        id
+    };
+    assert_eq!(docker.wait_exit(name, secs(60)), 0);
+    let whole = assert_lines_12kb(docker, name, 50);
+    docker.docker_ok(&["rm", name]);
+    let (lost, skipped) = ingest_losses(&metrics);
+    let fifo_small = plugin_said(docker, &id, "the FIFO keeps");
+    let tag = format!("plugin={}", docker.plugin_id());
+    let small_pipes = docker
+        .dockerd_log()
+        .lines()
+        .filter(|l| l.contains(&tag) && l.contains("a private pipe got"))
+        .count();
+    eprintln!(
+        "h4:   {name}: sent 50 lines of 12 KB | docker logs {whole} whole | plugin lost {lost}, \
+         skipped {skipped} | FIFO left small: {fifo_small}, small private pipes: {small_pipes}"
+    );
+    assert_eq!(
+        (lost, skipped),
+        (0, 0),
+        "the plugin's lost and skipped counters"
+    );
+}
+
+/// 70 containers at once, at the kernel's default budget, each printing a line of 12 KB every
+/// 200 ms: past the first few dozen the budget is used up (before the fix the plugin took
+/// 2 MiB of it per container) and later containers' pipes are small. Promise: every line of
+/// every container in `docker logs`, whole; nothing counted lost or skipped.
+fn seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget(docker: &mut Docker) {
+    const CONTAINERS: usize = 70;
+    docker.remove_all_containers();
+    let budget = std::fs::read_to_string(PIPE_BUDGET).unwrap_or_default();
+    let metrics = probe::free_addr();
+    docker.set_plugin(&[&format!("METRICS_ADDR={metrics}")]);
+    let names: Vec<String> = (0..CONTAINERS).map(|i| format!("h4-many-{i}")).collect();
+    // docker stop: the trap ends the loop between two lines, so no line is cut.
+    let script = "trap 'exit 0' TERM; i=0; \
+                  while :; do i=$((i+1)); printf '%s-%012000d\\n' $i $i; sleep 0.2; done";
+    let t = Instant::now();
+    parallel(CONTAINERS, 6, |i| {
+        docker.run_logged(&names[i], &[], script);
+    });
+    eprintln!(
+        "h4:   {CONTAINERS} containers started in {:.1?} (pipe-user-pages-soft {})",
+        t.elapsed(),
+        budget.trim()
+    );
+    // All of them running at once, each printing for a while.
+    std::thread::sleep(secs(3));
+    let mut stop = vec!["stop"];
+    stop.extend(names.iter().map(String::as_str));
+    docker.docker_within(&stop, secs(300));
+    let total = Mutex::new(0u64);
+    parallel(CONTAINERS, 6, |i| {
+        let n = assert_lines_12kb(docker, &names[i], 5);
+        *total.lock().unwrap() += n;
+    });
+    let (lost, skipped) = ingest_losses(&metrics);
+    let small = docker
+        .dockerd_log()
+        .lines()
+        .filter(|l| l.contains(&format!("plugin={}", docker.plugin_id())))
+        .filter(|l| l.contains("pipe budget"))
+        .count();
+    eprintln!(
+        "h4:   {CONTAINERS} containers: {} lines of 12 KB, all whole in docker logs | plugin \
+         lost {lost}, skipped {skipped}; plugin lines about the pipe budget: {small}",
+        total.into_inner().unwrap()
+    );
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    docker.docker_within(&rm, secs(300));
+    assert_eq!(
+        (lost, skipped),
+        (0, 0),
+        "the plugin's lost and skipped counters"
+    );
 }

@@ -10,8 +10,9 @@
 //! - Bytes of a line are stored as they came (non-UTF-8, NUL, escapes, CR) and `docker logs`
 //!   gets them back byte for byte; Elasticsearch gets the lossy UTF-8 text (each invalid
 //!   sequence becomes U+FFFD, control characters kept, JSON-escaped).
-//! - A frame over the cap (the FIFO's capacity, 1 MiB) is skipped and counted, however large
-//!   its length prefix says it is, and the FIFO keeps being drained.
+//! - A frame over the cap (`frame::MAX_PAYLOAD`, 1 MiB, whatever the pipes' sizes) is skipped
+//!   and counted (as oversized, and as lost), however large its length prefix says it is, and
+//!   the FIFO keeps being drained.
 //! - Fragments that never end are stored as they come; the shipper rejoins at most 1 MiB
 //!   (`MAX_MESSAGE`) into one document and ships the rest of a line in further documents, and
 //!   ships a line whose last fragment never comes after `FRAGMENT_WAIT`.

@@ -27,6 +27,8 @@ pub struct PluginProcess {
     pub log: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// Run the plugin as this uid and gid (no capabilities) instead of the test's user.
+    uid: Option<u32>,
 }
 
 impl PluginProcess {
@@ -56,6 +58,29 @@ impl PluginProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            uid: None,
+        };
+        plugin.spawn();
+        plugin
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), but the plugin runs as `uid` (and the
+    /// same gid), so without any capability; its folder is given to that user. FIFOs for it must
+    /// be made with [`EngineFifo::create_for`].
+    pub fn start_as_user(uid: u32, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(uid)).expect("chown the plugin dir");
+        let mut plugin = Self {
+            socket: dir.path().join("plugin.sock"),
+            state: dir.path().join("state"),
+            log: dir.path().join("plugin.log"),
+            dir,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            uid: Some(uid),
         };
         plugin.spawn();
         plugin
@@ -68,7 +93,12 @@ impl PluginProcess {
             .append(true)
             .open(&self.log)
             .expect("plugin log");
-        let child = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"));
+        if let Some(uid) = self.uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let child = command
             .arg("serve")
             .arg("--socket")
             .arg(&self.socket)
@@ -312,6 +342,14 @@ impl EngineFifo {
             .open(&path)
             .expect("open fifo rw");
         Self { path, file }
+    }
+
+    /// [`create`](Self::create) for a plugin running as `uid` (see
+    /// [`PluginProcess::start_as_user`]): the FIFO is that user's.
+    pub fn create_for(dir: &Path, name: &str, uid: u32) -> Self {
+        let fifo = Self::create(dir, name);
+        std::os::unix::fs::chown(&fifo.path, Some(uid), Some(uid)).expect("chown the FIFO");
+        fifo
     }
 
     /// Writes one frame per entry, one write each, as the engine does.
