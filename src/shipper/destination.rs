@@ -414,7 +414,16 @@ impl Source {
             }
             return;
         }
-        let start = std::mem::replace(&mut self.read_to, after);
+        let mut start = std::mem::replace(&mut self.read_to, after);
+        // A record never spans segments: the first one read in a segment starts at its offset
+        // 0. "Just after the last record read" would name the end of the segment before, which
+        // after a power loss cut it back is the id of a line indexed before the loss.
+        if start.segment != after.segment {
+            start = Position {
+                segment: after.segment,
+                offset: 0,
+            };
+        }
         for line in self
             .fragments
             .push(entry, start, after)
