@@ -773,7 +773,8 @@ async fn dead_letters_to_index(shared: Arc<Shared>, index: String) {
         };
         let verdict =
             sent.map(|answer| bulk::classify(answer.status, &answer.body, documents.len()));
-        match verdict {
+        // Why some documents wait for the next round, if any do.
+        let held = match verdict {
             Ok(RequestVerdict::Items(items)) => {
                 let refused = items
                     .iter()
@@ -807,26 +808,19 @@ async fn dead_letters_to_index(shared: Arc<Shared>, index: String) {
                     tracing::warn!(refused, %index, "the dead-letter index refused documents too; they are in the dead-letter file");
                 }
                 shared.dead_letters.put_back(retry);
-                match first_held {
-                    None => backoff.reset(),
-                    Some(reason) => {
-                        let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
-                        if backoff
-                            .warn_and_wait(&shared, &message, tracing::Level::WARN)
-                            .await
-                            .is_none()
-                        {
-                            return;
-                        }
-                    }
-                }
+                first_held
             }
             other => {
                 shared.dead_letters.put_back(documents);
-                let reason = match other {
+                Some(match other {
                     Err(error) => error,
                     Ok(verdict) => verdict.to_string(),
-                };
+                })
+            }
+        };
+        match held {
+            None => backoff.reset(),
+            Some(reason) => {
                 let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
                 if backoff
                     .warn_and_wait(&shared, &message, tracing::Level::WARN)
