@@ -152,8 +152,8 @@ impl Stores {
     }
 
     /// Deletes the container's directory and forgets it, unless something still uses the
-    /// store: a logging run, a ReadLogs reader, a shipper (its handle or its pin) or a
-    /// compression job. The check and the unlinking of the directory happen under the map lock
+    /// store: a logging run, a ReadLogs reader or a shipper (its handle or its pin). Background
+    /// work on it (compression) is retired with it. The check and the unlinking of the directory happen under the map lock
     /// that [`Stores::open_container`] takes, so a container that starts again at that moment
     /// either holds its store first (and it stays) or gets a new, empty one afterwards: its new
     /// lines never go into a removed store.
