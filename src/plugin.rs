@@ -94,7 +94,8 @@ impl Plugin {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let spool = Arc::new(Spool::new(settings.spool_max_size));
-        let stores = Stores::open(state_dir.join("containers"), Arc::clone(&spool))?;
+        let stores =
+            Stores::open_after_boot_check(state_dir.join("containers"), Arc::clone(&spool))?;
         let table = match RunTable::load(state_dir) {
             Ok(table) => table,
             Err(error) => {

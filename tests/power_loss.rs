@@ -176,6 +176,13 @@ async fn power_loss(checkpoint_left: Checkpoint) {
         .expect("open segment")
         .set_len(durable)
         .expect("cut the segment back");
+    // A power loss is a new boot of the host: what the plugin records of the boot it ran in no
+    // longer matches.
+    std::fs::write(
+        plugin.state.join("containers").join(".boot_id"),
+        "00000000-0000-0000-0000-000000000000",
+    )
+    .expect("record another boot");
     plugin.restart();
     wait_until(Duration::from_secs(10), "the FIFO reopened", || {
         plugin.output().contains("reopened FIFO after restart")

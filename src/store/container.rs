@@ -170,7 +170,9 @@ impl ContainerStore {
     ///
     /// `written_here` is the active segment this process last appended to in this store (see
     /// [`ContainerStore::written_here`]): only that one may be appended to again; any other
-    /// active segment found on disk is retired before the next append.
+    /// active segment found on disk is retired before the next append, unless
+    /// `page_cache_kept` (the host has not restarted since an earlier process wrote it: what
+    /// that process wrote is all there, however it ended).
     pub(crate) fn open(
         id: ContainerId,
         dir: PathBuf,
@@ -178,6 +180,7 @@ impl ContainerStore {
         queue: CompressQueue,
         spool: Arc<Spool>,
         written_here: Option<u64>,
+        page_cache_kept: bool,
     ) -> Result<Self, StoreError> {
         let mut files: BTreeMap<u64, (bool, bool)> = BTreeMap::new();
         for (number, kind, path) in segment::list(&dir)? {
@@ -230,7 +233,8 @@ impl ContainerStore {
             let recovered = segment::recover(&file, &path)?;
             // Cut back now, or written by an earlier process: either way it may be shorter
             // than what was handed out from it.
-            retire_active = recovered.len < on_disk || written_here != Some(active_number);
+            retire_active = recovered.len < on_disk
+                || !(page_cache_kept || written_here == Some(active_number));
             (file, recovered)
         } else {
             // A new segment: its entries are counted from here.

@@ -32,6 +32,9 @@ pub struct Stores {
     /// a store opened again may go on appending there, and only there (see
     /// `ContainerStore::take_over`). Entries go with the container's directory.
     written_here: Mutex<HashMap<ContainerId, u64>>,
+    /// The host has not restarted since the stores were last opened: see
+    /// [`Stores::open_after_boot_check`].
+    same_boot: bool,
     /// Dropped after `open` (field order), so the thread is joined last.
     compressor: Compressor,
     spool: Arc<Spool>,
@@ -40,12 +43,33 @@ pub struct Stores {
 impl Stores {
     /// Opens the root (created 0700 if missing) and starts the compressor thread. `spool` is
     /// the budget every store's backlog shares.
+    ///
+    /// Every active segment found on disk is treated as written before a host crash: it is
+    /// sealed before the next append (see [`Stores::open_after_boot_check`] for the plugin's
+    /// way).
     pub fn open(root: PathBuf, spool: Arc<Spool>) -> Result<Self, StoreError> {
+        Self::open_with(root, spool, false)
+    }
+
+    /// [`Stores::open`], but an active segment an earlier process wrote during this same boot
+    /// of the host is appended to again: the page cache kept everything that process wrote
+    /// (a plugin crash, restart, disable/enable or upgrade loses nothing of it), so no id it
+    /// handed out can be reused. Sealing it anyway would cost a segment of the `max-file`
+    /// window of `docker logs` at every plugin restart. The boot is the kernel's `boot_id`,
+    /// recorded in `<root>/.boot_id`.
+    pub fn open_after_boot_check(root: PathBuf, spool: Arc<Spool>) -> Result<Self, StoreError> {
+        segment::create_dir(&root)?;
+        let same_boot = boot::same_as_recorded(&root);
+        Self::open_with(root, spool, same_boot)
+    }
+
+    fn open_with(root: PathBuf, spool: Arc<Spool>, same_boot: bool) -> Result<Self, StoreError> {
         segment::create_dir(&root)?;
         Ok(Self {
             root,
             open: Mutex::new(HashMap::new()),
             written_here: Mutex::new(HashMap::new()),
+            same_boot,
             compressor: Compressor::start()?,
             spool,
         })
@@ -93,6 +117,7 @@ impl Stores {
             self.compressor.queue(),
             Arc::clone(&self.spool),
             written_here,
+            self.same_boot,
         )
     }
 
@@ -257,6 +282,34 @@ impl Stores {
         self.written_here
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The host's boot, as the kernel names it, against the one recorded beside the stores.
+mod boot {
+    use std::path::Path;
+
+    const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+    const RECORDED: &str = ".boot_id";
+
+    /// True when `<root>/.boot_id` names the boot the host is in now; records it either way
+    /// (synced, so a later boot never reads this one's as its own). Anything unreadable counts
+    /// as a new boot: sealing a segment costs one file, appending after a host crash could
+    /// reuse document ids.
+    pub(super) fn same_as_recorded(root: &Path) -> bool {
+        let Ok(now) = std::fs::read_to_string(BOOT_ID) else {
+            return false;
+        };
+        let now = now.trim();
+        let path = root.join(RECORDED);
+        let recorded = std::fs::read_to_string(&path).ok();
+        let same = recorded.as_deref().map(str::trim) == Some(now);
+        if !same {
+            if let Err(error) = crate::runs::write_atomically(&path, now.as_bytes()) {
+                tracing::warn!(%error, path = %path.display(), "cannot record the host's boot; the next start seals every active segment again");
+            }
+        }
+        same
     }
 }
 
