@@ -1339,3 +1339,49 @@ fn compressed_backlog_is_charged_at_its_size_on_disk_and_nothing_is_dropped() {
         spool.max()
     );
 }
+
+/// Regression: every plugin start sealed the active segment an earlier process left, even after
+/// a plugin restart, disable/enable or upgrade within the same boot of the host, where the page
+/// cache kept everything: each restart cost a segment of the `max-file` window `docker logs`
+/// shows (the e2e disable/enable test lost its first 43,337 lines). Only a new boot seals it.
+#[test]
+fn a_restart_within_the_same_boot_appends_to_the_segment_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let open =
+        || Stores::open_after_boot_check(root.clone(), Arc::new(Spool::new(1 << 30))).unwrap();
+    let segments = || {
+        files(&root.join(id('a').as_str()))
+            .into_iter()
+            .filter(|name| name.ends_with(".log"))
+            .count()
+    };
+    {
+        let stores = open();
+        let store = stores
+            .open_container(&id('a'), StoreLimits::default())
+            .unwrap();
+        store.append(&batch_of(&[entry(1, 10)])).unwrap();
+    }
+    for round in 2..4 {
+        let stores = open();
+        let store = stores
+            .open_container(&id('a'), StoreLimits::default())
+            .unwrap();
+        store.append(&batch_of(&[entry(round, 10)])).unwrap();
+        assert_eq!(
+            segments(),
+            1,
+            "restart {round} within the same boot sealed the segment"
+        );
+    }
+    // A new boot (a power loss, or any host restart) seals it.
+    fs::write(root.join(".boot_id"), "another boot").unwrap();
+    let stores = open();
+    let store = stores
+        .open_container(&id('a'), StoreLimits::default())
+        .unwrap();
+    store.append(&batch_of(&[entry(9, 10)])).unwrap();
+    assert_eq!(segments(), 2);
+    assert_eq!(store.tail(10).unwrap().len(), 4);
+}
