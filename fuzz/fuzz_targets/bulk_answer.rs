@@ -41,7 +41,11 @@ fn check(status: u16, body: &[u8], items: usize) -> RequestVerdict {
             );
             assert_eq!(verdicts.len(), items, "one verdict per document");
             for v in verdicts {
-                if let ItemVerdict::Retry { reason, .. } | ItemVerdict::Reject { reason, .. } = v {
+                if let ItemVerdict::Retry { reason, .. }
+                | ItemVerdict::NotReady { reason, .. }
+                | ItemVerdict::Unknown { reason, .. }
+                | ItemVerdict::Reject { reason, .. } = v
+                {
                     bounded(reason);
                 }
             }
@@ -99,12 +103,20 @@ fuzz_target!(|data: &[u8]| {
         panic!("a well-formed answer not judged per item");
     };
     for (item, verdict) in items.iter().zip(&verdicts) {
+        // The table in bulk.rs: written and duplicate by status alone; a refusal keeps its
+        // status; only a 4xx other than 409 and 429 can be dead-lettered (a document fault),
+        // and a passing retry is only ever a 429 or a 5xx.
         let ok = match (item.status, verdict) {
             (200..=299, ItemVerdict::Written) => true,
             (409, ItemVerdict::Duplicate) => true,
-            (429 | 500..=599, ItemVerdict::Retry { status, .. }) => *status == item.status,
+            (s, ItemVerdict::Retry { status, .. }) => {
+                *status == s && matches!(s, 429 | 500..=599)
+            }
+            (s, ItemVerdict::NotReady { status, .. } | ItemVerdict::Unknown { status, .. }) => {
+                *status == s && !matches!(s, 200..=299 | 409)
+            }
             (s, ItemVerdict::Reject { status, .. }) => {
-                *status == s && !matches!(s, 200..=299 | 409 | 429 | 500..=599)
+                *status == s && matches!(s, 400..=499) && !matches!(s, 409 | 429)
             }
             _ => false,
         };
