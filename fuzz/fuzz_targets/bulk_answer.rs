@@ -109,9 +109,7 @@ fuzz_target!(|data: &[u8]| {
         let ok = match (item.status, verdict) {
             (200..=299, ItemVerdict::Written) => true,
             (409, ItemVerdict::Duplicate) => true,
-            (s, ItemVerdict::Retry { status, .. }) => {
-                *status == s && matches!(s, 429 | 500..=599)
-            }
+            (s, ItemVerdict::Retry { status, .. }) => *status == s && matches!(s, 429 | 500..=599),
             (s, ItemVerdict::NotReady { status, .. } | ItemVerdict::Unknown { status, .. }) => {
                 *status == s && !matches!(s, 200..=299 | 409)
             }
