@@ -48,7 +48,7 @@ impl Stores {
     /// sealed before the next append (see [`Stores::open_after_boot_check`] for the plugin's
     /// way).
     pub fn open(root: PathBuf, spool: Arc<Spool>) -> Result<Self, StoreError> {
-        Self::open_with(root, spool, false)
+        Self::open_with(root, spool, |_| false)
     }
 
     /// [`Stores::open`], but an active segment an earlier process wrote during this same boot
@@ -58,13 +58,17 @@ impl Stores {
     /// window of `docker logs` at every plugin restart. The boot is the kernel's `boot_id`,
     /// recorded in `<root>/.boot_id`.
     pub fn open_after_boot_check(root: PathBuf, spool: Arc<Spool>) -> Result<Self, StoreError> {
-        segment::create_dir(&root)?;
-        let same_boot = boot::same_as_recorded(&root);
-        Self::open_with(root, spool, same_boot)
+        Self::open_with(root, spool, boot::same_as_recorded)
     }
 
-    fn open_with(root: PathBuf, spool: Arc<Spool>, same_boot: bool) -> Result<Self, StoreError> {
+    /// `same_boot` judges the root once it exists.
+    fn open_with(
+        root: PathBuf,
+        spool: Arc<Spool>,
+        same_boot: impl FnOnce(&Path) -> bool,
+    ) -> Result<Self, StoreError> {
         segment::create_dir(&root)?;
+        let same_boot = same_boot(&root);
         Ok(Self {
             root,
             open: Mutex::new(HashMap::new()),
