@@ -15,6 +15,7 @@
 //! - [`frame`]: length-prefixed frame decoding with a size cap, and encoding for ReadLogs.
 //! - [`fifo`]: the FIFO itself: open, pipe size, non-consuming reads (tee) and consumption.
 //! - [`pipeline`]: one task per logging run: drain a FIFO into the container's store, never stop.
+//! - [`replay`]: after a crash, recognising the round a FIFO holds that the store has already.
 //! - [`runs`]: the persisted table of open logging runs (File -> Info), reopened after a crash.
 //! - [`options`]: the log-opt table: names, defaults, validation with actionable messages.
 //! - [`settings`]: plugin-wide settings from the environment (`docker plugin set`).
@@ -37,6 +38,7 @@ pub mod options;
 pub mod pipeline;
 pub mod plugin;
 pub mod readlogs;
+pub mod replay;
 pub mod retention;
 pub mod runs;
 pub mod settings;

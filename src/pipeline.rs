@@ -13,8 +13,12 @@
 //! whole. A frame over [`MAX_PAYLOAD`] is skipped as its bytes come and counted as lost.
 //!
 //! After a plugin crash the round that was stored but not yet consumed is read again; a
-//! [`ReplayFilter`] built from the end of the store drops those repeated entries, so a crash
-//! costs neither a line nor a duplicate.
+//! [`ReplayFilter`] (`replay`) recognises those repeated entries against the end of the store
+//! and drops them, so a crash costs neither a line nor a duplicate.
+//!
+//! A run reopened after a restart may find its container's store unopenable (a read-only or
+//! broken state dir): it drains the FIFO all the same, counting what it cannot keep as lost,
+//! and tries to open the store again now and then (see [`StoreSlot`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +31,11 @@ use crate::entry::{self, LogEntry};
 use crate::fifo::{page_size, Fifo, Peek, Read, WANTED_PIPE_SIZE};
 use crate::frame::{FrameDecoder, MAX_PAYLOAD, PREFIX};
 use crate::metrics::IngestMetrics;
+use crate::replay::ReplayFilter;
 use crate::store::{Batch, ContainerStore};
+
+pub(crate) mod slot;
+pub use slot::{OpenStore, StoreSlot};
 
 /// A drain that took less than this (a quarter of the default 1 MiB pipe; a quarter of the FIFO
 /// when the kernel left it smaller, past its pipe budget) makes the run wait [`SETTLE`] before
@@ -109,44 +117,6 @@ pub enum RunEnd {
 /// A request to stop, answered with the run's counts once the pipe is drained.
 pub type StopRequest = oneshot::Sender<RunStats>;
 
-/// Drops the entries a crashed plugin had stored but not yet consumed from the FIFO: the first
-/// entries of the reopened FIFO that equal, one after another, entries at the end of the store.
-/// Two distinct entries are never equal (each has the engine's nanosecond timestamp, and the
-/// fragments of one line differ in ordinal), so this never drops a new line.
-#[derive(Debug)]
-pub struct ReplayFilter {
-    recent: Vec<LogEntry>,
-    next: Option<usize>,
-}
-
-impl ReplayFilter {
-    pub fn new(recent: Vec<LogEntry>) -> Self {
-        Self { recent, next: None }
-    }
-
-    /// True when `entry` repeats the store; false ends the filter for good.
-    fn is_replay(&mut self, entry: &LogEntry) -> bool {
-        let at = match self.next {
-            None => self.recent.iter().rposition(|e| e == entry),
-            Some(i) => (self.recent.get(i) == Some(entry)).then_some(i),
-        };
-        match at {
-            Some(i) => {
-                self.next = Some(i + 1);
-                true
-            }
-            None => {
-                self.recent = Vec::new();
-                false
-            }
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.recent.is_empty()
-    }
-}
-
 /// What one drain pass left in the pipe.
 #[derive(Debug, PartialEq, Eq)]
 enum Drained {
@@ -189,7 +159,7 @@ impl LossLog {
 }
 
 struct Drainer {
-    store: Arc<ContainerStore>,
+    store: StoreSlot,
     decoder: FrameDecoder,
     peeked: Vec<u8>,
     batch: Batch,
@@ -216,6 +186,15 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(fifo: Fifo, store: Arc<ContainerStore>, replay: Option<ReplayFilter>) -> Self {
+        Self::with_slot(fifo, StoreSlot::Open(store), replay)
+    }
+
+    /// A run whose store could not be opened: it drains all the same (see [`StoreSlot`]).
+    pub fn without_store(fifo: Fifo, open: OpenStore) -> Self {
+        Self::with_slot(fifo, StoreSlot::missing(open), None)
+    }
+
+    fn with_slot(fifo: Fifo, store: StoreSlot, replay: Option<ReplayFilter>) -> Self {
         // The settling pause assumes a drain under a quarter of the pipe: with a FIFO the kernel
         // would not raise (past the pipe budget), a quarter of what it has.
         let fifo_size = fifo.pipe_size().unwrap_or(WANTED_PIPE_SIZE);
@@ -288,7 +267,9 @@ impl Pipeline {
                     self.final_drain();
                     self.finish_taken_frame().await;
                     // The process is about to exit: durable before it does.
-                    sync_store(&self.drainer.store);
+                    if let Some(store) = self.drainer.store.opened() {
+                        sync_store(store);
+                    }
                     // An incomplete frame stays in the pipe for the next start: not truncated.
                     // One half taken out of it (larger than the FIFO) is lost.
                     self.drainer.stats.truncated_bytes = self.drainer.taken.len() as u64;
@@ -552,7 +533,18 @@ impl Drainer {
             );
         }
         if !self.batch.is_empty() {
-            match self.store.append(&self.batch) {
+            let store = match self.store.get() {
+                Ok(Some(store)) => store,
+                Ok(None) => {
+                    self.lose_batch(None);
+                    return done.consumed;
+                }
+                Err(error) => {
+                    self.lose_batch(Some(&error));
+                    return done.consumed;
+                }
+            };
+            match store.append(&self.batch) {
                 Ok(()) => self.stats.entries += self.batch.len() as u64,
                 Err(failed) => {
                     // The records before the failure are stored: counting the whole batch as
@@ -573,6 +565,21 @@ impl Drainer {
             }
         }
         done.consumed
+    }
+
+    /// The batch has no store to go to (see [`StoreSlot`]): its entries are lost, and said so.
+    fn lose_batch(&mut self, failed_open: Option<&crate::store::StoreError>) {
+        let lost = self.batch.len() as u64;
+        self.stats.lost += lost;
+        if let Some(lost) = self.store_losses.add(lost) {
+            tracing::error!(
+                error = failed_open.map(tracing::field::display),
+                lost,
+                lost_total = self.stats.lost,
+                "the local copy cannot be opened: these log entries are lost (the FIFO keeps \
+                 being drained, and opening the local copy is retried)"
+            );
+        }
     }
 
     fn discard_incomplete(&mut self, fifo: &Fifo, left: usize) {
@@ -600,23 +607,6 @@ mod tests {
             line: line.as_bytes().to_vec().into(),
             ..LogEntry::default()
         }
-    }
-
-    #[test]
-    fn replay_filter_drops_only_the_repeated_run() {
-        let stored = vec![entry(1, "a"), entry(2, "b"), entry(3, "c")];
-        let mut filter = ReplayFilter::new(stored);
-        assert!(filter.is_replay(&entry(2, "b")));
-        assert!(filter.is_replay(&entry(3, "c")));
-        assert!(!filter.is_replay(&entry(4, "d")));
-        assert!(filter.is_done());
-    }
-
-    #[test]
-    fn replay_filter_passes_a_new_first_entry() {
-        let mut filter = ReplayFilter::new(vec![entry(1, "a")]);
-        assert!(!filter.is_replay(&entry(1, "a-but-different")));
-        assert!(filter.is_done());
     }
 
     fn framed(entry: &LogEntry) -> Vec<u8> {

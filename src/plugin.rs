@@ -26,7 +26,8 @@ use crate::container_id::{ContainerId, InvalidContainerId};
 use crate::fifo::{Fifo, FifoError};
 use crate::metrics::Metrics;
 use crate::options::{LogOptions, OptionError};
-use crate::pipeline::{sync_store, Pipeline, ReplayFilter, RunEnd, RunStats, StopRequest};
+use crate::pipeline::{sync_store, Pipeline, RunEnd, RunStats, StopRequest};
+use crate::replay::ReplayFilter;
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
 use crate::shipper::config::EsOptions;
@@ -36,9 +37,8 @@ use crate::store::{ContainerStore, Removal, Spool, StoreError, Stores};
 /// How long StopLogging waits for the final drain before answering anyway: the engine must
 /// never hang on us, and the drain of a full 1 MiB pipe takes milliseconds.
 const STOP_DRAIN_LIMIT: Duration = Duration::from_secs(5);
-/// Entries read back from the store to recognise a replayed round after a crash: more than one
-/// round (a pipe's content) can hold.
-const REPLAY_WINDOW: usize = 1 << 16;
+/// How often a destination that could not be set up for a reopened run is tried again.
+const ATTACH_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -203,29 +203,26 @@ impl Plugin {
     }
 
     /// Reopens every FIFO of the run table that still exists, and resumes shipping for
-    /// containers whose lines were not all shipped.
+    /// containers whose lines were not all shipped. Returns at once: each FIFO is recovered by
+    /// its own task, so the API serves while stores open, and no FIFO waits for another's.
     pub fn recover(self: &Arc<Self>) {
         let mut resumed = std::collections::HashSet::new();
         for record in self.table.all().into_iter().filter(|r| r.stopped) {
             if resumed.insert(record.info.container_id.clone()) {
-                if let Err(error) = self.resume_shipping(&record) {
-                    tracing::warn!(%error, container = %record.info.container_id, "cannot resume shipping of a stopped container");
-                }
+                let plugin = Arc::clone(self);
+                self.tracker.spawn_blocking(move || {
+                    if let Err(error) = plugin.resume_shipping(&record) {
+                        tracing::warn!(%error, container = %record.info.container_id, "cannot resume shipping of a stopped container");
+                    }
+                });
             }
         }
         for record in self.table.all().into_iter().filter(|r| !r.stopped) {
-            let result = self.reopen(&record);
-            if let Err(error) = result {
-                // Gone when its container stopped while we were down, but also after
-                // `docker plugin upgrade`, which replaces the rootfs where the engine keeps the
-                // FIFOs: the operator must then restart that container for it to log again.
-                tracing::warn!(%error, container = %record.info.container_id.get(..12).unwrap_or_default(), file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it. If its container is still running (after docker plugin upgrade), restart it: until then its lines reach no logging plugin");
-                self.forget_record(&record.file);
-            }
+            self.reopen(record);
         }
     }
 
-    fn resume_shipping(&self, record: &RunRecord) -> Result<(), StartError> {
+    fn resume_shipping(self: &Arc<Self>, record: &RunRecord) -> Result<(), StartError> {
         let id = ContainerId::parse(&record.info.container_id)?;
         let options = LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
         let Some(es) = options.es else {
@@ -233,31 +230,157 @@ impl Plugin {
             return Ok(());
         };
         let store = self.stores.open_container(&id, options.store)?;
-        self.shippers.attach(&es, &record.info, &id, store)?;
-        self.shippers.stopped(&es, &id);
+        let _order = self.lock_ship_order();
+        if self.attach_or_retry(&es, &record.info, &id, &store) {
+            self.shippers.stopped(&es, &id);
+        }
         Ok(())
     }
 
-    fn reopen(self: &Arc<Self>, record: &RunRecord) -> Result<(), StartError> {
-        let id = ContainerId::parse(&record.info.container_id)?;
-        let options = LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
-        let fifo = Fifo::open(Path::new(&record.file))?;
-        let store = self.stores.open_container(&id, options.store)?;
-        self.count_run_and_attach(options.es.as_ref(), &record.info, &id, &store)?;
-        let recent = store.tail(REPLAY_WINDOW).unwrap_or_else(|error| {
-            tracing::warn!(%error, container = id.short(), "cannot read the end of the local copy; a crash-time round may be stored twice");
-            Vec::new()
-        });
+    /// Reopens a FIFO of the run table in a task of its own. Its run is registered at once, so
+    /// a StopLogging that comes meanwhile waits for its drain. Only a FIFO that is gone (its
+    /// container stopped while the plugin was down) or a record that cannot be read is
+    /// forgotten; a store or destination that fails to open never stops the FIFO being drained.
+    fn reopen(self: &Arc<Self>, record: RunRecord) {
+        let parsed = ContainerId::parse(&record.info.container_id)
+            .map_err(StartError::from)
+            .and_then(|id| {
+                let options =
+                    LogOptions::parse(Some(&record.info.config), &self.settings.option_defaults)?;
+                Ok((id, options))
+            });
+        let (id, options) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => return self.cannot_reopen(&record, &error),
+        };
+        let stop = self.register(&record.file, &id, options.es.clone());
+        let plugin = Arc::clone(self);
+        let file = record.file.clone();
+        let run_id = id.clone();
+        let pipeline = async move {
+            let opening = Arc::clone(&plugin);
+            let opened =
+                tokio::task::spawn_blocking(move || opening.open_reopened(&record, &id, options))
+                    .await;
+            opened.unwrap_or_else(|error| {
+                tracing::error!(%error, "reopening a FIFO failed");
+                None
+            })
+        };
+        self.spawn_run(file, run_id, stop, pipeline);
+    }
+
+    /// The blocking part of [`Self::reopen`]: the FIFO, the store, the shipper. None when the
+    /// FIFO is gone: the run is unlisted and forgotten.
+    fn open_reopened(
+        self: &Arc<Self>,
+        record: &RunRecord,
+        id: &ContainerId,
+        options: LogOptions,
+    ) -> Option<Pipeline> {
+        let fifo = match Fifo::open(Path::new(&record.file)) {
+            Ok(fifo) => fifo,
+            Err(error) => {
+                self.lock_active().remove(&record.file);
+                self.cannot_reopen(record, &error.into());
+                return None;
+            }
+        };
+        let es = options.es;
+        let store = self.stores.open_container(id, options.store);
+        {
+            let _order = self.lock_ship_order();
+            self.add_run(id, 1);
+            if let (Some(es), Ok(store)) = (&es, &store) {
+                self.attach_or_retry(es, &record.info, id, store);
+            }
+        }
         tracing::info!(container = id.short(), file = %record.file, "reopened FIFO after restart");
-        self.launch(
-            record.file.clone(),
-            id,
-            fifo,
-            store,
-            Some(ReplayFilter::new(recent)),
-            options.es,
-        );
-        Ok(())
+        let store = match store {
+            Ok(store) => store,
+            Err(error) => {
+                tracing::error!(%error, container = id.short(), file = %record.file, "cannot open the local copy of a container whose FIFO was reopened: its lines are drained and lost until it opens (retried, backing off to {:?})", crate::pipeline::slot::LAST_RETRY);
+                let plugin = Arc::clone(self);
+                let (id, info, limits) = (id.clone(), record.info.clone(), options.store);
+                return Some(Pipeline::without_store(
+                    fifo,
+                    Box::new(move || {
+                        let store = plugin.stores.open_container(&id, limits)?;
+                        if let Some(es) = &es {
+                            let _order = plugin.lock_ship_order();
+                            plugin.attach_or_retry(es, &info, &id, &store);
+                        }
+                        Ok(store)
+                    }),
+                ));
+            }
+        };
+        // Only a FIFO holding bytes can start with the round a crash left stored but not
+        // consumed (see `replay`).
+        let replay = match fifo.available() {
+            Ok(0) => None,
+            _ => Some(ReplayFilter::new(Arc::clone(&store))),
+        };
+        Some(Pipeline::new(fifo, store, replay))
+    }
+
+    fn cannot_reopen(&self, record: &RunRecord, error: &StartError) {
+        // Gone when its container stopped while we were down, but also after `docker plugin
+        // upgrade`, which replaces the rootfs where the engine keeps the FIFOs: the operator
+        // must then restart that container for it to log again.
+        tracing::warn!(%error, container = %record.info.container_id.get(..12).unwrap_or_default(), file = %record.file, "cannot reopen a FIFO from before the restart; forgetting it. If its container is still running (after docker plugin upgrade), restart it: until then its lines reach no logging plugin");
+        self.forget_record(&record.file);
+    }
+
+    /// Hands a store to its destination; one that cannot be set up now (an unreadable CA file,
+    /// say) is tried again in the background while the local copy keeps every line. Called
+    /// under [`Self::lock_ship_order`]. True when attached now.
+    fn attach_or_retry(
+        self: &Arc<Self>,
+        es: &EsOptions,
+        info: &Info,
+        id: &ContainerId,
+        store: &Arc<ContainerStore>,
+    ) -> bool {
+        let Err(error) = self.shippers.attach(es, info, id, Arc::clone(store)) else {
+            return true;
+        };
+        tracing::error!(%error, container = id.short(), "cannot ship this container's lines: its destination cannot be set up. The local copy keeps them; retrying every {ATTACH_RETRY:?}");
+        let plugin = Arc::clone(self);
+        let (es, info, id, store) = (es.clone(), info.clone(), id.clone(), Arc::clone(store));
+        let shutdown = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(ATTACH_RETRY) => {}
+                }
+                let plugin = Arc::clone(&plugin);
+                let (es, info, id, store) = (es.clone(), info.clone(), id.clone(), Arc::clone(&store));
+                let attached = tokio::task::spawn_blocking(move || {
+                    let _order = plugin.lock_ship_order();
+                    match plugin.shippers.attach(&es, &info, &id, store) {
+                        Ok(()) => {
+                            tracing::warn!(container = id.short(), "shipping this container's lines again: its destination is set up");
+                            // Its runs ended meanwhile: the destination releases it once shipped.
+                            if plugin.runs_counted(&id) == 0 {
+                                plugin.shippers.stopped(&es, &id);
+                            }
+                            true
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, container = id.short(), "still cannot set up this container's destination; its lines wait in the local copy");
+                            false
+                        }
+                    }
+                })
+                .await;
+                if attached.unwrap_or(true) {
+                    return;
+                }
+            }
+        });
+        false
     }
 
     pub fn start_logging(self: &Arc<Self>, request: StartLogging) -> Result<(), StartError> {
@@ -292,7 +415,7 @@ impl Plugin {
             log_table_error(&error);
         }
         tracing::info!(container = id.short(), file = %request.file, "logging started");
-        self.launch(request.file, id, fifo, store, None, options.es);
+        self.launch(request.file, id, fifo, store, options.es);
         Ok(())
     }
 
@@ -302,12 +425,23 @@ impl Plugin {
         id: ContainerId,
         fifo: Fifo,
         store: Arc<ContainerStore>,
-        replay: Option<ReplayFilter>,
         es: Option<EsOptions>,
     ) {
+        let stop = self.register(&file, &id, es);
+        let pipeline = Pipeline::new(fifo, store, None);
+        self.spawn_run(file, id, stop, std::future::ready(Some(pipeline)));
+    }
+
+    /// Lists a run as active: from now on StopLogging for `file` reaches it.
+    fn register(
+        &self,
+        file: &str,
+        id: &ContainerId,
+        es: Option<EsOptions>,
+    ) -> oneshot::Receiver<StopRequest> {
         let (stop_tx, stop_rx) = oneshot::channel();
         self.lock_active().insert(
-            file.clone(),
+            file.to_owned(),
             ActiveRun {
                 id: id.clone(),
                 stop: Some(stop_tx),
@@ -315,15 +449,30 @@ impl Plugin {
                 es,
             },
         );
+        stop_rx
+    }
+
+    /// Runs the pipeline `pipeline` gives (none: the run could not start, and is unlisted)
+    /// until it ends, then ends the run.
+    fn spawn_run(
+        self: &Arc<Self>,
+        file: String,
+        id: ContainerId,
+        stop: oneshot::Receiver<StopRequest>,
+        pipeline: impl std::future::Future<Output = Option<Pipeline>> + Send + 'static,
+    ) {
         let plugin = Arc::clone(self);
         let shutdown = self.shutdown.child_token();
         let metrics = Arc::clone(&self.metrics);
         let span = tracing::info_span!("run", container = id.short());
         self.tracker.spawn(
             async move {
-                let (end, stats) = Pipeline::new(fifo, Arc::clone(&store), replay)
+                let Some(pipeline) = pipeline.await else {
+                    return;
+                };
+                let (end, stats) = pipeline
                     .with_metrics(Arc::clone(&metrics.ingest))
-                    .run(stop_rx, shutdown)
+                    .run(stop, shutdown)
                     .await;
                 // Off the runtime's threads, which drain every other container's pipe: the
                 // store is synced after StopLogging was answered (a host crash would lose what
@@ -333,14 +482,14 @@ impl Plugin {
                 let ended = tokio::task::spawn_blocking(move || {
                     span.in_scope(|| {
                         if end == RunEnd::Stopped {
-                            sync_store(&store);
+                            if let Some(store) = plugin.stores.get_open(&id) {
+                                sync_store(&store);
+                            }
                         }
-                        // Let go of the store before the run's end decides whether anything
-                        // still uses it (DESTROY_LOGS_ON_STOP).
-                        drop(store);
+                        // The pipeline let go of the store: the run's end decides whether
+                        // anything still uses it (DESTROY_LOGS_ON_STOP).
                         plugin.run_ended(&file, end, stats);
-                        // The pipeline's handle is gone: the store closes unless shipping or a
-                        // reader still needs it.
+                        // The store closes unless shipping or a reader still needs it.
                         plugin.stores.close_idle();
                     })
                 });
@@ -608,6 +757,163 @@ mod tests {
         drop(store);
         assert_eq!(crate::retention::sweep(&plugin, Duration::ZERO, later), 1);
         assert!(!dir.path().join("containers").join(ID).exists());
+    }
+
+    fn frame(time: i64, text: &str) -> Vec<u8> {
+        let payload = LogEntry {
+            source: "stdout".into(),
+            time_nano: time,
+            line: text.as_bytes().to_vec().into(),
+            ..LogEntry::default()
+        }
+        .encode_to_vec();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// A FIFO held open by "the engine" (read-write, so it never reads EOF), and the run table a
+    /// crashed plugin left naming it.
+    fn crashed_run(dir: &Path, state: &Path) -> (String, std::fs::File) {
+        let path = dir.join("fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let file = path.to_string_lossy().into_owned();
+        std::fs::create_dir_all(state).unwrap();
+        RunTable::empty(state)
+            .insert(RunRecord {
+                file: file.clone(),
+                info: Info {
+                    container_id: ID.into(),
+                    ..Info::default()
+                },
+                stopped: false,
+            })
+            .unwrap();
+        (file, writer)
+    }
+
+    /// Regression (issue 12, "a FIFO is never abandoned"): at restart a FIFO whose store could
+    /// not be opened was closed and forgotten, so its container blocked as soon as the pipe was
+    /// full. Now it is drained, what cannot be kept is counted lost, and the store is tried again
+    /// until it opens.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopened_fifo_whose_store_cannot_open_keeps_being_drained() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (file, mut writer) = crashed_run(dir.path(), &state);
+        // The container's store cannot be created: a file stands where its directory goes.
+        let blocked = state.join("containers").join(ID);
+        std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        let plugin = plugin(&state);
+        plugin.recover();
+
+        // 4 MiB: far more than any pipe holds. Nobody draining means this never ends.
+        let lines = 4096;
+        let written = tokio::task::spawn_blocking(move || {
+            for n in 0..lines {
+                writer.write_all(&frame(n + 1, &"x".repeat(1000))).unwrap();
+            }
+            writer
+        });
+        let mut writer = tokio::time::timeout(Duration::from_secs(20), written)
+            .await
+            .expect("the container blocked: nobody drains its FIFO")
+            .unwrap();
+        let lost = || plugin.metrics().ingest.lost.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lost() < lines as u64 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(lost(), lines as u64, "every line drained is counted lost");
+
+        // The directory is usable again: the next lines are stored.
+        std::fs::remove_file(&blocked).unwrap();
+        let id = ContainerId::parse(ID).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut time = 10_000;
+        loop {
+            time += 1;
+            writer.write_all(&frame(time, "after")).unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let stored = plugin
+                .stores()
+                .get_open(&id)
+                .map(|store| store.tail(usize::MAX).unwrap().len())
+                .unwrap_or(0);
+            if stored > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the store was never opened again"
+            );
+        }
+        plugin.stop_logging(&file).await;
+    }
+
+    /// Regression (issue 12, "restart memory"): a reopened FIFO's replay check read the last
+    /// 65,536 entries of its store into memory, whatever their size, for every FIFO, before the
+    /// API served. Now a FIFO that is empty at reopen gets no check, and what a FIFO holds at
+    /// reopen is matched against the store's end only (see `replay`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_round_left_in_the_fifo_is_stored_once_and_new_lines_after_it() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (file, mut writer) = crashed_run(dir.path(), &state);
+        // What the dead plugin stored: 100 lines, the last 30 of them still in the FIFO.
+        {
+            let plugin = plugin(&state);
+            let store = new_run_store(&plugin);
+            let mut batch = Batch::default();
+            for n in 1..=100 {
+                let entry = LogEntry {
+                    source: "stdout".into(),
+                    time_nano: n,
+                    line: format!("line {n}").into_bytes().into(),
+                    ..LogEntry::default()
+                };
+                batch.push(&entry.encode_to_vec(), n);
+            }
+            store.append(&batch).unwrap();
+        }
+        for n in 71..=100 {
+            writer.write_all(&frame(n, &format!("line {n}"))).unwrap();
+        }
+        for n in 101..=110 {
+            writer.write_all(&frame(n, &format!("line {n}"))).unwrap();
+        }
+        let plugin = plugin(&state);
+        plugin.recover();
+        let id = ContainerId::parse(ID).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored = plugin
+                .stores()
+                .get_open(&id)
+                .map(|store| store.tail(usize::MAX).unwrap())
+                .unwrap_or_default();
+            if stored.len() >= 110 {
+                let times: Vec<i64> = stored.iter().map(|e| e.time_nano).collect();
+                assert_eq!(times, (1..=110).collect::<Vec<_>>());
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stored {}",
+                stored.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        plugin.stop_logging(&file).await;
     }
 
     /// A restarted container's new run pins its backlog (StartLogging, under the order lock);

@@ -517,7 +517,13 @@ impl ContainerStore {
     /// any of them (see `tail`): `docker logs --tail` reads forward from one to the other, and a
     /// follow goes on from the end, missing nothing and repeating nothing.
     pub fn tail_start(&self, n: usize) -> Result<(Position, Position), StoreError> {
-        tail::start(&self.shared, n)
+        tail::start(&self.shared, tail::Limit::records(n))
+    }
+
+    /// Like [`tail_start`](Self::tail_start), for the last entries whose records (framing
+    /// included) add up to at most `bytes`.
+    pub fn tail_start_within(&self, bytes: u64) -> Result<(Position, Position), StoreError> {
+        tail::start(&self.shared, tail::Limit::bytes(bytes))
     }
 
     /// A forward reader from `from` (moved to start() if rotation deleted that data).

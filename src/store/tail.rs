@@ -34,14 +34,51 @@ const CHUNK: usize = 64 << 10;
 /// Bytes of records [`tail`] reads forward per step.
 const READ_STEP: usize = 256 << 10;
 
-/// Where the last `n` entries start, and the end they were counted up to: reading forward from
-/// the first to the second gives them, oldest first (fewer if retention deletes some meanwhile).
-pub(crate) fn start(shared: &Shared, n: usize) -> Result<(Position, Position), StoreError> {
+/// How much of a store's end to take: at most `records` entries whose records (framing
+/// included) add up to at most `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limit {
+    pub records: usize,
+    pub bytes: u64,
+}
+
+impl Limit {
+    pub(crate) fn records(records: usize) -> Self {
+        Self {
+            records,
+            bytes: u64::MAX,
+        }
+    }
+
+    pub(crate) fn bytes(bytes: u64) -> Self {
+        Self {
+            records: usize::MAX,
+            bytes,
+        }
+    }
+
+    fn is_spent(&self) -> bool {
+        self.records == 0 || self.bytes == 0
+    }
+
+    /// What is left after `counted`.
+    fn after(self, counted: &Counted) -> Self {
+        Self {
+            records: self.records - counted.records,
+            bytes: self.bytes.saturating_sub(counted.bytes),
+        }
+    }
+}
+
+/// Where the last entries within `limit` start, and the end they were counted up to: reading
+/// forward from the first to the second gives them, oldest first (fewer if retention deletes
+/// some meanwhile).
+pub(crate) fn start(shared: &Shared, limit: Limit) -> Result<(Position, Position), StoreError> {
     let (newest_first, end) = shared.tail_plan()?;
     let mut start = end;
-    let mut left = n;
+    let mut left = limit;
     for number in newest_first {
-        if left == 0 {
+        if left.is_spent() {
             break;
         }
         // Only the active segment is bounded by the end: it may be written meanwhile.
@@ -73,11 +110,16 @@ pub(crate) fn start(shared: &Shared, n: usize) -> Result<(Position, Position), S
                 forwards(|| Ok(GzDecoder::new(At::new(&file))), &path, None, left)?
             }
         };
-        left -= counted.records;
+        let whole = counted.start == 0;
+        left = left.after(&counted);
         start = Position {
             segment: number,
             offset: counted.start,
         };
+        if !whole {
+            // The limit ended inside this segment: nothing older can be part of the tail.
+            break;
+        }
     }
     Ok((start, end))
 }
@@ -89,7 +131,7 @@ pub(crate) fn tail(
     shared: &Arc<Shared>,
     n: usize,
 ) -> Result<(Vec<LogEntry>, Position), StoreError> {
-    let (from, end) = start(shared, n)?;
+    let (from, end) = start(shared, Limit::records(n))?;
     let mut cursor = Cursor::new(Arc::clone(shared), from);
     let mut entries = Vec::new();
     while cursor.position() < end {
@@ -107,21 +149,22 @@ pub(crate) fn tail(
     Ok((entries, end))
 }
 
-/// What counting found in one segment: `records` (at most the number wanted) start at offset
+/// What counting found in one segment: `records` (within the limit) of `bytes` start at offset
 /// `start` and run to the counted end.
 #[derive(Debug, PartialEq, Eq)]
 struct Counted {
     records: usize,
+    bytes: u64,
     start: u64,
 }
 
-/// Counts up to `want` records of a plain segment backwards from byte `end`. Any damage met is
-/// an error: the caller counts the segment forward instead.
-fn backwards(file: &File, path: &Path, end: u64, want: usize) -> Result<Counted, StoreError> {
+/// Counts records of a plain segment backwards from byte `end`, as many as `want` allows. Any
+/// damage met is an error: the caller counts the segment forward instead.
+fn backwards(file: &File, path: &Path, end: u64, want: Limit) -> Result<Counted, StoreError> {
     let mut window = Window::new(file, path);
     let mut at = end;
     let mut records = 0;
-    while at > 0 && records < want {
+    while at > 0 && records < want.records {
         if at < FRAMING as u64 {
             return Err(segment::corrupt(
                 path,
@@ -149,33 +192,46 @@ fn backwards(file: &File, path: &Path, end: u64, want: usize) -> Result<Counted,
             return Err(segment::bad_record(path, start, bad));
         }
         check_entry(&bytes[4..len - 4], path, start)?;
+        if end - start > want.bytes {
+            break;
+        }
         records += 1;
         at = start;
     }
-    Ok(Counted { records, start: at })
+    Ok(Counted {
+        records,
+        bytes: end - at,
+        start: at,
+    })
 }
 
-/// Counts the last `want` records a forward reader gets from a segment's content (`open` gives
-/// it from its start, as often as asked), reading it once, or twice when it holds more than
-/// `want`: the second time to the offset where they start.
+/// Counts the last records within `want` a forward reader gets from a segment's content (`open`
+/// gives it from its start, as often as asked), reading it once, or twice when it holds more
+/// than `want`: the second time to the offset where they start.
 fn forwards<R: Read>(
     open: impl Fn() -> Result<R, StoreError>,
     path: &Path,
     limit: Option<u64>,
-    want: usize,
+    want: Limit,
 ) -> Result<Counted, StoreError> {
-    let all = walk(open()?, path, limit, usize::MAX);
+    let all = walk(open()?, path, limit, |_, _| false);
     if let Some(error) = &all.damage {
         tracing::debug!(%error, records = all.records, "tail counts the records before the damage");
     }
-    if all.records <= want {
+    if all.records <= want.records && all.at <= want.bytes {
         return Ok(Counted {
             records: all.records,
+            bytes: all.at,
             start: 0,
         });
     }
-    let skipped = walk(open()?, path, limit, all.records - want);
-    if skipped.records < all.records - want {
+    // Skip records until what is left fits both limits.
+    let skip_records = all.records.saturating_sub(want.records);
+    let skip_bytes = all.at.saturating_sub(want.bytes);
+    let skipped = walk(open()?, path, limit, |records, at| {
+        records >= skip_records && at >= skip_bytes
+    });
+    if skipped.records < skip_records || skipped.at < skip_bytes {
         // The file changed between the two reads (it is never written once sealed, so only a
         // damaged device does this): say so rather than count from a wrong place.
         return Err(skipped.damage.unwrap_or_else(|| {
@@ -187,7 +243,8 @@ fn forwards<R: Read>(
         }));
     }
     Ok(Counted {
-        records: want,
+        records: all.records - skipped.records,
+        bytes: all.at - skipped.at,
         start: skipped.at,
     })
 }
@@ -202,16 +259,21 @@ struct Walk {
 }
 
 /// Walks records forward from the start of `reader` (a segment's uncompressed content) up to
-/// `limit` bytes, checking each as the cursor does, and stops after `stop_after` records or at
-/// the first damage. Keeps one record at a time.
-fn walk(mut reader: impl Read, path: &Path, limit: Option<u64>, stop_after: usize) -> Walk {
+/// `limit` bytes, checking each as the cursor does, and stops once `done(records, offset)` says
+/// so, or at the first damage. Keeps one record at a time.
+fn walk(
+    mut reader: impl Read,
+    path: &Path,
+    limit: Option<u64>,
+    done: impl Fn(usize, u64) -> bool,
+) -> Walk {
     let mut walked = Walk {
         records: 0,
         at: 0,
         damage: None,
     };
     let mut record = Vec::new();
-    while walked.records < stop_after && limit.is_none_or(|limit| walked.at < limit) {
+    while !done(walked.records, walked.at) && limit.is_none_or(|limit| walked.at < limit) {
         match next_record(&mut reader, path, walked.at, &mut record) {
             Ok(Some(len)) => {
                 walked.records += 1;

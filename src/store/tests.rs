@@ -1139,6 +1139,44 @@ fn tail_start_then_forward_is_exactly_the_last_n_over_plain_and_gz_segments() {
     }
 }
 
+/// The replay check after a crash reads the store's end by bytes (a pipe's worth), not by
+/// entries: the last records that fit the byte limit, whole, across plain and gz segments.
+#[test]
+fn tail_start_within_bytes_is_the_last_records_that_fit_over_plain_and_gz_segments() {
+    let one = record_len(&entry(1, 40));
+    let limits = |compress| StoreLimits {
+        max_size: 5 * one,
+        max_file: 1000,
+        compress,
+    };
+    let fixture = Fixture::new(limits(true));
+    let entries: Vec<LogEntry> = (1..=60).map(|seq| entry(seq, 40)).collect();
+    fixture.store.append(&batch_of(&entries[..21])).unwrap();
+    wait_compressed(&fixture.container_dir());
+    fixture.store.set_limits(limits(false));
+    fixture.store.append(&batch_of(&entries[21..])).unwrap();
+    let total = entries.len();
+    for bytes in [
+        0,
+        1,
+        one - 1,
+        one,
+        one + 1,
+        7 * one,
+        39 * one + 3,
+        60 * one,
+        u64::MAX,
+    ] {
+        let (start, end) = fixture.store.tail_start_within(bytes).unwrap();
+        let n = ((bytes / one) as usize).min(total);
+        assert_eq!(
+            entries_between(&fixture.store, start, end),
+            &entries[total - n..],
+            "within {bytes} bytes"
+        );
+    }
+}
+
 /// The position each entry's record starts at, from the position after it.
 fn starts(read: &[(LogEntry, Position)]) -> Vec<Position> {
     read.iter()
