@@ -60,7 +60,8 @@ const INCOMPLETE_RECHECK: Duration = Duration::from_millis(20);
 /// engine itself is stuck.
 const TAKEN_FRAME_GRACE: Duration = Duration::from_secs(2);
 
-/// A buffer a large frame was read into is kept for the next one up to this size.
+/// A buffer a large frame was read into is kept for the next one up to this size; so is the
+/// peek buffer once a burst is over.
 const KEEP_TAKEN: usize = 64 << 10;
 
 /// At most one ERROR line per kind of loss in this long, each with the count since the last.
@@ -376,6 +377,13 @@ impl Drainer {
         let drained = self.drain_rounds(fifo);
         let taken = self.stats.bytes - before;
         self.settle = taken > 0 && taken < self.small_drain;
+        // A burst grew the peek buffer to a pipe's size; an idle container keeps no more than
+        // it uses once the burst is over (a host of idle containers would hold 1 MiB each).
+        let kept = self.peeked.capacity();
+        if kept > KEEP_TAKEN && (taken as usize) < kept / 4 {
+            self.peeked.clear();
+            self.peeked.shrink_to(KEEP_TAKEN.max(2 * taken as usize));
+        }
         self.publish();
         drained
     }
@@ -607,6 +615,40 @@ mod tests {
             line: line.as_bytes().to_vec().into(),
             ..LogEntry::default()
         }
+    }
+
+    /// Regression (issue 12, "bookkeeping that grows"): the peek buffer grew to a pipe's size in
+    /// a burst and kept it for the life of the run.
+    #[tokio::test]
+    async fn the_peek_buffer_shrinks_once_a_burst_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fifo");
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut writer = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let fifo = Fifo::open(&path).unwrap();
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
+        let id = ContainerId::parse(&"ab".repeat(32)).unwrap();
+        let store = stores.open_container(&id, StoreLimits::default()).unwrap();
+        let mut pipeline = Pipeline::new(fifo, store, None);
+        let burst: Vec<u8> = (0..500)
+            .flat_map(|t| framed(&entry(t, &"b".repeat(1000))))
+            .collect();
+        writer.write_all(&burst).unwrap();
+        pipeline.drainer.drain(&pipeline.fifo).unwrap();
+        assert!(pipeline.drainer.peeked.capacity() >= burst.len());
+        writer.write_all(&framed(&entry(1000, "after"))).unwrap();
+        pipeline.drainer.drain(&pipeline.fifo).unwrap();
+        assert!(
+            pipeline.drainer.peeked.capacity() <= KEEP_TAKEN,
+            "{} bytes kept after the burst",
+            pipeline.drainer.peeked.capacity()
+        );
+        assert_eq!(pipeline.drainer.stats.entries, 501);
     }
 
     fn framed(entry: &LogEntry) -> Vec<u8> {

@@ -194,6 +194,15 @@ impl Plugin {
         }
     }
 
+    /// The containers the run table names (running, being reopened, or with lines to ship).
+    pub fn recorded_containers(&self) -> std::collections::HashSet<String> {
+        self.table
+            .all()
+            .into_iter()
+            .map(|record| record.info.container_id)
+            .collect()
+    }
+
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
     }
@@ -817,16 +826,22 @@ mod tests {
 
         // 4 MiB: far more than any pipe holds. Nobody draining means this never ends.
         let lines = 4096;
-        let written = tokio::task::spawn_blocking(move || {
+        // A thread of its own: a writer blocked for good must fail the test, not hang the
+        // runtime's shutdown.
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             for n in 0..lines {
                 writer.write_all(&frame(n + 1, &"x".repeat(1000))).unwrap();
             }
-            writer
+            let _ = done.send(writer);
         });
-        let mut writer = tokio::time::timeout(Duration::from_secs(20), written)
-            .await
-            .expect("the container blocked: nobody drains its FIFO")
-            .unwrap();
+        let mut writer = tokio::task::spawn_blocking(move || {
+            written
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the container blocked: nobody drains its FIFO")
+        })
+        .await
+        .unwrap();
         let lost = || plugin.metrics().ingest.lost.load(Ordering::Relaxed);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while lost() < lines as u64 && std::time::Instant::now() < deadline {
@@ -914,6 +929,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         plugin.stop_logging(&file).await;
+    }
+
+    /// Recovery opens stores in tasks of their own, after the age sweep may have started: a
+    /// container whose run is in the run table is never swept, however old its last line.
+    #[test]
+    fn the_age_sweep_spares_a_container_the_run_table_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = plugin(dir.path());
+        let store = new_run_store(&plugin);
+        store.append(&one_line(1)).unwrap();
+        drop(store);
+        plugin.stores().close_idle();
+        plugin
+            .table
+            .insert(RunRecord {
+                file: "/run/fifo".into(),
+                info: Info {
+                    container_id: ID.into(),
+                    ..Info::default()
+                },
+                stopped: false,
+            })
+            .unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(3600);
+        assert_eq!(crate::retention::sweep(&plugin, Duration::ZERO, later), 0);
+        plugin.forget_record("/run/fifo");
+        assert_eq!(crate::retention::sweep(&plugin, Duration::ZERO, later), 1);
     }
 
     /// A restarted container's new run pins its backlog (StartLogging, under the order lock);

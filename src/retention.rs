@@ -47,10 +47,14 @@ pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
             return 0;
         }
     };
+    // A container with a run in the run table is not idle, however old its last line: its FIFO
+    // may be being reopened after a restart (its store not open yet), or its backlog waiting to
+    // be shipped.
+    let recorded = plugin.recorded_containers();
     let mut removed = 0;
     for (id, last_write) in stores {
         let age = now.duration_since(last_write).unwrap_or_default();
-        if age < max_age {
+        if age < max_age || recorded.contains(id.as_str()) {
             continue;
         }
         match plugin.stores().remove_unused(&id) {
