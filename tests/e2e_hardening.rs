@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::docker::{run_with_timeout, Docker, DRIVER};
+use support::docker::{run_with_timeout, signal, Docker, DRIVER};
 use support::noida::Noida;
 use support::probe::{self, ProcUsage as Usage};
 use support::scenario::{self, first_difference, numbers, secs, wait_child};
@@ -71,6 +71,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget",
         seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget,
+    ),
+    (
+        "a_restarted_plugin_drains_a_fifo_whose_store_cannot_open",
+        a_restarted_plugin_drains_a_fifo_whose_store_cannot_open,
     ),
 ];
 
@@ -1274,4 +1278,75 @@ fn seventy_containers_logging_lines_of_12_kb_at_the_default_pipe_budget(docker: 
         (0, 0),
         "the plugin's lost and skipped counters"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plugin restarts
+
+/// The plugin killed (the engine restarts it) while its container's local copy cannot be opened
+/// any more (a file stands where its folder was, as after a botched restore or a read-only
+/// state dir). Before, the restarted plugin closed and forgot that FIFO, and the container
+/// blocked once the pipe was full. Now the FIFO is drained all the same: the container runs to
+/// its end, what could not be kept is logged at ERROR as lost, and once the folder is back the
+/// lines are stored again without any restart.
+fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker) {
+    let name = "h12-no-store";
+    // Ticks, a burst far larger than any pipe, then ticks long enough for the store's retry
+    // (backing off to 30 s) to find the folder repaired.
+    let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo tick-$i; sleep 0.1; done; \
+                  seq 1 100000; \
+                  j=0; while [ $j -lt 400 ]; do j=$((j+1)); echo after-$j; sleep 0.1; done; \
+                  echo done";
+    let id = docker.run_logged(name, &[], script);
+    wait_for(secs(30), "tick-5 in docker logs", || {
+        docker
+            .logs(name, &[])
+            .stdout
+            .contains("tick-5\n")
+            .then_some(())
+    });
+    let store = docker.state_dir().join("containers").join(&id);
+    let aside = docker.state_dir().join(format!("aside-{}", &id[..12]));
+    std::fs::rename(&store, &aside).expect("move the local copy aside");
+    std::fs::write(&store, b"not a folder").expect("block the local copy's folder");
+    let old = docker.plugin_pid().expect("the plugin's pid");
+    signal(old, "KILL");
+    let new = wait_for(secs(30), "the engine to restart the killed plugin", || {
+        docker.plugin_pid().filter(|pid| *pid != old)
+    });
+    eprintln!("h12:  plugin pid {old} killed; restarted as pid {new}");
+    wait_for(
+        secs(60),
+        "the plugin to say the local copy cannot open",
+        || (plugin_said(docker, &id, "cannot open the local copy") > 0).then_some(()),
+    );
+    // Drained while the copy cannot open: the burst gets through, the container is not blocked.
+    wait_for(secs(60), "lost lines reported at ERROR", || {
+        (plugin_said(docker, &id, "these log entries are lost") > 0).then_some(())
+    });
+    std::fs::remove_file(&store).expect("unblock");
+    std::fs::rename(&aside, &store).expect("put the local copy back");
+    let status = docker.wait_exit(name, secs(120));
+    assert_eq!(status, 0, "container exit code");
+    assert!(
+        plugin_said(docker, &id, "the local copy opened again") > 0,
+        "the local copy was never opened again"
+    );
+    let logs = docker.logs(name, &[]).stdout;
+    assert!(
+        logs.starts_with("tick-1\ntick-2\n"),
+        "the lines before the kill: {}",
+        &logs[..logs.len().min(200)]
+    );
+    assert!(
+        logs.ends_with("after-400\ndone\n"),
+        "the lines after the repair: {}",
+        &logs[logs.len().saturating_sub(200)..]
+    );
+    let after = logs.lines().filter(|l| l.starts_with("after-")).count();
+    eprintln!(
+        "h12:  stored {} lines; {after} of 400 after-lines (those before the repair were lost, counted)",
+        logs.lines().count()
+    );
+    docker.docker_ok(&["rm", name]);
 }
