@@ -784,6 +784,14 @@ mod tests {
     /// A FIFO held open by "the engine" (read-write, so it never reads EOF), and the run table a
     /// crashed plugin left naming it.
     fn crashed_run(dir: &Path, state: &Path) -> (String, std::fs::File) {
+        crashed_run_with(dir, state, HashMap::new())
+    }
+
+    fn crashed_run_with(
+        dir: &Path,
+        state: &Path,
+        config: HashMap<String, String>,
+    ) -> (String, std::fs::File) {
         let path = dir.join("fifo");
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
@@ -799,6 +807,7 @@ mod tests {
                 file: file.clone(),
                 info: Info {
                     container_id: ID.into(),
+                    config,
                     ..Info::default()
                 },
                 stopped: false,
@@ -870,6 +879,56 @@ mod tests {
                 std::time::Instant::now() < deadline,
                 "the store was never opened again"
             );
+        }
+        plugin.stop_logging(&file).await;
+    }
+
+    /// Regression (issue 12, "a FIFO is never abandoned"): at restart a FIFO whose destination
+    /// could not be set up (here its CA file is gone) was closed and forgotten. Now its lines go
+    /// on into the local copy while the destination is tried again in the background.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reopened_fifo_whose_destination_cannot_be_set_up_keeps_its_lines() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let config = HashMap::from([
+            ("hosts".to_owned(), "https://127.0.0.1:9".to_owned()),
+            (
+                "ssl.certificate_authorities".to_owned(),
+                dir.path().join("gone.pem").to_string_lossy().into_owned(),
+            ),
+        ]);
+        let (file, mut writer) = crashed_run_with(dir.path(), &state, config);
+        let plugin = plugin(&state);
+        plugin.recover();
+        let lines = 2048;
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for n in 0..lines {
+                writer.write_all(&frame(n + 1, &"y".repeat(1000))).unwrap();
+            }
+            let _ = done.send(writer);
+        });
+        let _writer = tokio::task::spawn_blocking(move || {
+            written
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the container blocked: nobody drains its FIFO")
+        })
+        .await
+        .unwrap();
+        let id = ContainerId::parse(ID).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stored = plugin
+                .stores()
+                .get_open(&id)
+                .map(|store| store.tail(usize::MAX).unwrap().len())
+                .unwrap_or(0);
+            if stored == lines as usize {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "stored {stored}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         plugin.stop_logging(&file).await;
     }
