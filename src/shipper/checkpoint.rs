@@ -178,6 +178,8 @@ impl Checkpoint {
             splits: splits.iter().map(|s| [s.segment, s.offset]).collect(),
         };
         let bytes = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
+        #[cfg(test)]
+        slow_sync::wait(&self.path);
         write_atomically(&self.path, &bytes)?;
         self.splits = splits;
         self.saved = at;
@@ -223,6 +225,50 @@ fn read(path: &Path) -> Result<Option<OnDisk>, CheckpointError> {
         });
     }
     Ok(Some(disk))
+}
+
+/// A slow disk for tests: there is no device to make an fsync slow on the test hosts, so a
+/// test names a checkpoint folder whose writes take that much longer, as a checkpoint write on
+/// a busy or failing disk does (the file's and the folder's fsync). Keyed by folder, so tests
+/// running beside it in the same process are not slowed.
+#[cfg(test)]
+pub mod slow_sync {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static SLOW: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+    /// Slowed writes begun, over every folder.
+    static BEGUN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Writes of checkpoints in `dir` take `delay` longer from now on (`Duration::ZERO`: no
+    /// longer slowed).
+    pub fn set(dir: &Path, delay: Duration) {
+        let mut slow = SLOW.lock().unwrap_or_else(|p| p.into_inner());
+        slow.retain(|(d, _)| d != dir);
+        if !delay.is_zero() {
+            slow.push((dir.to_owned(), delay));
+        }
+    }
+
+    /// How many slowed writes have begun so far.
+    pub fn begun() -> usize {
+        BEGUN.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn wait(path: &Path) {
+        let delay = {
+            let slow = SLOW.lock().unwrap_or_else(|p| p.into_inner());
+            slow.iter()
+                .find(|(dir, _)| Some(dir.as_path()) == path.parent())
+                .map(|(_, delay)| *delay)
+        };
+        if let Some(delay) = delay {
+            BEGUN.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+        }
+    }
 }
 
 #[cfg(test)]
