@@ -112,10 +112,11 @@ impl Plugin {
             let me = me.clone();
             let on_drained = Arc::new(move |id: &ContainerId| {
                 if let Some(plugin) = me.upgrade() {
-                    // Called on a destination's task: the run table's sync and the store's close
-                    // must not hold a runtime thread that drains pipes. block_in_place (not a
-                    // spawned task) keeps the release in order with the destination's work.
-                    tokio::task::block_in_place(|| plugin.drained(id));
+                    // Called on the blocking pool, awaited by the destination's task (see
+                    // `Destination::release_drained`): the run table's sync and the store's
+                    // close never hold a runtime thread that drains pipes, and the release
+                    // stays in order with the destination's work.
+                    plugin.drained(id);
                 }
             });
             Self {

@@ -82,6 +82,28 @@ pub struct Checkpoint {
     written_for: Option<String>,
 }
 
+/// One write of a checkpoint file, made by [`Checkpoint`] and run wherever blocking on the disk
+/// is harmless (it syncs the file and its folder).
+pub struct Save {
+    path: PathBuf,
+    bytes: Result<Vec<u8>, String>,
+    at: Position,
+    splits: BTreeSet<Position>,
+}
+
+impl Save {
+    /// Writes the file through a synced temporary file and a rename. Blocks on the disk.
+    pub fn run(&self) -> std::io::Result<()> {
+        let bytes = self
+            .bytes
+            .as_ref()
+            .map_err(|e| std::io::Error::other(e.clone()))?;
+        #[cfg(test)]
+        slow_sync::wait(&self.path);
+        write_atomically(&self.path, bytes)
+    }
+}
+
 impl Checkpoint {
     /// The saved position of this container's store, if there is one, whatever destination
     /// wrote it. A file that cannot be read is logged at ERROR (the shipping start it held is
@@ -142,34 +164,82 @@ impl Checkpoint {
 
     /// Records `at`; writes it when `force` or when the last write is older than MIN_INTERVAL.
     pub fn advance(&mut self, at: Position, force: bool) -> std::io::Result<()> {
-        if at == self.saved && self.last_write.is_some() {
-            return Ok(());
+        match self.save_for(at, force) {
+            Some(save) => self.write(save),
+            None => Ok(()),
         }
-        let due = force || self.last_write.is_none_or(|t| t.elapsed() >= MIN_INTERVAL);
-        if !due {
-            self.pending = Some(at);
-            return Ok(());
-        }
-        self.write(at)
     }
 
     /// Records split points (see the module doc) and writes them at once, with the latest
     /// acknowledged position: the documents they end must not be sent before this returns `Ok`.
     pub fn record_splits(&mut self, at: &[Position]) -> std::io::Result<()> {
-        let before = self.splits.clone();
-        self.splits
-            .extend(at.iter().copied().filter(|&s| s > self.saved));
-        let position = self.pending.unwrap_or(self.saved);
-        let written = self.write(position);
-        if written.is_err() {
-            self.splits = before;
-        }
-        written
+        let save = self.save_splits(at);
+        self.write(save)
     }
 
-    fn write(&mut self, at: Position) -> std::io::Result<()> {
+    /// Writes a position recorded but not yet written.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self.save_pending() {
+            Some(save) => self.write(save),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&mut self, save: Save) -> std::io::Result<()> {
+        save.run()?;
+        self.saved_as(save);
+        Ok(())
+    }
+
+    /// [`Checkpoint::advance`] in two steps, for a caller that runs the write elsewhere (off the
+    /// threads that drain FIFOs): the write of `at` if one is due (`force`, or the last write
+    /// is older than [`MIN_INTERVAL`]), else `at` is only recorded, for a later write. Nothing
+    /// else changes until [`Checkpoint::saved_as`] is told the write succeeded. At most one
+    /// write of a checkpoint may be under way at a time (they share a temporary file).
+    pub fn save_for(&mut self, at: Position, force: bool) -> Option<Save> {
+        if at == self.saved && self.last_write.is_some() {
+            return None;
+        }
+        let due = force || self.last_write.is_none_or(|t| t.elapsed() >= MIN_INTERVAL);
+        if !due {
+            self.pending = Some(at);
+            return None;
+        }
+        Some(self.save(at, self.splits.clone()))
+    }
+
+    /// Records an acknowledged position without writing it (a write is under way): the next
+    /// write or [`Checkpoint::save_pending`] takes it.
+    pub fn hold(&mut self, at: Position) {
+        if at != self.saved {
+            self.pending = Some(at);
+        }
+    }
+
+    /// The write of a position recorded but not yet written, if there is one.
+    pub fn save_pending(&mut self) -> Option<Save> {
+        let at = self.pending?;
+        self.save_for(at, true)
+    }
+
+    /// [`Checkpoint::record_splits`] in two steps: the write of the split points `at` with the
+    /// latest acknowledged position. The documents they end may be sent once
+    /// [`Checkpoint::saved_as`] took it (then [`Checkpoint::is_split`] is true for each).
+    pub fn save_splits(&mut self, at: &[Position]) -> Save {
+        let mut splits = self.splits.clone();
+        splits.extend(at.iter().copied().filter(|&s| s > self.saved));
+        let position = self.pending.unwrap_or(self.saved);
+        self.save(position, splits)
+    }
+
+    /// A split point is recorded (on disk) at `at`.
+    pub fn is_split(&self, at: Position) -> bool {
+        self.splits.contains(&at)
+    }
+
+    fn save(&self, at: Position, splits: BTreeSet<Position>) -> Save {
         // Points at or before the position are never reached by a replay from it.
-        let splits: BTreeSet<Position> = self.splits.iter().copied().filter(|&s| s > at).collect();
+        let splits: BTreeSet<Position> = splits.into_iter().filter(|&s| s > at).collect();
         let disk = OnDisk {
             version: VERSION,
             destination: self.destination.clone(),
@@ -177,24 +247,25 @@ impl Checkpoint {
             offset: at.offset,
             splits: splits.iter().map(|s| [s.segment, s.offset]).collect(),
         };
-        let bytes = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
-        #[cfg(test)]
-        slow_sync::wait(&self.path);
-        write_atomically(&self.path, &bytes)?;
-        self.splits = splits;
-        self.saved = at;
-        self.pending = None;
-        self.last_write = Some(Instant::now());
-        self.written_for = Some(self.destination.clone());
-        Ok(())
+        Save {
+            path: self.path.clone(),
+            // Encoding numbers and a string cannot fail; were it to, the write fails.
+            bytes: serde_json::to_vec(&disk).map_err(|error| error.to_string()),
+            at,
+            splits,
+        }
     }
 
-    /// Writes a position recorded but not yet written.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        match self.pending {
-            Some(at) => self.advance(at, true),
-            None => Ok(()),
+    /// `save` is on disk (its [`Save::run`] returned `Ok`): the checkpoint is what it wrote.
+    pub fn saved_as(&mut self, save: Save) {
+        self.splits = save.splits;
+        self.saved = save.at;
+        // An acknowledgement that came while it was written is still to write.
+        if self.pending.is_some_and(|p| p <= save.at) {
+            self.pending = None;
         }
+        self.last_write = Some(Instant::now());
+        self.written_for = Some(self.destination.clone());
     }
 
     pub fn remove(&self) {
