@@ -163,3 +163,50 @@ async fn a_slow_checkpoint_fsync_does_not_stall_another_containers_drain() {
         latencies.len()
     );
 }
+
+/// Regression (issue 12, item 11): with DESTROY_LOGS_ON_STOP, a shipped container's local copy
+/// was removed once everything was shipped, but its checkpoint file stayed: one file per
+/// container ever run, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_copy_destroyed_after_shipping_takes_its_checkpoint_with_it() {
+    let es = noida::elasticsearch::spawn("127.0.0.1:0").expect("start noida-db");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let settings = Settings {
+        destroy_logs_on_stop: true,
+        ..Settings::default()
+    };
+    let plugin = Plugin::open(settings, &state, CancellationToken::new()).unwrap();
+    let (file, mut engine) = engine_fifo(dir.path(), "shipped");
+    let hosts = format!("http://{es}");
+    start(
+        &plugin,
+        SHIPPED,
+        &file,
+        &[("hosts", &hosts), ("flush_interval", "10ms")],
+    )
+    .await;
+    let checkpoint = state.join("checkpoints").join(format!("{SHIPPED}.json"));
+    assert!(checkpoint.exists(), "StartLogging writes the checkpoint");
+    for t in 1..=3 {
+        engine.write_all(&frame(t, "a line")).unwrap();
+    }
+    plugin.stop_logging(&file.to_string_lossy()).await;
+    let copy = state.join("containers").join(SHIPPED);
+    let begin = Instant::now();
+    while copy.exists() && begin.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shipped_and_removed = !copy.exists();
+    plugin.shutdown_token().cancel();
+    plugin.wind_down(Duration::from_secs(10)).await;
+    assert!(
+        shipped_and_removed,
+        "the local copy was not removed after shipping"
+    );
+    assert!(
+        !checkpoint.exists(),
+        "the checkpoint of the removed local copy is left behind"
+    );
+}
