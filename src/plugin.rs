@@ -94,8 +94,10 @@ impl Plugin {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let spool = Arc::new(Spool::new(settings.spool_max_size));
+        let checkpoints = crate::shipper::checkpoint::dir(state_dir);
         let stores =
-            Stores::open_after_boot_check(state_dir.join("containers"), Arc::clone(&spool))?;
+            Stores::open_after_boot_check(state_dir.join("containers"), Arc::clone(&spool))?
+                .on_removed(move |id| crate::shipper::checkpoint::delete(&checkpoints, id));
         let table = match RunTable::load(state_dir) {
             Ok(table) => table,
             Err(error) => {

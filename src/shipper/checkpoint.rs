@@ -25,6 +25,9 @@
 //! split point is recorded: after a crash the shipper replays at most that much, and
 //! deterministic ids turn the replay into 409s.
 //!
+//! The file goes when the container's store is removed (`DESTROY_LOGS_ON_STOP`, the age sweep:
+//! see [`delete`]), never before: while the store exists it may hold lines not yet shipped.
+//!
 //! A container new to shipping (no checkpoint) starts at the store's end at StartLogging: the
 //! checkpoint is written then, before the FIFO is read, so every line of that run is shipped and
 //! none written before it.
@@ -267,9 +270,30 @@ impl Checkpoint {
         self.last_write = Some(Instant::now());
         self.written_for = Some(self.destination.clone());
     }
+}
 
-    pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+/// The folder of the checkpoints, in the plugin's state folder.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("checkpoints")
+}
+
+/// Deletes the container's checkpoint (and a temporary file a write left). Only for a store
+/// that is gone: a checkpoint is the only record of what of its store is shipped. Not synced:
+/// a deletion undone by a power loss leaves a file that names positions of the removed store,
+/// before every position of a new one (a new store's segment numbers start at the time it is
+/// created), so it costs a file, never a line.
+pub fn delete(dir: &Path, id: &ContainerId) {
+    for path in [
+        dir.join(format!("{id}.json")),
+        dir.join(format!("{id}.tmp")),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "cannot delete the shipping checkpoint of a removed local copy")
+            }
+        }
     }
 }
 
