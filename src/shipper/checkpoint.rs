@@ -20,7 +20,8 @@
 //!   (Version 1 held the same fields but no `splits`, and was ignored when its `destination`
 //!   differed, which skipped the backlog; it is read whatever its `destination`.)
 //!
-//! Written through a synced temporary file and a rename (see `runs::write_atomically`), at most
+//! Written through a synced temporary file and a rename (see `runs::write_atomically`; a [`Save`]
+//! is one such write, which the destination runs on the blocking pool, one at a time), at most
 //! once per [`MIN_INTERVAL`] while shipping, always when a container is done, and at once when a
 //! split point is recorded: after a crash the shipper replays at most that much, and
 //! deterministic ids turn the replay into 409s.

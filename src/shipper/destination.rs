@@ -7,7 +7,9 @@
 //! document the destination is not ready for (privileges, a write block, no index, a missing
 //! pipeline) or whose answer is unknown is held and retried, never dead-lettered: the
 //! destination's requests wait behind it, as for a whole-request 401, and the store keeps
-//! everything meanwhile. Nothing here can slow a container: the store is the spool.
+//! everything meanwhile. Nothing here can slow a container: the store is the spool, and the
+//! disk work that waits for a sync (checkpoint writes, dead-letter records, a container's
+//! release) runs on the blocking pool, never on the runtime's threads that drain the FIFOs.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -803,36 +805,38 @@ async fn dead_letter(
             (item, *status, reason.clone())
         })
         .collect();
+    let container = batch.items[refused[0].0].source.short().to_owned();
+    let node = node.to_owned();
     let writer = Arc::clone(shared);
     let span = tracing::Span::current();
     let recorded = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| {
-            let records: Vec<Refused<'_>> = copies
-                .iter()
-                .map(|(item, status, reason)| Refused {
-                    item,
-                    status: *status,
-                    reason,
-                })
-                .collect();
-            writer.dead_letters.record(&records)
-        })
+        span.in_scope(|| record_refused(&writer, &copies, &container, &node))
     })
     .await;
-    let Recorded { kept, lost } = recorded.unwrap_or_else(|error| {
+    if let Err(error) = recorded {
         // They count as acknowledged all the same: a loss, said as one.
         tracing::error!(%error, documents = refused.len(), "writing refused documents to the dead-letter file failed; they are lost");
-        Recorded {
-            kept: 0,
-            lost: refused.len(),
-        }
-    });
+        shared.metrics.add_dead_letter_lost(refused.len() as u64);
+    }
+}
+
+/// [`dead_letter`]'s blocking part: the write and sync, the counts, and the line that says so
+/// (logged as soon as they are on disk).
+fn record_refused(shared: &Shared, copies: &[(Vec<u8>, u16, String)], container: &str, node: &str) {
+    let records: Vec<Refused<'_>> = copies
+        .iter()
+        .map(|(item, status, reason)| Refused {
+            item,
+            status: *status,
+            reason,
+        })
+        .collect();
+    let Recorded { kept, lost } = shared.dead_letters.record(&records);
     shared.metrics.add_dead_lettered(kept as u64);
     shared.metrics.add_dead_letter_lost(lost as u64);
     // One line per answer, not per document: a mapping conflict can refuse every document.
-    let (first, status, reason) = &refused[0];
-    let container = batch.items[*first].source.short();
-    tracing::warn!(documents = refused.len(), kept, lost, %container, status, %reason, %node, path = %shared.dead_letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
+    let (_, status, reason) = &copies[0];
+    tracing::warn!(documents = copies.len(), kept, lost, %container, status, %reason, %node, path = %shared.dead_letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
 }
 
 /// Counts held documents and logs each index's episode: at ERROR when it starts and as a
