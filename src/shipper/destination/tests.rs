@@ -19,6 +19,7 @@ use crate::entry::LogEntry;
 use crate::plugin::Plugin;
 use crate::settings::Settings;
 use crate::shipper::checkpoint::slow_sync;
+use crate::shipper::destination::FRAGMENT_WAIT;
 
 const SHIPPED: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const LOCAL: &str = "10ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca";
@@ -208,5 +209,93 @@ async fn a_local_copy_destroyed_after_shipping_takes_its_checkpoint_with_it() {
     assert!(
         !checkpoint.exists(),
         "the checkpoint of the removed local copy is left behind"
+    );
+}
+
+/// Bulk requests the destinations sent so far, from the metrics text.
+fn requests_sent(plugin: &Plugin) -> u64 {
+    plugin
+        .metrics()
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("eslp_bulk_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The first fragment of a line whose rest never comes, as the engine frames it.
+fn first_fragment(time_nano: i64, text: &str) -> Vec<u8> {
+    let payload = LogEntry {
+        source: "stdout".into(),
+        time_nano,
+        line: text.as_bytes().to_vec().into(),
+        partial: true,
+        partial_log_metadata: Some(crate::entry::PartialLogEntryMetadata {
+            last: false,
+            id: "late".into(),
+            ordinal: 1,
+        }),
+    }
+    .encode_to_vec();
+    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// The checkpoint's writes run on the blocking pool now, while the destination goes on: a line
+/// whose rest is late (FRAGMENT_WAIT) must still be sent only once its cut is on disk, or a
+/// crash in between would replay it cut elsewhere (see `checkpoint`). With the checkpoint's
+/// sync 2 s slow, no bulk request may leave before the file holds the split point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_cut_for_its_late_rest_is_sent_only_after_the_cut_is_on_disk() {
+    let es = noida::elasticsearch::spawn("127.0.0.1:0").expect("start noida-db");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let plugin = Plugin::open(Settings::default(), &state, CancellationToken::new()).unwrap();
+    let (file, mut engine) = engine_fifo(dir.path(), "shipped");
+    let hosts = format!("http://{es}");
+    start(
+        &plugin,
+        SHIPPED,
+        &file,
+        &[("hosts", &hosts), ("flush_interval", "10ms")],
+    )
+    .await;
+    let checkpoint = state.join("checkpoints").join(format!("{SHIPPED}.json"));
+    slow_sync::set(&state.join("checkpoints"), Duration::from_secs(2));
+    engine
+        .write_all(&first_fragment(1, "the first part of a line"))
+        .unwrap();
+    let has_split =
+        || std::fs::read_to_string(&checkpoint).is_ok_and(|text| !text.contains(r#""splits":[]"#));
+    let begin = Instant::now();
+    let mut cut_on_disk = None;
+    let mut sent = None;
+    while sent.is_none() && begin.elapsed() < FRAGMENT_WAIT + Duration::from_secs(10) {
+        // The file first, then the requests: a request seen is after the file was read.
+        let split = has_split();
+        let requests = requests_sent(&plugin);
+        if split && cut_on_disk.is_none() {
+            cut_on_disk = Some(begin.elapsed());
+        }
+        if requests > 0 {
+            sent = Some(begin.elapsed());
+            assert!(
+                split || has_split(),
+                "a bulk request left before the split point was on disk"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    slow_sync::set(&state.join("checkpoints"), Duration::ZERO);
+    plugin.shutdown_token().cancel();
+    plugin.wind_down(Duration::from_secs(10)).await;
+    let sent = sent.expect("the line whose rest is late was never sent");
+    let cut_on_disk = cut_on_disk.unwrap_or(sent);
+    eprintln!("cut on disk after {cut_on_disk:?}, first request after {sent:?}");
+    assert!(
+        sent >= FRAGMENT_WAIT + Duration::from_secs(2),
+        "sent after {sent:?}: before the fragment wait and the slow write of the cut"
     );
 }
