@@ -470,6 +470,38 @@ mod tests {
         );
     }
 
+    /// The two-step form the destination uses (the write runs on the blocking pool): nothing
+    /// counts as written before `saved_as`, and an acknowledgement that comes while a write is
+    /// under way is kept for the next write, not dropped by the one finishing.
+    #[test]
+    fn a_position_acknowledged_during_a_write_is_written_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |offset| Position { segment: 1, offset };
+        let (mut cp, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        let first = cp.save_for(p(10), true).expect("a first write is due");
+        cp.hold(p(20));
+        first.run().unwrap();
+        cp.saved_as(first);
+        assert_eq!(cp.saved(), p(10));
+        let next = cp
+            .save_pending()
+            .expect("the held position is still to write");
+        next.run().unwrap();
+        cp.saved_as(next);
+        assert_eq!(
+            Checkpoint::load(dir.path(), &id(), "http://es:9200").1,
+            Some(p(20))
+        );
+        // Split points count as recorded only once their write is done.
+        let splits = cp.save_splits(&[p(30)]);
+        assert!(!cp.is_split(p(30)));
+        splits.run().unwrap();
+        cp.saved_as(splits);
+        assert!(cp.is_split(p(30)));
+        let (loaded, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        assert_eq!(loaded.splits().collect::<Vec<_>>(), [p(30)]);
+    }
+
     /// A file that is not a checkpoint is not taken for one (and is logged at ERROR): the caller
     /// starts afresh and overwrites it.
     #[test]
