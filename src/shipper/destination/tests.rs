@@ -149,7 +149,7 @@ async fn a_slow_checkpoint_fsync_does_not_stall_another_containers_drain() {
     plugin.wind_down(Duration::from_secs(10)).await;
 
     assert!(
-        slowed >= 2,
+        slowed >= 1,
         "the shipping container's checkpoint was written {slowed} times while measuring: nothing was acknowledged"
     );
     let worst = latencies.iter().max().copied().unwrap_or_default();
