@@ -94,8 +94,10 @@ impl Plugin {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let spool = Arc::new(Spool::new(settings.spool_max_size));
+        let checkpoints = crate::shipper::checkpoint::dir(state_dir);
         let stores =
-            Stores::open_after_boot_check(state_dir.join("containers"), Arc::clone(&spool))?;
+            Stores::open_after_boot_check(state_dir.join("containers"), Arc::clone(&spool))?
+                .on_removed(move |id| crate::shipper::checkpoint::delete(&checkpoints, id));
         let table = match RunTable::load(state_dir) {
             Ok(table) => table,
             Err(error) => {
@@ -112,10 +114,11 @@ impl Plugin {
             let me = me.clone();
             let on_drained = Arc::new(move |id: &ContainerId| {
                 if let Some(plugin) = me.upgrade() {
-                    // Called on a destination's task: the run table's sync and the store's close
-                    // must not hold a runtime thread that drains pipes. block_in_place (not a
-                    // spawned task) keeps the release in order with the destination's work.
-                    tokio::task::block_in_place(|| plugin.drained(id));
+                    // Called on the blocking pool, awaited by the destination's task (see
+                    // `Destination::release_drained`): the run table's sync and the store's
+                    // close never hold a runtime thread that drains pipes, and the release
+                    // stays in order with the destination's work.
+                    plugin.drained(id);
                 }
             });
             Self {

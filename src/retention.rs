@@ -68,3 +68,62 @@ pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::container_id::ContainerId;
+    use crate::settings::Settings;
+    use crate::shipper::checkpoint::Checkpoint;
+    use crate::store::{Batch, Position, StoreLimits};
+
+    const ID: &str = "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00";
+
+    /// A store with a line in it, and a checkpoint for it as a shipper writes one.
+    fn shipped_store(plugin: &Plugin, state: &std::path::Path) -> std::path::PathBuf {
+        let id = ContainerId::parse(ID).unwrap();
+        let store = plugin
+            .stores()
+            .open_container(&id, StoreLimits::default())
+            .unwrap();
+        let mut batch = Batch::default();
+        batch.push(b"not parsed here", 1);
+        store.append(&batch).unwrap();
+        let dir = state.join("checkpoints");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut checkpoint, _) = Checkpoint::load(&dir, &id, "http://es:9200");
+        checkpoint.advance(store.end(), true).unwrap();
+        assert_eq!(
+            Checkpoint::load(&dir, &id, "http://es:9200").1,
+            Some(store.end())
+        );
+        assert_ne!(store.end(), Position::default());
+        dir.join(format!("{ID}.json"))
+    }
+
+    /// Regression (issue 12, item 11): a container's checkpoint file stayed after the age sweep
+    /// removed its local copy, one file per container ever shipped, forever.
+    #[test]
+    fn the_age_sweep_removes_a_copys_checkpoint_with_it() {
+        let state = tempfile::tempdir().unwrap();
+        let plugin =
+            Plugin::open(Settings::default(), state.path(), CancellationToken::new()).unwrap();
+        let checkpoint = shipped_store(&plugin, state.path());
+        let later = SystemTime::now() + Duration::from_secs(3600);
+
+        // In use (a run, a reader or a shipper holds it): the copy and its checkpoint stay.
+        let held = plugin
+            .stores()
+            .get_open(&ContainerId::parse(ID).unwrap())
+            .unwrap();
+        assert_eq!(sweep(&plugin, Duration::ZERO, later), 0);
+        assert!(checkpoint.exists(), "the checkpoint of a store in use went");
+        drop(held);
+
+        assert_eq!(sweep(&plugin, Duration::ZERO, later), 1);
+        assert!(
+            !checkpoint.exists(),
+            "the checkpoint of a removed local copy is left behind"
+        );
+    }
+}

@@ -20,10 +20,14 @@
 //!   (Version 1 held the same fields but no `splits`, and was ignored when its `destination`
 //!   differed, which skipped the backlog; it is read whatever its `destination`.)
 //!
-//! Written through a synced temporary file and a rename (see `runs::write_atomically`), at most
+//! Written through a synced temporary file and a rename (see `runs::write_atomically`; a [`Save`]
+//! is one such write, which the destination runs on the blocking pool, one at a time), at most
 //! once per [`MIN_INTERVAL`] while shipping, always when a container is done, and at once when a
 //! split point is recorded: after a crash the shipper replays at most that much, and
 //! deterministic ids turn the replay into 409s.
+//!
+//! The file goes when the container's store is removed (`DESTROY_LOGS_ON_STOP`, the age sweep:
+//! see [`delete`]), never before: while the store exists it may hold lines not yet shipped.
 //!
 //! A container new to shipping (no checkpoint) starts at the store's end at StartLogging: the
 //! checkpoint is written then, before the FIFO is read, so every line of that run is shipped and
@@ -80,6 +84,28 @@ pub struct Checkpoint {
     splits: BTreeSet<Position>,
     /// The host list named in the file.
     written_for: Option<String>,
+}
+
+/// One write of a checkpoint file, made by [`Checkpoint`] and run wherever blocking on the disk
+/// is harmless (it syncs the file and its folder).
+pub struct Save {
+    path: PathBuf,
+    bytes: Result<Vec<u8>, String>,
+    at: Position,
+    splits: BTreeSet<Position>,
+}
+
+impl Save {
+    /// Writes the file through a synced temporary file and a rename. Blocks on the disk.
+    pub fn run(&self) -> std::io::Result<()> {
+        let bytes = self
+            .bytes
+            .as_ref()
+            .map_err(|e| std::io::Error::other(e.clone()))?;
+        #[cfg(test)]
+        slow_sync::wait(&self.path);
+        write_atomically(&self.path, bytes)
+    }
 }
 
 impl Checkpoint {
@@ -142,34 +168,82 @@ impl Checkpoint {
 
     /// Records `at`; writes it when `force` or when the last write is older than MIN_INTERVAL.
     pub fn advance(&mut self, at: Position, force: bool) -> std::io::Result<()> {
-        if at == self.saved && self.last_write.is_some() {
-            return Ok(());
+        match self.save_for(at, force) {
+            Some(save) => self.write(save),
+            None => Ok(()),
         }
-        let due = force || self.last_write.is_none_or(|t| t.elapsed() >= MIN_INTERVAL);
-        if !due {
-            self.pending = Some(at);
-            return Ok(());
-        }
-        self.write(at)
     }
 
     /// Records split points (see the module doc) and writes them at once, with the latest
     /// acknowledged position: the documents they end must not be sent before this returns `Ok`.
     pub fn record_splits(&mut self, at: &[Position]) -> std::io::Result<()> {
-        let before = self.splits.clone();
-        self.splits
-            .extend(at.iter().copied().filter(|&s| s > self.saved));
-        let position = self.pending.unwrap_or(self.saved);
-        let written = self.write(position);
-        if written.is_err() {
-            self.splits = before;
-        }
-        written
+        let save = self.save_splits(at);
+        self.write(save)
     }
 
-    fn write(&mut self, at: Position) -> std::io::Result<()> {
+    /// Writes a position recorded but not yet written.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        match self.save_pending() {
+            Some(save) => self.write(save),
+            None => Ok(()),
+        }
+    }
+
+    fn write(&mut self, save: Save) -> std::io::Result<()> {
+        save.run()?;
+        self.saved_as(save);
+        Ok(())
+    }
+
+    /// [`Checkpoint::advance`] in two steps, for a caller that runs the write elsewhere (off the
+    /// threads that drain FIFOs): the write of `at` if one is due (`force`, or the last write
+    /// is older than [`MIN_INTERVAL`]), else `at` is only recorded, for a later write. Nothing
+    /// else changes until [`Checkpoint::saved_as`] is told the write succeeded. At most one
+    /// write of a checkpoint may be under way at a time (they share a temporary file).
+    pub fn save_for(&mut self, at: Position, force: bool) -> Option<Save> {
+        if at == self.saved && self.last_write.is_some() {
+            return None;
+        }
+        let due = force || self.last_write.is_none_or(|t| t.elapsed() >= MIN_INTERVAL);
+        if !due {
+            self.pending = Some(at);
+            return None;
+        }
+        Some(self.save(at, self.splits.clone()))
+    }
+
+    /// Records an acknowledged position without writing it (a write is under way): the next
+    /// write or [`Checkpoint::save_pending`] takes it.
+    pub fn hold(&mut self, at: Position) {
+        if at != self.saved {
+            self.pending = Some(at);
+        }
+    }
+
+    /// The write of a position recorded but not yet written, if there is one.
+    pub fn save_pending(&mut self) -> Option<Save> {
+        let at = self.pending?;
+        self.save_for(at, true)
+    }
+
+    /// [`Checkpoint::record_splits`] in two steps: the write of the split points `at` with the
+    /// latest acknowledged position. The documents they end may be sent once
+    /// [`Checkpoint::saved_as`] took it (then [`Checkpoint::is_split`] is true for each).
+    pub fn save_splits(&mut self, at: &[Position]) -> Save {
+        let mut splits = self.splits.clone();
+        splits.extend(at.iter().copied().filter(|&s| s > self.saved));
+        let position = self.pending.unwrap_or(self.saved);
+        self.save(position, splits)
+    }
+
+    /// A split point is recorded (on disk) at `at`.
+    pub fn is_split(&self, at: Position) -> bool {
+        self.splits.contains(&at)
+    }
+
+    fn save(&self, at: Position, splits: BTreeSet<Position>) -> Save {
         // Points at or before the position are never reached by a replay from it.
-        let splits: BTreeSet<Position> = self.splits.iter().copied().filter(|&s| s > at).collect();
+        let splits: BTreeSet<Position> = splits.into_iter().filter(|&s| s > at).collect();
         let disk = OnDisk {
             version: VERSION,
             destination: self.destination.clone(),
@@ -177,26 +251,50 @@ impl Checkpoint {
             offset: at.offset,
             splits: splits.iter().map(|s| [s.segment, s.offset]).collect(),
         };
-        let bytes = serde_json::to_vec(&disk).map_err(std::io::Error::other)?;
-        write_atomically(&self.path, &bytes)?;
-        self.splits = splits;
-        self.saved = at;
-        self.pending = None;
-        self.last_write = Some(Instant::now());
-        self.written_for = Some(self.destination.clone());
-        Ok(())
-    }
-
-    /// Writes a position recorded but not yet written.
-    pub fn flush(&mut self) -> std::io::Result<()> {
-        match self.pending {
-            Some(at) => self.advance(at, true),
-            None => Ok(()),
+        Save {
+            path: self.path.clone(),
+            // Encoding numbers and a string cannot fail; were it to, the write fails.
+            bytes: serde_json::to_vec(&disk).map_err(|error| error.to_string()),
+            at,
+            splits,
         }
     }
 
-    pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// `save` is on disk (its [`Save::run`] returned `Ok`): the checkpoint is what it wrote.
+    pub fn saved_as(&mut self, save: Save) {
+        self.splits = save.splits;
+        self.saved = save.at;
+        // An acknowledgement that came while it was written is still to write.
+        if self.pending.is_some_and(|p| p <= save.at) {
+            self.pending = None;
+        }
+        self.last_write = Some(Instant::now());
+        self.written_for = Some(self.destination.clone());
+    }
+}
+
+/// The folder of the checkpoints, in the plugin's state folder.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("checkpoints")
+}
+
+/// Deletes the container's checkpoint (and a temporary file a write left). Only for a store
+/// that is gone: a checkpoint is the only record of what of its store is shipped. Not synced:
+/// a deletion undone by a power loss leaves a file that names positions of the removed store,
+/// before every position of a new one (a new store's segment numbers start at the time it is
+/// created), so it costs a file, never a line.
+pub fn delete(dir: &Path, id: &ContainerId) {
+    for path in [
+        dir.join(format!("{id}.json")),
+        dir.join(format!("{id}.tmp")),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "cannot delete the shipping checkpoint of a removed local copy")
+            }
+        }
     }
 }
 
@@ -223,6 +321,50 @@ fn read(path: &Path) -> Result<Option<OnDisk>, CheckpointError> {
         });
     }
     Ok(Some(disk))
+}
+
+/// A slow disk for tests: there is no device to make an fsync slow on the test hosts, so a
+/// test names a checkpoint folder whose writes take that much longer, as a checkpoint write on
+/// a busy or failing disk does (the file's and the folder's fsync). Keyed by folder, so tests
+/// running beside it in the same process are not slowed.
+#[cfg(test)]
+pub mod slow_sync {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static SLOW: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+    /// Slowed writes begun, over every folder.
+    static BEGUN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Writes of checkpoints in `dir` take `delay` longer from now on (`Duration::ZERO`: no
+    /// longer slowed).
+    pub fn set(dir: &Path, delay: Duration) {
+        let mut slow = SLOW.lock().unwrap_or_else(|p| p.into_inner());
+        slow.retain(|(d, _)| d != dir);
+        if !delay.is_zero() {
+            slow.push((dir.to_owned(), delay));
+        }
+    }
+
+    /// How many slowed writes have begun so far.
+    pub fn begun() -> usize {
+        BEGUN.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn wait(path: &Path) {
+        let delay = {
+            let slow = SLOW.lock().unwrap_or_else(|p| p.into_inner());
+            slow.iter()
+                .find(|(dir, _)| Some(dir.as_path()) == path.parent())
+                .map(|(_, delay)| *delay)
+        };
+        if let Some(delay) = delay {
+            BEGUN.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +468,38 @@ mod tests {
             text,
             r#"{"version":2,"destination":"http://es:9200","segment":1,"offset":30,"splits":[[1,50]]}"#
         );
+    }
+
+    /// The two-step form the destination uses (the write runs on the blocking pool): nothing
+    /// counts as written before `saved_as`, and an acknowledgement that comes while a write is
+    /// under way is kept for the next write, not dropped by the one finishing.
+    #[test]
+    fn a_position_acknowledged_during_a_write_is_written_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |offset| Position { segment: 1, offset };
+        let (mut cp, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        let first = cp.save_for(p(10), true).expect("a first write is due");
+        cp.hold(p(20));
+        first.run().unwrap();
+        cp.saved_as(first);
+        assert_eq!(cp.saved(), p(10));
+        let next = cp
+            .save_pending()
+            .expect("the held position is still to write");
+        next.run().unwrap();
+        cp.saved_as(next);
+        assert_eq!(
+            Checkpoint::load(dir.path(), &id(), "http://es:9200").1,
+            Some(p(20))
+        );
+        // Split points count as recorded only once their write is done.
+        let splits = cp.save_splits(&[p(30)]);
+        assert!(!cp.is_split(p(30)));
+        splits.run().unwrap();
+        cp.saved_as(splits);
+        assert!(cp.is_split(p(30)));
+        let (loaded, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
+        assert_eq!(loaded.splits().collect::<Vec<_>>(), [p(30)]);
     }
 
     /// A file that is not a checkpoint is not taken for one (and is logged at ERROR): the caller

@@ -7,7 +7,9 @@
 //! document the destination is not ready for (privileges, a write block, no index, a missing
 //! pipeline) or whose answer is unknown is held and retried, never dead-lettered: the
 //! destination's requests wait behind it, as for a whole-request 401, and the store keeps
-//! everything meanwhile. Nothing here can slow a container: the store is the spool.
+//! everything meanwhile. Nothing here can slow a container: the store is the spool, and the
+//! disk work that waits for a sync (checkpoint writes, dead-letter records, a container's
+//! release) runs on the blocking pool, never on the runtime's threads that drain the FIFOs.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -15,12 +17,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::bulk::{self, ItemVerdict, RequestVerdict};
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{self, Checkpoint, Save};
 use super::client::Client;
 use super::config::EsOptions;
 use super::deadletter::{DeadLetters, Recorded, Refused};
@@ -82,8 +85,12 @@ struct Source {
     checkpoint: Checkpoint,
     /// Where a replay would start now: every document before it is acknowledged.
     acked: Position,
+    /// The checkpoint write under way, if any (one at a time: see [`Destination::saves`]).
+    saving: Saving,
     /// A split point could not be recorded (logged once until one is).
     split_unrecorded: bool,
+    /// After a failed write of split points, the next try waits until then.
+    split_retry: Option<Instant>,
     stopped: bool,
     skipped_reported: u64,
     wake_task: CancellationToken,
@@ -108,6 +115,24 @@ struct Batch {
 /// document in the request.
 type Acks = Vec<(ContainerId, Position)>;
 
+/// A source's checkpoint write under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Saving {
+    Idle,
+    /// An acknowledged position: nothing waits for it.
+    Position,
+    /// Split points: the source is not read, and the lines they cut are not sent, until they
+    /// are on disk (see `checkpoint`).
+    Splits,
+}
+
+/// A checkpoint write that finished, on a blocking thread.
+struct Saved {
+    id: ContainerId,
+    kind: Saving,
+    result: std::io::Result<Save>,
+}
+
 struct Shared {
     options: EsOptions,
     label: String,
@@ -125,6 +150,12 @@ pub struct Destination {
     order: Vec<ContainerId>,
     next_source: usize,
     checkpoints_dir: PathBuf,
+    /// Checkpoint writes under way. A write syncs the file and its folder, which on a slow or
+    /// busy disk takes as long as the disk likes: it runs on the blocking pool, never on the
+    /// runtime's threads, which drain every container's FIFO. This task goes on shipping
+    /// meanwhile; what must wait for a write (the lines a split point cuts, a container's
+    /// release) waits for its completion here.
+    saves: FuturesUnordered<BoxFuture<'static, Saved>>,
     wake: Arc<Notify>,
     on_drained: OnDrained,
 }
@@ -154,6 +185,7 @@ impl Destination {
             order: Vec::new(),
             next_source: 0,
             checkpoints_dir,
+            saves: FuturesUnordered::new(),
             wake: Arc::new(Notify::new()),
             on_drained,
         }
@@ -177,7 +209,7 @@ impl Destination {
                 }
             }
             if in_flight.is_empty() {
-                self.release_drained();
+                self.release_drained().await;
             }
             tokio::select! {
                 Some(acks) = in_flight.next(), if !in_flight.is_empty() => {
@@ -186,6 +218,7 @@ impl Destination {
                         self.measure_backlog();
                     }
                 }
+                Some(saved) = self.saves.next(), if !self.saves.is_empty() => self.saved(saved),
                 command = commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => break,
@@ -195,9 +228,71 @@ impl Destination {
                 _ = self.shared.shutdown.cancelled() => break,
             }
         }
-        for source in self.sources.values_mut() {
-            source.wake_task.cancel();
-            let _ = source.checkpoint.flush();
+        // A write under way shares its temporary file with the last one.
+        while let Some(saved) = self.saves.next().await {
+            self.saved(saved);
+        }
+        let last: Vec<Save> = self
+            .sources
+            .values_mut()
+            .filter_map(|source| {
+                source.wake_task.cancel();
+                source.checkpoint.save_pending()
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || {
+            for save in last {
+                if let Err(error) = save.run() {
+                    tracing::warn!(%error, "cannot write the shipping checkpoint at shutdown; the restart resends more");
+                }
+            }
+        });
+        let _ = written.await;
+    }
+
+    /// Runs a checkpoint write of `id` on the blocking pool (see [`Destination::saves`]).
+    fn start_save(&mut self, id: ContainerId, kind: Saving, save: Save) {
+        let span = tracing::Span::current();
+        self.saves.push(
+            async move {
+                let written = tokio::task::spawn_blocking(move || {
+                    span.in_scope(|| save.run().map(|()| save))
+                })
+                .await;
+                Saved {
+                    id,
+                    kind,
+                    result: written.unwrap_or_else(|error| Err(std::io::Error::other(error))),
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    /// A checkpoint write finished.
+    fn saved(&mut self, saved: Saved) {
+        let Some(source) = self.sources.get_mut(&saved.id) else {
+            return;
+        };
+        source.saving = Saving::Idle;
+        match (saved.result, saved.kind) {
+            (Ok(save), kind) => {
+                source.checkpoint.saved_as(save);
+                if kind == Saving::Splits {
+                    source.split_unrecorded = false;
+                    source.split_retry = None;
+                }
+            }
+            (Err(error), Saving::Splits) => {
+                source.split_retry = Some(Instant::now() + checkpoint::MIN_INTERVAL);
+                if !source.split_unrecorded {
+                    source.split_unrecorded = true;
+                    tracing::warn!(%error, container = saved.id.short(), "cannot write the shipping checkpoint; a split line whose rest is late is held until its rest comes or the container stops");
+                }
+            }
+            (Err(error), _) => {
+                tracing::warn!(%error, container = saved.id.short(), "cannot write the shipping checkpoint; a restart would resend more");
+            }
         }
     }
 
@@ -257,7 +352,9 @@ impl Destination {
                 cursor,
                 fragments,
                 checkpoint,
+                saving: Saving::Idle,
                 split_unrecorded: false,
+                split_retry: None,
                 stopped: false,
                 skipped_reported: 0,
                 wake_task,
@@ -271,6 +368,7 @@ impl Destination {
         let max = self.shared.options.bulk_max_bytes;
         let mut batch = Batch::default();
         let n = self.order.len();
+        let mut splits = Vec::new();
         for k in 0..n {
             if batch.ndjson.len() >= max {
                 break;
@@ -279,23 +377,35 @@ impl Destination {
             let Some(source) = self.sources.get_mut(id) else {
                 continue;
             };
-            source.fill(&mut batch, max, &self.shared);
+            if let Some(save) = source.fill(&mut batch, max, &self.shared) {
+                splits.push((id.clone(), save));
+            }
         }
         if n > 0 {
             self.next_source = (self.next_source + 1) % n;
+        }
+        for (id, save) in splits {
+            self.start_save(id, Saving::Splits, save);
         }
         batch
     }
 
     fn acknowledge(&mut self, acks: Acks) {
         for (id, end) in acks {
-            if let Some(source) = self.sources.get_mut(&id) {
-                source.acked = source.acked.max(end);
-                // Retention may now delete the backlog shipped past.
-                source.store.set_pin(Some(source.acked));
-                if let Err(error) = source.checkpoint.advance(source.acked, false) {
-                    tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; a restart would resend more");
-                }
+            let Some(source) = self.sources.get_mut(&id) else {
+                continue;
+            };
+            source.acked = source.acked.max(end);
+            // Retention may now delete the backlog shipped past.
+            source.store.set_pin(Some(source.acked));
+            if source.saving != Saving::Idle {
+                // Written with the next write.
+                source.checkpoint.hold(source.acked);
+                continue;
+            }
+            if let Some(save) = source.checkpoint.save_for(source.acked, false) {
+                source.saving = Saving::Position;
+                self.start_save(id, Saving::Position, save);
             }
         }
     }
@@ -310,13 +420,19 @@ impl Destination {
         self.shared.metrics.set_backlog_bytes(backlog);
     }
 
-    /// Lets go of stopped containers whose every line is acknowledged.
-    fn release_drained(&mut self) {
+    /// Lets go of stopped containers whose every line is acknowledged (and whose checkpoint
+    /// is not being written: the last write must come after it).
+    ///
+    /// The last checkpoint write and `on_drained` (the run table's sync, the store's close or
+    /// removal) block on the disk: they run on the blocking pool, awaited here, so a container
+    /// attached again afterwards finds its final checkpoint, and its release is done first.
+    async fn release_drained(&mut self) {
         let done: Vec<ContainerId> = self
             .sources
             .values()
             .filter(|s| {
                 s.stopped
+                    && s.saving == Saving::Idle
                     && s.fragments.is_empty()
                     && s.acked == s.read_to
                     && s.read_to >= s.store.end()
@@ -324,23 +440,43 @@ impl Destination {
             .map(|s| s.id.clone())
             .collect();
         for id in done {
-            if let Some(mut source) = self.sources.remove(&id) {
-                source.wake_task.cancel();
-                // The pin stays: the owner of the runs lifts it (on_drained) unless the
-                // container started again meanwhile, whose new run pinned its backlog already.
-                let _ = source.checkpoint.advance(source.acked, true);
-                tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
-                self.order.retain(|o| o != &id);
-                // Its store handle goes first, so the store can close (or be removed) now.
-                drop(source);
-                (self.on_drained)(&id);
+            let Some(mut source) = self.sources.remove(&id) else {
+                continue;
+            };
+            source.wake_task.cancel();
+            self.order.retain(|o| o != &id);
+            tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
+            // The pin stays: the owner of the runs lifts it (on_drained) unless the container
+            // started again meanwhile, whose new run pinned its backlog already.
+            let last = source.checkpoint.save_for(source.acked, true);
+            let on_drained = Arc::clone(&self.on_drained);
+            let span = tracing::Span::current();
+            let released = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| {
+                    if let Some(Err(error)) = last.map(|save| save.run()) {
+                        tracing::warn!(%error, container = id.short(), "cannot write the shipping checkpoint; a restart would resend more");
+                    }
+                    // Its store handle goes first, so the store can close (or be removed) now.
+                    drop(source);
+                    on_drained(&id);
+                })
+            });
+            if let Err(error) = released.await {
+                tracing::error!(%error, "releasing a shipped container failed");
             }
         }
     }
 }
 
 impl Source {
-    fn fill(&mut self, batch: &mut Batch, max: usize, shared: &Shared) {
+    /// Reads entries into `batch`; returns a write of split points to run first, when lines
+    /// whose rest is late are due to be sent cut (see [`Source::flush_overdue`]).
+    fn fill(&mut self, batch: &mut Batch, max: usize, shared: &Shared) -> Option<Save> {
+        if self.saving == Saving::Splits {
+            // Nothing is read until the cut is on disk: a line's rest read meanwhile would
+            // join a line the checkpoint already says is cut.
+            return None;
+        }
         while batch.ndjson.len() < max {
             let read = tokio::task::block_in_place(|| self.cursor.read(READ_STEP.min(max)));
             let entries = match read {
@@ -360,14 +496,14 @@ impl Source {
             }
         }
         if self.fragments.is_empty() || self.read_to < self.store.end() {
-            return;
+            return None;
         }
         if self.stopped {
             // No more of these lines can come: the cut needs no record.
             for line in self.fragments.flush() {
                 self.emit(batch, line);
             }
-            return;
+            return None;
         }
         let overdue: Vec<Position> = self
             .fragments
@@ -375,31 +511,31 @@ impl Source {
             .filter(|(_, since)| since.elapsed() >= FRAGMENT_WAIT)
             .map(|(end, _)| end)
             .collect();
-        if !overdue.is_empty() {
-            self.flush_overdue(batch, &overdue);
+        if overdue.is_empty() {
+            return None;
         }
+        self.flush_overdue(batch, &overdue)
     }
 
     /// Ships lines whose rest is late as they are, once the cut is recorded: a replay after a
-    /// crash must cut them at the same place (see `fragments`). If it cannot be recorded they
-    /// wait for their rest or the container's stop instead; nothing is lost either way.
-    fn flush_overdue(&mut self, batch: &mut Batch, ends: &[Position]) {
-        let recorded = tokio::task::block_in_place(|| self.checkpoint.record_splits(ends));
-        match recorded {
-            Ok(()) => {
-                self.split_unrecorded = false;
-                for &end in ends {
-                    if let Some(line) = self.fragments.flush_at(end) {
-                        self.emit(batch, line);
-                    }
-                }
+    /// crash must cut them at the same place (see `fragments`). Lines whose cut is on disk go
+    /// into the batch; for the others this returns the write that records it, and they wait for
+    /// it (the next fill sends them). If it cannot be recorded they wait for their rest or the
+    /// container's stop instead; nothing is lost either way.
+    fn flush_overdue(&mut self, batch: &mut Batch, ends: &[Position]) -> Option<Save> {
+        let (recorded, unrecorded): (Vec<Position>, Vec<Position>) =
+            ends.iter().partition(|&&end| self.checkpoint.is_split(end));
+        for end in recorded {
+            if let Some(line) = self.fragments.flush_at(end) {
+                self.emit(batch, line);
             }
-            Err(error) if !self.split_unrecorded => {
-                self.split_unrecorded = true;
-                tracing::warn!(%error, container = self.id.short(), "cannot write the shipping checkpoint; a split line whose rest is late is held until its rest comes or the container stops");
-            }
-            Err(_) => {}
         }
+        let retry_later = self.split_retry.is_some_and(|at| Instant::now() < at);
+        if unrecorded.is_empty() || self.saving != Saving::Idle || retry_later {
+            return None;
+        }
+        self.saving = Saving::Splits;
+        Some(self.checkpoint.save_splits(&unrecorded))
     }
 
     /// Rejoins fragments of one line into one document; emits complete documents.
@@ -581,7 +717,7 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
                     }
                     let progress = !accepted.is_empty() || !refused.is_empty();
                     end_episodes(&shared, &batch, &accepted);
-                    dead_letter(&shared, &batch, &refused, &answer.node);
+                    dead_letter(&shared, &batch, &refused, &answer.node).await;
                     if progress {
                         backoff.reset();
                     }
@@ -612,7 +748,7 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
                         413,
                         "document alone is larger than the server accepts".to_owned(),
                     )];
-                    dead_letter(&shared, &batch, &refused, &answer.node);
+                    dead_letter(&shared, &batch, &refused, &answer.node).await;
                     todo.clear();
                 }
                 RequestVerdict::RetryAll { reason } => {
@@ -651,27 +787,56 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
 /// Writes documents refused for good to the dead-letter file (synced before they count as
 /// acknowledged) and counts them; what the file cannot keep is counted as lost (and logged at
 /// ERROR by the file).
-fn dead_letter(shared: &Shared, batch: &Batch, refused: &[(usize, u16, String)], node: &str) {
+async fn dead_letter(
+    shared: &Arc<Shared>,
+    batch: &Batch,
+    refused: &[(usize, u16, String)],
+    node: &str,
+) {
     if refused.is_empty() {
         return;
     }
-    let records: Vec<Refused<'_>> = refused
+    // An fdatasync per answer: on the blocking pool, off the threads that drain FIFOs. It gets
+    // copies of the refused documents (document faults: few, and each copied once).
+    let copies: Vec<(Vec<u8>, u16, String)> = refused
         .iter()
-        .map(|(i, status, reason)| Refused {
-            item: &batch.ndjson[batch.items[*i].range.clone()],
+        .map(|(i, status, reason)| {
+            let item = batch.ndjson[batch.items[*i].range.clone()].to_vec();
+            (item, *status, reason.clone())
+        })
+        .collect();
+    let container = batch.items[refused[0].0].source.short().to_owned();
+    let node = node.to_owned();
+    let writer = Arc::clone(shared);
+    let span = tracing::Span::current();
+    let recorded = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| record_refused(&writer, &copies, &container, &node))
+    })
+    .await;
+    if let Err(error) = recorded {
+        // They count as acknowledged all the same: a loss, said as one.
+        tracing::error!(%error, documents = refused.len(), "writing refused documents to the dead-letter file failed; they are lost");
+        shared.metrics.add_dead_letter_lost(refused.len() as u64);
+    }
+}
+
+/// [`dead_letter`]'s blocking part: the write and sync, the counts, and the line that says so
+/// (logged as soon as they are on disk).
+fn record_refused(shared: &Shared, copies: &[(Vec<u8>, u16, String)], container: &str, node: &str) {
+    let records: Vec<Refused<'_>> = copies
+        .iter()
+        .map(|(item, status, reason)| Refused {
+            item,
             status: *status,
             reason,
         })
         .collect();
-    // An fdatasync per answer: off the threads that drain FIFOs.
-    let Recorded { kept, lost } =
-        tokio::task::block_in_place(|| shared.dead_letters.record(&records));
+    let Recorded { kept, lost } = shared.dead_letters.record(&records);
     shared.metrics.add_dead_lettered(kept as u64);
     shared.metrics.add_dead_letter_lost(lost as u64);
     // One line per answer, not per document: a mapping conflict can refuse every document.
-    let (first, status, reason) = &refused[0];
-    let container = batch.items[*first].source.short();
-    tracing::warn!(documents = refused.len(), kept, lost, %container, status, %reason, %node, path = %shared.dead_letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
+    let (_, status, reason) = &copies[0];
+    tracing::warn!(documents = copies.len(), kept, lost, %container, status, %reason, %node, path = %shared.dead_letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
 }
 
 /// Counts held documents and logs each index's episode: at ERROR when it starts and as a
@@ -914,3 +1079,6 @@ fn jitter_fraction() -> f64 {
     hasher.write_u128(Instant::now().elapsed().as_nanos());
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
+
+#[cfg(test)]
+mod tests;

@@ -152,7 +152,7 @@ impl Shippers {
     /// the start. A store with a checkpoint resumes from it, whatever host list wrote it (see
     /// `checkpoint`); the file is rewritten for this one, so the change is logged once.
     fn mark_start(&self, options: &EsOptions, id: &ContainerId, store: &ContainerStore) {
-        let dir = self.state_dir.join("checkpoints");
+        let dir = checkpoint::dir(&self.state_dir);
         let (mut checkpoint, saved) = Checkpoint::load(&dir, id, &options.label());
         let from = match saved {
             Some(saved) => {
@@ -231,11 +231,11 @@ impl Shippers {
                 self.dead_letter_max_size,
             ),
             self.metrics.destination(&label),
-            self.state_dir.join("checkpoints"),
+            checkpoint::dir(&self.state_dir),
             self.shutdown.clone(),
             Arc::clone(&self.on_drained),
         );
-        let _ = crate::runs::create_private_dir(&self.state_dir.join("checkpoints"));
+        let _ = crate::runs::create_private_dir(&checkpoint::dir(&self.state_dir));
         let (tx, rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!("ship", destination = %label);
         self.tracker.spawn(destination.run(rx).instrument(span));

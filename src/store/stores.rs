@@ -38,7 +38,12 @@ pub struct Stores {
     /// Dropped after `open` (field order), so the thread is joined last.
     compressor: Compressor,
     spool: Arc<Spool>,
+    /// See [`Stores::on_removed`].
+    on_removed: Option<OnRemoved>,
 }
+
+/// Called with a container whose store [`Stores::remove_unused`] removed (or found gone).
+type OnRemoved = Box<dyn Fn(&ContainerId) + Send + Sync>;
 
 impl Stores {
     /// Opens the root (created 0700 if missing) and starts the compressor thread. `spool` is
@@ -76,7 +81,18 @@ impl Stores {
             same_boot,
             compressor: Compressor::start()?,
             spool,
+            on_removed: None,
         })
+    }
+
+    /// What else goes with a removed store: `on_removed` is called with its container under
+    /// the lock [`Stores::open_container`] takes, so it is done before a new store of that
+    /// container can be created (and anything kept for the new store is written after it).
+    /// The plugin deletes the container's shipping checkpoint there: it describes the store
+    /// removed, and files of containers long gone must not pile up.
+    pub fn on_removed(mut self, on_removed: impl Fn(&ContainerId) + Send + Sync + 'static) -> Self {
+        self.on_removed = Some(Box::new(on_removed));
+        self
     }
 
     pub fn spool(&self) -> &Arc<Spool> {
@@ -213,15 +229,19 @@ impl Stores {
                     .unwrap_or_default()
                     .as_nanos()
             ));
-            match fs::rename(&dir, &aside) {
-                Ok(()) => aside,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                    return Ok(Removal::Removed)
-                }
+            let aside = match fs::rename(&dir, &aside) {
+                Ok(()) => Some(aside),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => None,
                 Err(source) => return Err(StoreError::Delete { path: dir, source }),
+            };
+            if let Some(on_removed) = &self.on_removed {
+                on_removed(id);
             }
+            aside
         };
-        delete_aside(&aside)?;
+        if let Some(aside) = aside {
+            delete_aside(&aside)?;
+        }
         Ok(Removal::Removed)
     }
 
