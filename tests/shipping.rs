@@ -330,7 +330,12 @@ async fn permanent_rejections_are_dead_lettered_and_never_block() {
             .and_then(|e| std::fs::read_to_string(e.path()).ok())
             .is_some_and(|t| t.lines().count() == refused.len())
     });
-    assert!(plugin.output().contains("document_parsing_exception"));
+    // Logged after the records are synced, on another thread: wait for it, do not race it.
+    engine::wait_until(
+        Duration::from_secs(10),
+        "the refusal's reason in the plugin log",
+        || plugin.output().contains("document_parsing_exception"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
