@@ -1294,7 +1294,7 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
     // Ticks, a burst far larger than any pipe, then ticks long enough for the store's retry
     // (backing off to 30 s) to find the folder repaired.
     let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo tick-$i; sleep 0.1; done; \
-                  seq 1 100000; \
+                  seq 1 100000; touch /tmp/burst-done; \
                   j=0; while [ $j -lt 400 ]; do j=$((j+1)); echo after-$j; sleep 0.1; done; \
                   echo done";
     let id = docker.run_logged(name, &[], script);
@@ -1320,7 +1320,18 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
         "the plugin to say the local copy cannot open",
         || (plugin_said(docker, &id, "cannot open the local copy") > 0).then_some(()),
     );
-    // Drained while the copy cannot open: the burst gets through, the container is not blocked.
+    // Drained while the copy cannot open: the burst (far more than any pipe holds) gets
+    // through, the container is not blocked, and the loss is reported at ERROR.
+    wait_for(
+        secs(60),
+        "the burst written while the local copy cannot open",
+        || {
+            docker
+                .docker(&["exec", name, "test", "-f", "/tmp/burst-done"])
+                .success()
+                .then_some(())
+        },
+    );
     wait_for(secs(60), "lost lines reported at ERROR", || {
         (plugin_said(docker, &id, "these log entries are lost") > 0).then_some(())
     });
@@ -1342,6 +1353,10 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
         logs.ends_with("after-400\ndone\n"),
         "the lines after the repair: {}",
         &logs[logs.len().saturating_sub(200)..]
+    );
+    assert!(
+        !logs.contains("\n100000\n"),
+        "the burst was stored although the local copy could not be opened"
     );
     let after = logs.lines().filter(|l| l.starts_with("after-")).count();
     eprintln!(
