@@ -1327,7 +1327,7 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
         "the burst written while the local copy cannot open",
         || {
             docker
-                .docker(&["exec", name, "test", "-f", "/tmp/burst-done"])
+                .docker(&["exec", name, "sh", "-c", "[ -f /tmp/burst-done ]"])
                 .success()
                 .then_some(())
         },
