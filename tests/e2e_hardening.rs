@@ -1294,7 +1294,7 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
     // Ticks, a burst far larger than any pipe, then ticks long enough for the store's retry
     // (backing off to 30 s) to find the folder repaired.
     let script = "i=0; while [ $i -lt 30 ]; do i=$((i+1)); echo tick-$i; sleep 0.1; done; \
-                  seq 1 100000; touch /tmp/burst-done; \
+                  seq 1 100000; touch /burst-done; \
                   j=0; while [ $j -lt 400 ]; do j=$((j+1)); echo after-$j; sleep 0.1; done; \
                   echo done";
     let id = docker.run_logged(name, &[], script);
@@ -1327,7 +1327,7 @@ fn a_restarted_plugin_drains_a_fifo_whose_store_cannot_open(docker: &mut Docker)
         "the burst written while the local copy cannot open",
         || {
             docker
-                .docker(&["exec", name, "sh", "-c", "[ -f /tmp/burst-done ]"])
+                .docker(&["exec", name, "sh", "-c", "[ -f /burst-done ]"])
                 .success()
                 .then_some(())
         },
