@@ -218,7 +218,16 @@ impl Plugin {
     /// containers whose lines were not all shipped. Returns at once: each FIFO is recovered by
     /// its own task, so the API serves while stores open, and no FIFO waits for another's.
     pub fn recover(self: &Arc<Self>) {
-        let mut resumed = std::collections::HashSet::new();
+        // A container with a FIFO to reopen ships its whole backlog through that run (attaching
+        // resumes from the checkpoint): resuming it apart as well would race the reopen's
+        // attach with a "stopped" the destination must not get while the run is alive.
+        let mut resumed: std::collections::HashSet<String> = self
+            .table
+            .all()
+            .into_iter()
+            .filter(|r| !r.stopped)
+            .map(|r| r.info.container_id)
+            .collect();
         for record in self.table.all().into_iter().filter(|r| r.stopped) {
             if resumed.insert(record.info.container_id.clone()) {
                 let plugin = Arc::clone(self);
@@ -243,7 +252,8 @@ impl Plugin {
         };
         let store = self.stores.open_container(&id, options.store)?;
         let _order = self.lock_ship_order();
-        if self.attach_or_retry(&es, &record.info, &id, &store) {
+        // A new run of the container (StartLogging meanwhile) keeps it going.
+        if self.attach_or_retry(&es, &record.info, &id, &store) && self.runs_counted(&id) == 0 {
             self.shippers.stopped(&es, &id);
         }
         Ok(())
