@@ -44,3 +44,5 @@ pub mod runs;
 pub mod settings;
 pub mod shipper;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;

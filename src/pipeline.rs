@@ -608,28 +608,14 @@ mod tests {
     use std::io::Write;
     use std::path::Path;
 
-    fn entry(t: i64, line: &str) -> LogEntry {
-        LogEntry {
-            source: "stdout".into(),
-            time_nano: t,
-            line: line.as_bytes().to_vec().into(),
-            ..LogEntry::default()
-        }
-    }
+    use crate::testing::{engine_fifo, frame as framed, line as entry};
 
     /// Regression (issue 12, "bookkeeping that grows"): the peek buffer grew to a pipe's size in
     /// a burst and kept it for the life of the run.
     #[tokio::test]
     async fn the_peek_buffer_shrinks_once_a_burst_is_over() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fifo");
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let mut writer = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, mut writer) = engine_fifo(dir.path(), "fifo");
         let fifo = Fifo::open(&path).unwrap();
         let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let id = ContainerId::parse(&"ab".repeat(32)).unwrap();
@@ -649,13 +635,6 @@ mod tests {
             pipeline.drainer.peeked.capacity()
         );
         assert_eq!(pipeline.drainer.stats.entries, 501);
-    }
-
-    fn framed(entry: &LogEntry) -> Vec<u8> {
-        let payload = entry.encode_to_vec();
-        let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(&payload);
-        out
     }
 
     fn fragments(t: i64, len: usize, id: &str) -> Vec<LogEntry> {
@@ -688,15 +667,7 @@ mod tests {
         frames: Vec<Vec<u8>>,
     ) -> (RunStats, Vec<LogEntry>) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fifo");
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        // Held read-write like the engine holds it, so the pipeline never sees EOF.
-        let mut writer = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, mut writer) = engine_fifo(dir.path(), "fifo");
         let fifo = Fifo::open_with_pipe_sizes(Path::new(&path), fifo_size, scratch_size).unwrap();
         let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
         let id = ContainerId::parse(&"ab".repeat(32)).unwrap();

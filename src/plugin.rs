@@ -782,16 +782,28 @@ mod tests {
     }
 
     fn frame(time: i64, text: &str) -> Vec<u8> {
-        let payload = LogEntry {
-            source: "stdout".into(),
-            time_nano: time,
-            line: text.as_bytes().to_vec().into(),
-            ..LogEntry::default()
-        }
-        .encode_to_vec();
-        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&payload);
-        frame
+        crate::testing::frame(&crate::testing::line(time, text))
+    }
+
+    /// Writes `lines` lines of 1000 bytes into `writer` from a thread of its own, and gives the
+    /// writer back once they are all in the pipe. A writer still blocked after 20 s (nobody
+    /// drains the FIFO) fails the test instead of hanging the runtime's shutdown.
+    async fn write_lines_unblocked(mut writer: std::fs::File, lines: i64) -> std::fs::File {
+        use std::io::Write;
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for n in 0..lines {
+                writer.write_all(&frame(n + 1, &"x".repeat(1000))).unwrap();
+            }
+            let _ = done.send(writer);
+        });
+        tokio::task::spawn_blocking(move || {
+            written
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the container blocked: nobody drains its FIFO")
+        })
+        .await
+        .unwrap()
     }
 
     /// A FIFO held open by "the engine" (read-write, so it never reads EOF), and the run table a
@@ -805,14 +817,7 @@ mod tests {
         state: &Path,
         config: HashMap<String, String>,
     ) -> (String, std::fs::File) {
-        let path = dir.join("fifo");
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let writer = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let (path, writer) = crate::testing::engine_fifo(dir, "fifo");
         let file = path.to_string_lossy().into_owned();
         std::fs::create_dir_all(state).unwrap();
         RunTable::empty(state)
@@ -838,7 +843,7 @@ mod tests {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let (file, mut writer) = crashed_run(dir.path(), &state);
+        let (file, writer) = crashed_run(dir.path(), &state);
         // The container's store cannot be created: a file stands where its directory goes.
         let blocked = state.join("containers").join(ID);
         std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
@@ -848,22 +853,7 @@ mod tests {
 
         // 4 MiB: far more than any pipe holds. Nobody draining means this never ends.
         let lines = 4096;
-        // A thread of its own: a writer blocked for good must fail the test, not hang the
-        // runtime's shutdown.
-        let (done, written) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for n in 0..lines {
-                writer.write_all(&frame(n + 1, &"x".repeat(1000))).unwrap();
-            }
-            let _ = done.send(writer);
-        });
-        let mut writer = tokio::task::spawn_blocking(move || {
-            written
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the container blocked: nobody drains its FIFO")
-        })
-        .await
-        .unwrap();
+        let mut writer = write_lines_unblocked(writer, lines).await;
         let lost = || plugin.metrics().ingest.lost.load(Ordering::Relaxed);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while lost() < lines as u64 && std::time::Instant::now() < deadline {
@@ -901,7 +891,6 @@ mod tests {
     /// on into the local copy while the destination is tried again in the background.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reopened_fifo_whose_destination_cannot_be_set_up_keeps_its_lines() {
-        use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let config = HashMap::from([
@@ -911,24 +900,11 @@ mod tests {
                 dir.path().join("gone.pem").to_string_lossy().into_owned(),
             ),
         ]);
-        let (file, mut writer) = crashed_run_with(dir.path(), &state, config);
+        let (file, writer) = crashed_run_with(dir.path(), &state, config);
         let plugin = plugin(&state);
         plugin.recover();
         let lines = 2048;
-        let (done, written) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for n in 0..lines {
-                writer.write_all(&frame(n + 1, &"y".repeat(1000))).unwrap();
-            }
-            let _ = done.send(writer);
-        });
-        let _writer = tokio::task::spawn_blocking(move || {
-            written
-                .recv_timeout(Duration::from_secs(20))
-                .expect("the container blocked: nobody drains its FIFO")
-        })
-        .await
-        .unwrap();
+        let _writer = write_lines_unblocked(writer, lines).await;
         let id = ContainerId::parse(ID).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -67,14 +67,14 @@ impl ReplayFilter {
         let checked = match std::mem::replace(&mut self.state, State::Done) {
             State::Done => return false,
             State::Searching => self.find(entry),
-            State::Following { mut cursor, ahead } => {
-                let mut ahead = ahead;
-                match self.next_stored(&mut cursor, &mut ahead) {
-                    Ok(Some(stored)) if stored == *entry => Ok(Some((cursor, ahead))),
-                    Ok(_) => Ok(None),
-                    Err(error) => Err(error),
-                }
-            }
+            State::Following {
+                mut cursor,
+                mut ahead,
+            } => match self.next_stored(&mut cursor, &mut ahead) {
+                Ok(Some(stored)) if stored == *entry => Ok(Some((cursor, ahead))),
+                Ok(_) => Ok(None),
+                Err(error) => Err(error),
+            },
         };
         match checked {
             Ok(Some((cursor, ahead))) => {

@@ -3,9 +3,8 @@
 //! to noida-db (an in-process Elasticsearch imitation, see shared/docs/elasticsearch.md), with
 //! the checkpoint's fsync made slow by `checkpoint::slow_sync`.
 
-use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,36 +19,14 @@ use crate::plugin::Plugin;
 use crate::settings::Settings;
 use crate::shipper::checkpoint::slow_sync;
 use crate::shipper::destination::FRAGMENT_WAIT;
+use crate::testing::engine_fifo;
 
 const SHIPPED: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const LOCAL: &str = "10ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca110ca";
 
-/// A FIFO as the engine makes it, with the engine's end held open (read-write, so opening it
-/// never waits for the plugin).
-fn engine_fifo(dir: &Path, name: &str) -> (PathBuf, File) {
-    let path = dir.join(name);
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let writer = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    (path, writer)
-}
-
 /// One log line as the engine frames it.
-fn frame(time_nano: i64, line: &str) -> Vec<u8> {
-    let payload = LogEntry {
-        source: "stdout".into(),
-        time_nano,
-        line: line.as_bytes().to_vec().into(),
-        ..LogEntry::default()
-    }
-    .encode_to_vec();
-    let mut out = (payload.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(&payload);
-    out
+fn frame(time_nano: i64, text: &str) -> Vec<u8> {
+    crate::testing::frame(&crate::testing::line(time_nano, text))
 }
 
 async fn start(plugin: &Arc<Plugin>, id: &str, file: &Path, config: &[(&str, &str)]) {
