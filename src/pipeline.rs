@@ -183,6 +183,9 @@ struct Drainer {
 pub struct Pipeline {
     fifo: Fifo,
     drainer: Drainer,
+    /// Bytes were drained before `run` ([`Pipeline::drain_replayed`]): `run` looks at the pipe
+    /// before it waits for an edge.
+    drained_before: bool,
 }
 
 impl Pipeline {
@@ -208,6 +211,7 @@ impl Pipeline {
         }
         Self {
             fifo,
+            drained_before: false,
             drainer: Drainer {
                 store,
                 decoder: FrameDecoder::new(MAX_PAYLOAD),
@@ -232,14 +236,42 @@ impl Pipeline {
         self
     }
 
+    /// Drains, on the caller's thread, what a reopened FIFO holds while its replay filter is
+    /// still deciding: finding a crash's round in the store's end may decompress a whole gzip
+    /// segment, which must not hold a runtime thread (a hundred reopened FIFOs did, and the API
+    /// went unanswered for 8 s). Called on the blocking pool before [`Self::run`]; drains until
+    /// the pipe is empty (or holds a frame's start), and `run` looks again first thing.
+    pub fn drain_replayed(&mut self) {
+        if self.drainer.replay.is_none() {
+            return;
+        }
+        self.drained_before = true;
+        if let Err(error) = self.drainer.drain(&self.fifo) {
+            tracing::warn!(%error, file = %self.fifo.path().display(), "reading the reopened FIFO failed; the run goes on reading it");
+        }
+    }
+
     /// Drains until stopped, shut down, or the engine closes the FIFO.
     pub async fn run(
         mut self,
         mut stop: oneshot::Receiver<StopRequest>,
         shutdown: CancellationToken,
     ) -> (RunEnd, RunStats) {
-        // True while the start of a frame waits in the pipe for the rest of it.
+        // True while the start of a frame waits in the pipe for the rest of it. After
+        // `drain_replayed` the pipe may still hold a frame's start (or its writer be gone), and
+        // readiness is edge-triggered: look once before waiting. (Not for a new FIFO: until the
+        // engine's writer has it open, a read says EOF.)
         let mut incomplete = false;
+        if self.drained_before {
+            match self.drainer.drain(&self.fifo) {
+                Ok(Drained::Eof) => return (RunEnd::Eof, self.drainer.stats),
+                Ok(Drained::Incomplete(_)) => incomplete = true,
+                Ok(Drained::Empty) => {}
+                Err(error) => {
+                    tracing::warn!(%error, file = %self.fifo.path().display(), "reading the FIFO failed; retrying")
+                }
+            }
+        }
         loop {
             let settle = std::mem::take(&mut self.drainer.settle);
             let fifo = &self.fifo;
@@ -609,6 +641,61 @@ mod tests {
     use std::path::Path;
 
     use crate::testing::{engine_fifo, frame as framed, line as entry};
+
+    /// A reopened FIFO's crash round is recognised before the run starts (off the runtime's
+    /// threads); the frame whose start was in the pipe then is stored whole when the rest comes,
+    /// and the round is not stored twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_frame_half_in_the_pipe_after_the_replay_drain_is_stored_once_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut writer) = engine_fifo(dir.path(), "fifo");
+        let stores = Stores::open(dir.path().join("root"), Arc::new(Spool::new(1 << 30))).unwrap();
+        let id = ContainerId::parse(&"ab".repeat(32)).unwrap();
+        let store = stores.open_container(&id, StoreLimits::default()).unwrap();
+        let round: Vec<LogEntry> = (1..=5).map(|t| entry(t, "stored, not consumed")).collect();
+        let mut batch = crate::store::Batch::default();
+        for e in &round {
+            batch.push(&e.encode_to_vec(), e.time_nano);
+        }
+        store.append(&batch).unwrap();
+        // The crash round, a new line, and the first half of another.
+        let new = entry(6, "new");
+        let split = framed(&entry(7, "split across two writes"));
+        for e in round.iter().chain([&new]) {
+            writer.write_all(&framed(e)).unwrap();
+        }
+        writer.write_all(&split[..10]).unwrap();
+
+        let fifo = Fifo::open(&path).unwrap();
+        let filter = ReplayFilter::new(Arc::clone(&store));
+        let mut pipeline = Pipeline::new(fifo, Arc::clone(&store), Some(filter));
+        pipeline.drain_replayed();
+        assert_eq!(pipeline.drainer.stats.replayed, 5);
+        assert_eq!(
+            store.tail(usize::MAX).unwrap().len(),
+            6,
+            "the round once, then `new`"
+        );
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let run = tokio::spawn(pipeline.run(stop_rx, CancellationToken::new()));
+        writer.write_all(&split[10..]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.tail(usize::MAX).unwrap().len() < 7 {
+            assert!(
+                Instant::now() < deadline,
+                "the split frame was never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (reply_tx, reply_rx) = oneshot::channel();
+        stop_tx.send(reply_tx).unwrap();
+        let stats = reply_rx.await.unwrap();
+        assert_eq!(run.await.unwrap().0, RunEnd::Stopped);
+        assert_eq!(stats.entries, 2);
+        let stored = store.tail(usize::MAX).unwrap();
+        assert_eq!(stored[5..], [new, entry(7, "split across two writes")]);
+    }
 
     /// Regression (issue 12, "bookkeeping that grows"): the peek buffer grew to a pipe's size in
     /// a burst and kept it for the life of the run.

@@ -343,7 +343,10 @@ impl Plugin {
             Ok(0) => None,
             _ => Some(ReplayFilter::new(Arc::clone(&store))),
         };
-        Some(Pipeline::new(fifo, store, replay))
+        let mut pipeline = Pipeline::new(fifo, store, replay);
+        // Here, on the blocking pool: the replay check reads (and may decompress) the store.
+        pipeline.drain_replayed();
+        Some(pipeline)
     }
 
     fn cannot_reopen(&self, record: &RunRecord, error: &StartError) {
