@@ -92,7 +92,13 @@ $(OSMEM):
 		'$(dir $(OSMEM))wheel' '$@.part'
 	chmod +x '$@.part' && mv '$@.part' '$@'
 
-test: build $(OSMEM) ## Run every test: unit, integration and the real-Docker end-to-end tests (root; see .ci/run)
+# Real OpenSearch nodes for tests/opensearch.rs: the launcher and the server's jars, resolved by
+# Maven from Maven Central into ~/.m2 (tools/opensearch/README.md). Nothing to do once built.
+.PHONY: opensearch
+opensearch: ## Build the real OpenSearch node launcher the integration tests start (Java 17, Maven)
+	tools/opensearch/run-node build
+
+test: build $(OSMEM) opensearch ## Run every test: unit, integration (real OpenSearch nodes too) and the real-Docker end-to-end tests (root; see .ci/run)
 	$(CARGO) test --locked --lib --bins
 	@# Integration tests run real plugin processes at full rate: one at a time, so two cores
 	@# are not shared by a dozen plugins (they test behaviour, never timing).
@@ -113,7 +119,7 @@ e2e-hardening: build ## Run only the real-engine fault, plugin lifecycle and loa
 # The hardening tests, longer: every iteration count and duration they take from
 # tests/support/soak.rs is multiplied by SOAK_SCALE.
 SOAK_SCALE ?= 20
-soak: build $(OSMEM) ## Run the fault, crash and load tests SOAK_SCALE times longer (root; tens of minutes)
+soak: build $(OSMEM) opensearch ## Run the fault, crash and load tests SOAK_SCALE times longer (root; tens of minutes)
 	ESLP_SOAK=$(SOAK_SCALE) $(CARGO) test --locked --tests -- --test-threads=1
 	ESLP_SOAK=$(SOAK_SCALE) $(MAKE) e2e
 
