@@ -95,8 +95,9 @@ $(OSMEM):
 # Real OpenSearch nodes for tests/opensearch.rs: the launcher and the server's jars, resolved by
 # Maven from Maven Central into ~/.m2 (tools/opensearch/README.md). Nothing to do once built.
 .PHONY: opensearch
-opensearch: ## Build the real OpenSearch node launcher the integration tests start (Java 17, Maven)
+opensearch: ## Build the real OpenSearch and Elasticsearch node launchers the integration tests start (Java 17, Maven)
 	tools/opensearch/run-node build
+	tools/opensearch/run-node build --engine elasticsearch
 
 test: build $(OSMEM) opensearch ## Run every test: unit, integration (real OpenSearch nodes too) and the real-Docker end-to-end tests (root; see .ci/run)
 	$(CARGO) test --locked --lib --bins

@@ -2,8 +2,9 @@
 //! es-logging-plugin, beside the engine's `none`, `local` and `json-file` drivers and beside a
 //! reference plugin that discards everything (`examples/discard_plugin.rs`, the floor of the
 //! engine's plugin path). Same image, same run, drivers alternating, several rounds, medians.
-//! Also: the plugin's RSS while Elasticsearch is down (item 5), and whether shipping keeps up
-//! with the engine's rate (item 4).
+//! Also: the plugin's RSS while Elasticsearch is down (item 5), whether shipping keeps up with
+//! the engine's rate (item 4), and the same container shipped into a real OpenSearch 2.19.6 node
+//! beside the acknowledging sink (throughput end to end, and one line's latency).
 //!
 //! Needs root, dockerd, docker-registry and busybox-static (the e2e harness's private engine,
 //! `tests/support/docker.rs`), and the reference plugin built first:
@@ -13,6 +14,12 @@
 #[allow(dead_code)]
 #[path = "../tests/support/docker.rs"]
 mod docker;
+#[allow(dead_code)]
+#[path = "../tests/support/noida.rs"]
+mod noida;
+#[allow(dead_code)]
+#[path = "../tests/support/opensearch.rs"]
+mod opensearch;
 #[path = "support/report.rs"]
 mod report;
 #[path = "support/sink_es.rs"]
@@ -25,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use docker::{run_with_timeout, Docker, DRIVER, IMAGE};
+use opensearch::Node;
 use report::{human, median, verdict, Bar, Table};
 use sink_es::SinkEs;
 
@@ -178,6 +186,8 @@ fn main() {
         ),
     ]);
 
+    let real = real_node_rows(&docker, &sink, &script, lines, &mut seq);
+
     seq += 1;
     // A fresh plugin process: what the earlier rounds and the shipping case allocated stays in
     // the process's heap (the allocator keeps freed memory), and would be counted against this
@@ -200,6 +210,7 @@ fn main() {
         format!("< 64 MiB: {}", verdict(peak > 0 && peak_mib < 64.0)),
     ]);
     out.push_str(&extra.markdown());
+    out.push_str(&real.markdown());
     out.push_str(&format!(
         "Whole run: {:.0} s.\n\n",
         started.elapsed().as_secs_f64()
@@ -213,6 +224,117 @@ fn main() {
         ),
     );
     drop(docker);
+}
+
+/// The same container into the acknowledging sink and into a real OpenSearch node (single
+/// node, the data stream template of the tests, replicas 0), one after the other: the time from
+/// `docker run` until the last line is acknowledged (sink) or counted by `_count` after
+/// `_refresh` (node), and the latency of one line (`echo`, median of a few runs) from
+/// `docker run` to the same points.
+fn real_node_rows(
+    docker: &Docker,
+    sink: &SinkEs,
+    script: &str,
+    lines: usize,
+    seq: &mut usize,
+) -> Table {
+    const LATENCY_RUNS: usize = 5;
+    let home = tempfile::Builder::new()
+        .prefix("opensearch-")
+        .tempdir_in(target_dir())
+        .expect("node home");
+    let node = Node::start_single(&home.path().join("node"), &[]);
+    node.install_logs_template(0);
+    let mut table = Table::new(
+        "Into a real OpenSearch node, beside the acknowledging sink",
+        &[
+            "destination",
+            "container wall time",
+            "last line in after exit",
+            "end-to-end lines/s",
+            "one line: run → in (median)",
+        ],
+    );
+    table.note = format!(
+        "The container above (`{lines}` lines of 100 B), es-logging-plugin with default options          (flush_interval 1s, 2 workers, gzip level 1). Sink: acknowledged by the in-process sink.          OpenSearch: a real 2.19.6 node from Maven Central on this machine (512 MiB heap, 1 shard,          no replica), counted with `_count` after `_refresh`, polled every 100 ms. End to end:          lines ÷ (wall time + the wait after exit). One line: `docker run ... echo` until that          line is in, {LATENCY_RUNS} runs; it includes the flush interval."
+    );
+    let node_count = |index: &str, n: usize| node.client().count(index) >= n;
+    for destination in ["sink", "OpenSearch 2.19.6"] {
+        let real = destination != "sink";
+        let index = if real { "logs-bench-default" } else { "" };
+        let url = if real { node.url() } else { sink.url() };
+        let mut opts = vec![format!("hosts={url}")];
+        if real {
+            opts.push(format!("index={index}"));
+        }
+        let driver = ours_with_all(&opts);
+        let before = sink.items();
+        *seq += 1;
+        let (wall, _) = run_container(docker, &format!("b{seq}"), &driver, script);
+        let start = Instant::now();
+        let arrived = wait_until(RUN_LIMIT, || {
+            if real {
+                node_count(index, lines)
+            } else {
+                sink.items() >= before + lines as u64
+            }
+        });
+        let behind = start.elapsed().as_secs_f64();
+        let mut latencies = Vec::new();
+        for k in 0..LATENCY_RUNS {
+            let before = sink.items();
+            *seq += 1;
+            let start = Instant::now();
+            run_container(docker, &format!("b{seq}"), &driver, "echo one");
+            let arrived = wait_until(Duration::from_secs(60), || {
+                if real {
+                    node_count(index, lines + k + 1)
+                } else {
+                    sink.items() > before
+                }
+            });
+            if arrived {
+                latencies.push(start.elapsed().as_secs_f64());
+            }
+        }
+        table.row(vec![
+            destination.into(),
+            format!("{:.2} s", wall.as_secs_f64()),
+            if arrived {
+                format!("{behind:.2} s")
+            } else {
+                format!("not all in after {RUN_LIMIT:?}")
+            },
+            human(lines as f64 / (wall.as_secs_f64() + behind)),
+            if latencies.is_empty() {
+                "never arrived".into()
+            } else {
+                format!("{:.2} s", median(&latencies))
+            },
+        ]);
+    }
+    table
+}
+
+/// Polls `done` every 100 ms until it holds (true) or `limit` passes (false).
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+fn ours_with_all(opts: &[String]) -> Vec<String> {
+    let mut args = vec!["--log-driver".to_owned(), DRIVER.to_owned()];
+    for opt in opts {
+        args.push("--log-opt".into());
+        args.push(opt.clone());
+    }
+    args
 }
 
 fn ours_with(opt: &str) -> Vec<String> {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use support::docker::{signal, Docker, DRIVER, IMAGE};
 use support::noida::Noida;
+use support::opensearch::Cluster;
 use support::scenario::{self, assert_numbers, first_difference, numbers, secs, wait_child};
 use support::wait_for;
 
@@ -52,6 +53,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "containers_ship_to_elasticsearch",
         containers_ship_to_elasticsearch,
+    ),
+    (
+        "containers_ship_to_a_real_opensearch_cluster",
+        containers_ship_to_a_real_opensearch_cluster,
     ),
     (
         "engine_events_reach_elasticsearch",
@@ -678,6 +683,69 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
         numbers(19_999..=20_000)
     );
     docker.docker_ok(&["rm", name]);
+}
+
+/// The whole path on real things: containers of the real engine log through the installed
+/// plugin into a real three-node OpenSearch cluster (`hosts` names all three; replicas 1), and
+/// `docker logs` and the index agree line for line, each line once.
+fn containers_ship_to_a_real_opensearch_cluster(docker: &Docker) {
+    let homes = tempfile::tempdir().expect("cluster homes");
+    let cluster = Cluster::start(homes.path());
+    cluster.nodes[0].install_logs_template(1);
+    let node = &cluster.nodes[0];
+    let hosts = format!("hosts={}", cluster.hosts());
+    let index = "logs-docker-default";
+    let names = ["e2e-os-a", "e2e-os-b"];
+    for (n, name) in names.iter().enumerate() {
+        // Lines that name their container and stream (busybox:local has no sed).
+        let script = format!(
+            "seq 1 15000 | while read i; do echo \"{n} out $i\"; done; \
+             seq 1 500 | while read i; do echo \"{n} err $i\" >&2; done; echo {n} done"
+        );
+        docker.run_logged(name, &[&hosts], &script);
+    }
+    for name in names {
+        assert_eq!(docker.wait_exit(name, secs(120)), 0, "{name} exit code");
+    }
+    let want = 2 * 15_501;
+    let t = Instant::now();
+    wait_for(secs(180), "every line in the OpenSearch cluster", || {
+        (node.client().count(index) >= want).then_some(())
+    });
+    eprintln!(
+        "e2e:   {want} lines in the 3-node OpenSearch cluster {:.1?} after the containers exited",
+        t.elapsed()
+    );
+    std::thread::sleep(secs(2));
+    let docs = node.scan(index);
+    let ids: std::collections::HashSet<&str> = docs.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), docs.len(), "an _id indexed twice");
+    let mut indexed: Vec<&str> = docs.iter().map(|(_, message)| message.as_str()).collect();
+    let mut shown = Vec::new();
+    for name in names {
+        let logs = docker.logs(name, &[]);
+        assert!(logs.success(), "docker logs {name}");
+        shown.extend(logs.stdout.lines().map(str::to_owned));
+        shown.extend(logs.stderr.lines().map(str::to_owned));
+    }
+    assert_eq!(shown.len(), want, "docker logs shows every line");
+    let mut shown: Vec<&str> = shown.iter().map(String::as_str).collect();
+    indexed.sort_unstable();
+    shown.sort_unstable();
+    assert_eq!(
+        indexed.len(),
+        shown.len(),
+        "documents vs lines docker logs shows"
+    );
+    if let Some(k) = (0..shown.len()).find(|&k| indexed[k] != shown[k]) {
+        panic!(
+            "docker logs and the index differ at line {k}: {:?} vs {:?}",
+            shown[k], indexed[k]
+        );
+    }
+    for name in names {
+        docker.docker_ok(&["rm", name]);
+    }
 }
 
 /// True if some file under `dir` whose path mentions `container_id` starts with the gzip magic.

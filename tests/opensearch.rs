@@ -1,6 +1,7 @@
 //! The shipping promises against a real OpenSearch 2.19.6 (tests/support/opensearch.rs), not an
 //! imitation: one single node for the main paths and the real rejections, a node with a tiny
-//! write queue for real 429s, and a three-node cluster for failover.
+//! write queue for real 429s, and a three-node cluster for failover; and the main path against
+//! a real Elasticsearch 8.19.21 node (core APIs only).
 //!
 //! What the real server decides here, and no imitation did: the data stream and its backing
 //! indices (from a composable template with `data_stream`, which OpenSearch does not ship for
@@ -31,64 +32,8 @@ use std::time::{Duration, Instant};
 
 use engine::*;
 use es_check::container_lines;
-use opensearch::{Cluster, Node};
+use opensearch::{Cluster, Engine, Node};
 use probe::{fetch_metrics, free_addr};
-
-/// A composable template that makes every `logs-*-*` target a data stream, as Elasticsearch's
-/// built-in `logs` template does (OpenSearch has none): what an operator installs first.
-fn install_logs_template(node: &Node, replicas: u32) {
-    let template = format!(
-        r#"{{"index_patterns":["logs-*-*"],"data_stream":{{}},"priority":200,
-            "template":{{"settings":{{"number_of_shards":1,"number_of_replicas":{replicas}}},
-            "mappings":{{"properties":{{"@timestamp":{{"type":"date_nanos"}}}}}}}}}}"#
-    );
-    let (status, body) = node.client().request(
-        "PUT",
-        "/_index_template/eslp-logs",
-        &template.replace('\n', ""),
-    );
-    assert_eq!(status, 200, "install the logs-*-* template: {body}");
-}
-
-/// Every document of `index` as (`_id`, `message`), read with a scroll (beyond the 10,000 a
-/// search can return).
-fn scan(node: &Node, index: &str) -> Vec<(String, String)> {
-    let client = node.client();
-    client.request("POST", &format!("/{index}/_refresh"), "");
-    let (status, body) = client.request(
-        "POST",
-        &format!("/{index}/_search?scroll=1m"),
-        r#"{"size":5000,"_source":["message"],"sort":["_doc"],"query":{"match_all":{}}}"#,
-    );
-    assert_eq!(status, 200, "search {index}: {body}");
-    let mut out = Vec::new();
-    let mut page: serde_json::Value = serde_json::from_str(&body).expect("search answer");
-    loop {
-        let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
-        if hits.is_empty() {
-            break;
-        }
-        for hit in hits {
-            out.push((
-                hit["_id"].as_str().unwrap_or_default().to_owned(),
-                hit["_source"]["message"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ));
-        }
-        let scroll_id = page["_scroll_id"].as_str().unwrap_or_default().to_owned();
-        let (status, body) = client.request(
-            "POST",
-            "/_search/scroll",
-            &serde_json::json!({"scroll": "1m", "scroll_id": scroll_id}).to_string(),
-        );
-        assert_eq!(status, 200, "scroll {index}: {body}");
-        page = serde_json::from_str(&body).expect("scroll answer");
-    }
-    client.request("DELETE", "/_search/scroll/_all", "");
-    out
-}
 
 /// `_count` of `index` after `_refresh` (0 while it does not exist).
 fn count(node: &Node, index: &str) -> usize {
@@ -120,7 +65,7 @@ fn log_tail(plugin: &PluginProcess, lines: usize) -> String {
 
 /// Every line once: as many documents as lines, no `_id` twice, the messages those written.
 fn assert_exactly_once(node: &Node, index: &str, messages: &[String]) {
-    let docs = scan(node, index);
+    let docs = node.scan(index);
     let ids: HashSet<&str> = docs.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids.len(), docs.len(), "{index}: an _id indexed twice");
     let mut got: Vec<&str> = docs.iter().map(|(_, m)| m.as_str()).collect();
@@ -222,7 +167,7 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 async fn real_opensearch_single_node() {
     let home = tempfile::tempdir().expect("node home");
     let node = blocking(|| Node::start_single(&home.path().join("single"), &[]));
-    blocking(|| install_logs_template(&node, 0));
+    blocking(|| node.install_logs_template(0));
 
     // OS_ONLY=<part of a name> runs only the scenarios it names (local debugging).
     let only = std::env::var("OS_ONLY").unwrap_or_default();
@@ -513,7 +458,7 @@ async fn a_rollover_during_a_replay_duplicates_what_the_replay_repeats(node: &No
         wait_count(node, index, 2 * LINES, Duration::from_secs(120), &plugin);
         std::thread::sleep(Duration::from_secs(1));
     });
-    let docs = blocking(|| scan(node, index));
+    let docs = blocking(|| node.scan(index));
     let distinct: BTreeSet<&str> = docs.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(distinct.len(), messages.len(), "every line there");
     let duplicates = docs.len() - distinct.len();
@@ -573,6 +518,57 @@ async fn engine_events_land_in_their_data_stream(node: &Node) {
         .request("GET", &format!("/_data_stream/{index}"), "");
     assert_eq!(status, 200, "{index} is a data stream: {body}");
     drop(plugin);
+}
+
+/// A real Elasticsearch 8.19.21 node (core APIs only: see tests/support/opensearch.rs): the
+/// plugin knows it for Elasticsearch by the node's own `X-Elastic-Product` header and sends
+/// `require_data_stream`, which it takes; 20k lines land once in the data stream from the
+/// template, and the whole store replayed is answered 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_elasticsearch_node_takes_every_line_once_and_answers_a_replay_409() {
+    const LINES: usize = 20_000;
+    let home = tempfile::tempdir().expect("node home");
+    let node =
+        blocking(|| Node::start_single_of(Engine::Elasticsearch, &home.path().join("es"), &[]));
+    blocking(|| node.install_logs_template(0));
+    let index = "logs-docker-default";
+    let metrics = free_addr();
+    let mut plugin = plugin_for(&node.url(), &metrics, &[]);
+    let container = start_container(&plugin, 8, &[]).await;
+    let (entries, messages) = container_lines(LINES, 8, 997);
+    let mut fifo = container.fifo;
+    fifo.write_entries(&entries);
+    blocking(|| {
+        wait_count(&node, index, LINES, Duration::from_secs(300), &plugin);
+        assert_exactly_once(&node, index, &messages);
+    });
+    assert!(
+        plugin.output().contains("flavor=Elasticsearch"),
+        "the node was taken for Elasticsearch"
+    );
+    let (status, body) = blocking(|| {
+        node.client()
+            .request("GET", &format!("/_resolve/index/{index}"), "")
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""data_streams":[{"name":"logs-docker-default""#),
+        "{index} is a data stream: {body}"
+    );
+
+    plugin.kill();
+    rewind_checkpoints(&plugin.state);
+    plugin.restart();
+    blocking(|| {
+        wait_metric(
+            &metrics,
+            "eslp_documents_duplicate_total",
+            LINES as f64,
+            &plugin,
+        );
+        assert_eq!(count(&node, index), LINES, "a replayed line indexed twice");
+    });
+    assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
 }
 
 /// Real 429s: a write pool of one thread and a queue of one rejects most of several bulks at
@@ -638,7 +634,7 @@ async fn a_three_node_cluster_loses_nodes_and_its_manager_and_every_line_lands_o
     const LINES: usize = 30_000;
     let dir = tempfile::tempdir().expect("cluster homes");
     let mut cluster = blocking(|| Cluster::start(dir.path()));
-    blocking(|| install_logs_template(&cluster.nodes[0], 1));
+    blocking(|| cluster.nodes[0].install_logs_template(1));
     let index = "logs-docker-default";
     let metrics = free_addr();
     let plugin = plugin_for(&cluster.hosts(), &metrics, &[("ES_BULK_MAX_BYTES", "64k")]);

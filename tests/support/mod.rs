@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod noida;
+pub mod opensearch;
 pub mod probe;
 pub mod scenario;
 pub mod soak;

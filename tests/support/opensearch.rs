@@ -1,7 +1,7 @@
 //! Real OpenSearch 2.19.6 nodes (the server and its modules from Maven Central, started by
 //! `tools/opensearch/run-node`; see tools/opensearch/README.md), on free loopback ports, one JVM
 //! each, as children of the test: a single node, or a three-node cluster whose members can be
-//! killed and restarted.
+//! killed and restarted; and a real Elasticsearch 8.19.21 node the same way (core APIs only).
 //!
 //! Every node is stopped by pid on drop (SIGTERM, then SIGKILL), and is told the test's pid
 //! (`ESLP_PARENT_PID`) so it closes itself if the test process dies first. The launcher is built
@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::noida::Noida;
+use super::noida::Noida;
 
 /// How long a node may take from its JVM's start to a 200 from `_cluster/health` (observed
 /// 7-22 s alone, 26-40 s for three at once on two shared cores).
@@ -24,12 +24,32 @@ fn run_node() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/opensearch/run-node")
 }
 
-/// Builds the launcher jar once; panics with Maven's output if it cannot.
-fn build_launcher() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+/// Which server a node runs (`run-node --engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// OpenSearch 2.19.6 with the modules a log shipper needs (ingest, painless...).
+    OpenSearch,
+    /// Elasticsearch 8.19.21, core APIs only: its data-streams API, ingest processors and root
+    /// endpoint are not published on Maven Central (the launcher answers `GET /` itself; see
+    /// tools/opensearch/README.md). Bulk, data streams from templates, 409s and blocks are real.
+    Elasticsearch,
+}
+
+impl Engine {
+    fn arg(self) -> &'static str {
+        match self {
+            Engine::OpenSearch => "opensearch",
+            Engine::Elasticsearch => "elasticsearch",
+        }
+    }
+}
+
+/// Builds the launcher jar of `engine` once; panics with Maven's output if it cannot.
+fn build_launcher(engine: Engine) {
+    static BUILT: [OnceLock<()>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[engine as usize].get_or_init(|| {
         let out = Command::new(run_node())
-            .arg("build")
+            .args(["build", "--engine", engine.arg()])
             .output()
             .unwrap_or_else(|e| panic!("cannot run tools/opensearch/run-node: {e}"));
         assert!(
@@ -74,9 +94,18 @@ impl Node {
     /// A single-node cluster with the node settings `settings` (`key=value`, e.g.
     /// `thread_pool.write.queue_size=1`), answering when this returns.
     pub fn start_single(home: &Path, settings: &[&str]) -> Node {
-        build_launcher();
+        Node::start_single_of(Engine::OpenSearch, home, settings)
+    }
+
+    /// [`Node::start_single`] of the server `engine`.
+    pub fn start_single_of(engine: Engine, home: &Path, settings: &[&str]) -> Node {
+        build_launcher(engine);
         let (http, transport) = (free_port(), free_port());
-        let mut args = vec!["--single".to_owned()];
+        let mut args = vec![
+            "--single".to_owned(),
+            "--engine".to_owned(),
+            engine.arg().to_owned(),
+        ];
         for setting in settings {
             args.push("-E".to_owned());
             args.push((*setting).to_owned());
@@ -162,6 +191,65 @@ impl Node {
         Noida::client_for(([127, 0, 0, 1], self.http).into())
     }
 
+    /// A composable template that makes every `logs-*-*` target a data stream, as
+    /// Elasticsearch's built-in `logs` template does (OpenSearch has none): what an operator
+    /// installs first.
+    pub fn install_logs_template(&self, replicas: u32) {
+        let template = serde_json::json!({
+            "index_patterns": ["logs-*-*"],
+            "data_stream": {},
+            "priority": 200,
+            "template": {
+                "settings": {"number_of_shards": 1, "number_of_replicas": replicas},
+                "mappings": {"properties": {"@timestamp": {"type": "date_nanos"}}},
+            },
+        });
+        let (status, body) =
+            self.client()
+                .request("PUT", "/_index_template/eslp-logs", &template.to_string());
+        assert_eq!(status, 200, "install the logs-*-* template: {body}");
+    }
+
+    /// Every document of `index` as (`_id`, `message`), in `@timestamp` order, read with a
+    /// scroll (beyond the 10,000 one search returns).
+    pub fn scan(&self, index: &str) -> Vec<(String, String)> {
+        let client = self.client();
+        client.request("POST", &format!("/{index}/_refresh"), "");
+        let (status, body) = client.request(
+            "POST",
+            &format!("/{index}/_search?scroll=1m"),
+            r#"{"size":5000,"_source":["message"],"sort":["@timestamp","_doc"],"query":{"match_all":{}}}"#,
+        );
+        assert_eq!(status, 200, "search {index}: {body}");
+        let mut out = Vec::new();
+        let mut page: serde_json::Value = serde_json::from_str(&body).expect("search answer");
+        loop {
+            let hits = page["hits"]["hits"].as_array().cloned().unwrap_or_default();
+            if hits.is_empty() {
+                break;
+            }
+            for hit in hits {
+                out.push((
+                    hit["_id"].as_str().unwrap_or_default().to_owned(),
+                    hit["_source"]["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ));
+            }
+            let scroll_id = page["_scroll_id"].as_str().unwrap_or_default();
+            let (status, body) = client.request(
+                "POST",
+                "/_search/scroll",
+                &serde_json::json!({"scroll": "1m", "scroll_id": scroll_id}).to_string(),
+            );
+            assert_eq!(status, 200, "scroll {index}: {body}");
+            page = serde_json::from_str(&body).expect("scroll answer");
+        }
+        client.request("DELETE", "/_search/scroll/_all", "");
+        out
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -219,7 +307,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path) -> Cluster {
-        build_launcher();
+        build_launcher(Engine::OpenSearch);
         let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
         let seeds = ports
             .iter()

@@ -155,6 +155,21 @@ public final class EsLauncher {
             }
         }, "launcher-shutdown"));
         node.start();
+        exitWithParent();
         stopped.await();
+    }
+
+    /**
+     * A test harness that names itself in ESLP_PARENT_PID is watched: when it dies without
+     * stopping this node, the node closes too, so no JVM outlives the tests that started it.
+     */
+    private static void exitWithParent() {
+        String parent = System.getenv("ESLP_PARENT_PID");
+        if (parent == null || parent.isEmpty()) {
+            return;
+        }
+        ProcessHandle.of(Long.parseLong(parent.trim())).ifPresentOrElse(
+            handle -> handle.onExit().thenRun(() -> System.exit(0)),
+            () -> System.exit(0));
     }
 }
