@@ -14,10 +14,8 @@
 #[allow(dead_code)]
 #[path = "../tests/support/docker.rs"]
 mod docker;
-#[allow(dead_code)]
 #[path = "../tests/support/noida.rs"]
 mod noida;
-#[allow(dead_code)]
 #[path = "../tests/support/opensearch.rs"]
 mod opensearch;
 #[path = "support/report.rs"]
@@ -256,7 +254,12 @@ fn real_node_rows(
         ],
     );
     table.note = format!(
-        "The container above (`{lines}` lines of 100 B), es-logging-plugin with default options          (flush_interval 1s, 2 workers, gzip level 1). Sink: acknowledged by the in-process sink.          OpenSearch: a real 2.19.6 node from Maven Central on this machine (512 MiB heap, 1 shard,          no replica), counted with `_count` after `_refresh`, polled every 100 ms. End to end:          lines ÷ (wall time + the wait after exit). One line: `docker run ... echo` until that          line is in, {LATENCY_RUNS} runs; it includes the flush interval."
+        "The container above (`{lines}` lines of 100 B), es-logging-plugin with default options \
+         (flush_interval 1s, 2 workers, gzip level 1). Sink: acknowledged by the in-process sink. \
+         OpenSearch: a real 2.19.6 node from Maven Central on this machine (512 MiB heap, 1 shard, \
+         no replica), counted with `_count` after `_refresh`, polled every 100 ms. End to end: \
+         lines ÷ (wall time + the wait after exit). One line: from `docker run` of a container \
+         that echoes one line and exits until that line is in, {LATENCY_RUNS} runs."
     );
     let node_count = |index: &str, n: usize| node.client().count(index) >= n;
     for destination in ["sink", "OpenSearch 2.19.6"] {
