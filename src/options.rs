@@ -106,7 +106,13 @@ pub enum OptionError {
     Index(String),
     #[error("log-opt compress=true needs max-file of 2 or more (a single file is never rotated into a compressed one)")]
     CompressSingleFile,
+    /// Credentials that conflict or are incomplete (the message names them).
+    #[error("{0}")]
+    Credentials(&'static str),
 }
+
+/// The options that authenticate to Elasticsearch, taken as one group (see [`LogOptions::parse`]).
+const CREDENTIALS: [&str; 4] = ["user", "password", "api_key", "cloud_auth"];
 
 /// Everything the log-opts of one container decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,10 +133,21 @@ impl LogOptions {
     ) -> Result<Self, OptionError> {
         let empty = HashMap::new();
         let config = config.unwrap_or(&empty);
+        // Credentials are one group: a container that brings any of its own uses only its own
+        // (an `api_key` log-opt replaces the host's ES_USER/ES_PASSWORD rather than conflicting
+        // with them); otherwise the host's apply. Within a group conflicts are refused.
+        let own_credentials = CREDENTIALS
+            .iter()
+            .any(|name| config.get(*name).is_some_and(|v| !v.trim().is_empty()));
         let value = |name: &'static str| -> &str {
+            let host_wide = if own_credentials && CREDENTIALS.contains(&name) {
+                None
+            } else {
+                defaults.get(name)
+            };
             config
                 .get(name)
-                .or_else(|| defaults.get(name))
+                .or(host_wide)
                 .map(String::as_str)
                 .unwrap_or_else(|| spec(name).default)
         };
@@ -301,6 +318,37 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         LogOptions::parse(Some(&map), &HashMap::new())
+    }
+
+    /// A container's own credentials replace the host's as a group: an `api_key` log-opt over
+    /// host-wide ES_USER/ES_PASSWORD is the container's key, not a conflict; without any of its
+    /// own the host's apply; and a conflict within one group is refused.
+    #[test]
+    fn a_containers_credentials_replace_the_hosts_as_a_group() {
+        use crate::shipper::config::Auth;
+        let host: HashMap<String, String> = [("hosts", "es"), ("user", "host"), ("password", "pw")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let with = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            LogOptions::parse(Some(&map), &host).map(|o| o.es.unwrap().auth)
+        };
+        assert!(matches!(with(&[]).unwrap(), Auth::Basic { user, .. } if user == "host"));
+        assert!(matches!(
+            with(&[("api_key", "id:key")]).unwrap(),
+            Auth::ApiKey(_)
+        ));
+        assert!(matches!(
+            with(&[("user", "mine"), ("password", "x")]).unwrap(),
+            Auth::Basic { user, .. } if user == "mine"
+        ));
+        // Its own password without its own user is incomplete, whatever the host has.
+        assert!(with(&[("password", "x")]).is_err());
+        assert!(with(&[("api_key", "id:key"), ("user", "mine")]).is_err());
     }
 
     #[test]

@@ -212,7 +212,6 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
         ("ES_HOSTS", &locked.url()),
         ("ES_USER", "elastic"),
         ("ES_PASSWORD", m.password),
-        ("ES_CLOUD_AUTH", &format!("elastic:{}", m.cloud_auth)),
         ("ES_BACKOFF_INIT", "20ms"),
         ("ES_BACKOFF_MAX", "100ms"),
         ("ES_FLUSH_INTERVAL", "50ms"),
@@ -230,6 +229,9 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     let bad_host = format!("http://u:{}@/", m.url_password);
     let open_url = open.url();
     let tls_url = tls.url();
+    // A container's own cloud_auth replaces the host's ES_USER/ES_PASSWORD (set together they
+    // would be refused as conflicting credentials).
+    let cloud_auth = format!("elastic:{}", m.cloud_auth);
     // Containers that start and ship into trouble: 401s, a dead proxy, a TLS failure, dead
     // letters.
     let accepted: Vec<Vec<(&str, &str)>> = vec![
@@ -247,6 +249,7 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
             ("user", "u"),
             ("password", m.option_password),
         ],
+        vec![("cloud_auth", cloud_auth.as_str())],
     ];
     // Options refused at StartLogging: the error must not repeat the credential.
     let refused: Vec<Vec<(&str, &str)>> = vec![
@@ -335,6 +338,7 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
     places.push((
         "runs.json (env only)".into(),
         runs.replace(m.api_key, "")
+            .replace(m.cloud_auth, "")
             .replace(m.proxy_password, "")
             .replace(m.url_password, "")
             .replace(m.option_password, ""),

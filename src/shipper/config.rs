@@ -3,7 +3,8 @@
 //! `EsOptions` are equal share one destination.
 //!
 //! Accepted forms, as the Elastic Logging Plugin takes them: `hosts` is a comma list of URLs or
-//! `host[:port]` (scheme http, port 9200 by default); `api_key` is `id:key` or already base64;
+//! `host[:port]` (scheme http, port 9200 by default, also with https: Beats' rules, see
+//! [`parse_hosts`]); `api_key` is `id:key` or already base64;
 //! `cloud_id` is `label:base64(host$es_id$kibana_id)` (a port may follow host or es_id, default
 //! 443) and becomes `https://<es_id>.<host>:<port>`; `cloud_auth` is `user:password`.
 
@@ -94,6 +95,26 @@ impl EsOptions {
             }
             (None, None) => return Ok(None),
         };
+        // Conflicting or incomplete credentials are refused, never resolved silently: one of
+        // them would be sent and the other ignored, and the cluster's 401 would not say which.
+        let given = |names: &[&'static str]| names.iter().any(|&n| text(n).is_some());
+        if text("password").is_some() && text("user").is_none() {
+            return Err(OptionError::Credentials(
+                "log-opt password is set without user; set user too (or use api_key)",
+            ));
+        }
+        if given(&["api_key"]) && given(&["user", "password", "cloud_auth"]) {
+            return Err(OptionError::Credentials(
+                "log-opt api_key excludes user/password and cloud_auth (from log-opts or ES_* \
+                 settings); set one kind of credentials",
+            ));
+        }
+        if given(&["cloud_auth"]) && given(&["user", "password"]) {
+            return Err(OptionError::Credentials(
+                "log-opt cloud_auth excludes user/password (from log-opts or ES_* settings); \
+                 set one of them",
+            ));
+        }
         let auth = match (text("api_key"), text("user"), text("cloud_auth")) {
             (Some(key), _, _) => Auth::ApiKey(Secret(encode_api_key(key))),
             (None, Some(user), _) => Auth::Basic {
@@ -258,11 +279,17 @@ fn bad_secret(name: &'static str) -> OptionError {
     bad(name, "<hidden>")
 }
 
+/// `hosts` as Beats reads `output.elasticsearch.hosts` (libbeat's `MakeURL` with port 9200):
+/// a URL or `host[:port]`; no scheme means http; **no port means 9200, whatever the scheme**
+/// (`https://es1` is `https://es1:9200`, not 443); a path is a prefix of every API path; an
+/// IPv6 address may come without brackets when it has no port.
 fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
     let mut hosts = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let with_scheme = if item.contains("://") {
             item.to_owned()
+        } else if item.matches(':').count() > 1 && !item.contains('[') {
+            format!("http://[{item}]")
         } else {
             format!("http://{item}")
         };
@@ -270,10 +297,9 @@ fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
             .ok_or_else(|| bad("hosts", &strip_credentials(item)))?;
-        if url.port().is_none() && !item.contains("://") {
-            let _ = url.set_port(Some(9200));
-        } else if url.port().is_none() && url.scheme() == "http" {
-            // `http://es` means port 9200 to every Elasticsearch client, not 80.
+        // `Url` reads an explicit :443 on https (or :80 on http) as no port at all: only a
+        // port the text does not give is defaulted.
+        if url.port().is_none() && !has_port(item) {
             let _ = url.set_port(Some(9200));
         }
         hosts.push(url);
@@ -282,6 +308,21 @@ fn parse_hosts(text: &str) -> Result<Vec<Url>, OptionError> {
         return Err(bad("hosts", text));
     }
     Ok(hosts)
+}
+
+/// Whether a `hosts` item names its port (`es:443`, `https://es:443/x`, `[::1]:9300`).
+fn has_port(item: &str) -> bool {
+    let rest = item.split_once("://").map_or(item, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let after_host = match host_port.rfind(']') {
+        Some(end) => &host_port[end + 1..],
+        None if host_port.matches(':').count() > 1 => "",
+        None => host_port,
+    };
+    after_host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.is_empty())
 }
 
 /// An item of `hosts` (or a proxy URL) as it may be shown in an error: without a
@@ -389,6 +430,91 @@ mod tests {
         assert_eq!(es.workers, 2);
         assert_eq!(es.bulk_max_bytes, 5 << 20);
         assert_eq!(es.timeout, Duration::from_secs(90));
+    }
+
+    /// `hosts` as Beats reads it (its documentation of `output.elasticsearch.hosts`: "a URL or
+    /// IP:PORT ... If no port is specified, 9200 is used"; a path is a prefix of every call).
+    #[test]
+    fn hosts_follow_the_beats_rules() {
+        for (given, url) in [
+            ("192.15.3.2", "http://192.15.3.2:9200/"),
+            ("http://192.15.3.2", "http://192.15.3.2:9200/"),
+            ("https://es.found.io:9230", "https://es.found.io:9230/"),
+            ("192.24.3.2:9300", "http://192.24.3.2:9300/"),
+            // Regression: https without a port meant 443; to Beats it is 9200.
+            ("https://es1", "https://es1:9200/"),
+            ("HTTPS://es1", "https://es1:9200/"),
+            ("https://es1:443", "https://es1:443/"),
+            ("http://es1:80", "http://es1:80/"),
+            ("es1:443", "http://es1:443/"),
+            ("http://es1/prefix", "http://es1:9200/prefix"),
+            ("https://es1:9243/es/", "https://es1:9243/es/"),
+            ("localhost", "http://localhost:9200/"),
+            ("2001:db8::1", "http://[2001:db8::1]:9200/"),
+            ("[2001:db8::1]:9300", "http://[2001:db8::1]:9300/"),
+            ("https://[::1]", "https://[::1]:9200/"),
+            ("http://elastic:pw@es1", "http://es1:9200/"),
+        ] {
+            let es = parse(&[("hosts", given)]).unwrap().unwrap();
+            // Where requests go: the port a default hides in `Url`'s own form is spelled out.
+            let shown: Vec<String> = es
+                .hosts
+                .iter()
+                .map(|u| {
+                    let host = u.host_str().unwrap_or_default();
+                    let port = u.port_or_known_default().unwrap_or_default();
+                    format!("{}://{host}:{port}{}", u.scheme(), u.path())
+                })
+                .collect();
+            assert_eq!(shown, [url], "hosts={given}");
+        }
+    }
+
+    /// Regression: `password` without `user` sent no authentication; `api_key` silently won
+    /// over `user`/`password`; `cloud_auth` was ignored when `user` was set.
+    #[test]
+    fn conflicting_or_incomplete_credentials_are_refused_by_name() {
+        for (pairs, names) in [
+            (vec![("password", "pw")], vec!["password", "user"]),
+            (
+                vec![("api_key", "id:key"), ("user", "u")],
+                vec!["api_key", "user"],
+            ),
+            (
+                vec![("api_key", "id:key"), ("password", "pw"), ("user", "u")],
+                vec!["api_key"],
+            ),
+            (
+                vec![("api_key", "id:key"), ("cloud_auth", "u:p")],
+                vec!["api_key", "cloud_auth"],
+            ),
+            (
+                vec![("cloud_auth", "u:p"), ("user", "u"), ("password", "pw")],
+                vec!["cloud_auth", "user"],
+            ),
+        ] {
+            let mut all = vec![("hosts", "es")];
+            all.extend(pairs.iter().copied());
+            let err = parse(&all).unwrap_err().to_string();
+            for name in names {
+                assert!(err.contains(name), "{pairs:?}: {err}");
+            }
+            assert!(
+                !err.contains("pw") && !err.contains("id:key"),
+                "a secret echoed: {err}"
+            );
+        }
+        // One kind each is fine; `user` alone is a user with an empty password.
+        for pairs in [
+            vec![("user", "u"), ("password", "pw")],
+            vec![("user", "u")],
+            vec![("api_key", "id:key")],
+            vec![("cloud_auth", "u:p")],
+        ] {
+            let mut all = vec![("hosts", "es")];
+            all.extend(pairs.iter().copied());
+            assert!(parse(&all).is_ok(), "{pairs:?}");
+        }
     }
 
     #[test]
