@@ -140,10 +140,15 @@ impl Settings {
             })?;
         }
         if let Some(value) = get("METRICS_ADDR") {
-            settings.metrics_addr = Some(value.trim().parse().map_err(|_| SettingError {
+            // `host:port` as the README says (`localhost:9876` too), resolved once at start:
+            // the first address the name resolves to is the one listened on.
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(value.trim())
+                .ok()
+                .and_then(|mut addrs| addrs.next());
+            settings.metrics_addr = Some(resolved.ok_or(SettingError {
                 name: "METRICS_ADDR",
                 value,
-                accepts: "an address and port such as 127.0.0.1:9876",
+                accepts: "a host and port such as 127.0.0.1:9876 or localhost:9876",
             })?);
         }
         let events_on = match get("EVENTS") {
@@ -255,6 +260,28 @@ mod tests {
                 .local_logs_max_age,
             None
         );
+    }
+
+    /// Regression: `METRICS_ADDR=localhost:9876` was refused (read as a socket address only),
+    /// though the README documents `host:port`.
+    #[test]
+    fn metrics_addr_takes_a_host_name_and_port() {
+        let local = settings(&[("METRICS_ADDR", "localhost:9876")])
+            .unwrap()
+            .metrics_addr
+            .unwrap();
+        assert!(local.ip().is_loopback() && local.port() == 9876, "{local}");
+        let ip = settings(&[("METRICS_ADDR", "127.0.0.1:9877")])
+            .unwrap()
+            .metrics_addr;
+        assert_eq!(ip, Some(([127, 0, 0, 1], 9877).into()));
+        for bad in ["localhost", "127.0.0.1:notaport", ":9876x"] {
+            let err = settings(&[("METRICS_ADDR", bad)]).unwrap_err().to_string();
+            assert!(
+                err.contains("METRICS_ADDR") && err.contains("localhost:9876"),
+                "{err}"
+            );
+        }
     }
 
     /// Regression: Settings derived Debug, and its option defaults hold ES_PASSWORD & co.
