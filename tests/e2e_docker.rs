@@ -691,10 +691,11 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
 fn containers_ship_to_a_real_opensearch_cluster(docker: &Docker) {
     let homes = tempfile::tempdir().expect("cluster homes");
     let cluster = Cluster::start(homes.path());
+    let index = "logs-docker-default";
     cluster.nodes[0].install_logs_template(1);
+    cluster.create_data_stream(index);
     let node = &cluster.nodes[0];
     let hosts = format!("hosts={}", cluster.hosts());
-    let index = "logs-docker-default";
     let names = ["e2e-os-a", "e2e-os-b"];
     for (n, name) in names.iter().enumerate() {
         // Lines that name their container and stream (busybox:local has no sed).

@@ -350,6 +350,30 @@ impl Cluster {
             .join(",")
     }
 
+    /// Creates the data stream `name` (from the logs template) and waits until every copy of
+    /// its shards is started: shipping then starts at once, and a member may be lost without
+    /// losing the only copy of a shard.
+    pub fn create_data_stream(&self, name: &str) {
+        let client = self.nodes[0].client();
+        let (status, body) = client.request("PUT", &format!("/_data_stream/{name}"), "");
+        assert_eq!(status, 200, "create the data stream {name}: {body}");
+        self.wait_green(0);
+    }
+
+    /// Waits (up to 3 minutes) until the cluster, asked of `via`, is green: after a member
+    /// came back, its copies have recovered.
+    pub fn wait_green(&self, via: usize) {
+        let (status, body) = self.nodes[via].client().request(
+            "GET",
+            "/_cluster/health?wait_for_status=green&timeout=180s",
+            "",
+        );
+        assert!(
+            status == 200 && body.contains(r#""status":"green""#),
+            "the cluster did not turn green: {body}"
+        );
+    }
+
     /// The name of the elected cluster manager, asked of `via`.
     pub fn manager(&self, via: usize) -> String {
         let (status, body) =
