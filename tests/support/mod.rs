@@ -9,6 +9,7 @@ pub mod noida;
 pub mod probe;
 pub mod scenario;
 pub mod soak;
+pub mod trixie;
 
 use std::time::{Duration, Instant};
 
