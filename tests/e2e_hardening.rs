@@ -924,11 +924,14 @@ fn containers_start_log_stop_in_a_loop(docker: &mut Docker) {
                 short.len(),
                 short.join(", ")
             );
+            let log = docker.dockerd_log();
+            let evidence = log.lines().rfind(|l| l.contains(ENGINE_COPY_ERROR));
             eprintln!(
                 "h4:   round {round}: the engine lost output of {} containers ({}); dockerd \
-                 logged \"{ENGINE_COPY_ERROR}\" {errors} times",
+                 logged \"{ENGINE_COPY_ERROR}\" {errors} times, the last: {}",
                 short.len(),
-                short.join(", ")
+                short.join(", "),
+                evidence.unwrap_or_default()
             );
             engine_lost.extend(short);
         }

@@ -655,11 +655,12 @@ impl Docker {
         if let Some(mut registry) = self.registry.take() {
             stop_child(&mut registry, "docker-registry", Duration::from_secs(10));
         }
-        self.kill_leftover_processes();
-        // After every process in it is gone: the namespace and its mounts end with its holder.
+        // The namespace and its mounts end with its last process: the holder now, then
+        // whatever an engine that did not stop cleanly left in it.
         if let Some(mut namespace) = self.trixie.take() {
             namespace.stop();
         }
+        self.kill_leftover_processes();
         unmount_under(self.root.path());
     }
 
