@@ -822,7 +822,7 @@ fn parallel(n: usize, threads: usize, work: impl Fn(usize) + Sync) {
 /// is kept per container that has gone.
 ///
 /// Docker 26.1 (ESLP_ENGINE=trixie) loses a container's whole output now and then (about 1 in
-/// 200 here): dockerd logs "stream copy error: reading from a closed fifo", and the plugin gets
+/// 200-400 here): dockerd logs "stream copy error: reading from a closed fifo", and the plugin gets
 /// StartLogging and StopLogging with no line between. Its own `local` and `json-file` drivers
 /// lose output the same way (README, Compatibility). On that engine a container may show fewer
 /// lines, no more than the engine logged such errors in the round and only a first part of its
