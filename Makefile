@@ -27,7 +27,7 @@ endif
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help build rootfs plugin install push test e2e e2e-hardening check soak fuzz-build fuzz
+.PHONY: help build rootfs plugin install push test e2e e2e-hardening e2e-trixie check soak fuzz-build fuzz
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
@@ -110,12 +110,21 @@ test: build $(OSMEM) opensearch ## Run every test: unit, integration (real OpenS
 	@# The fuzz targets are built (not run), so they cannot rot either.
 	$(MAKE) fuzz-build
 
-e2e: build ## Run only the end-to-end tests against a private, throwaway Docker Engine (needs root)
-	$(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
-	$(MAKE) e2e-hardening
+# The end-to-end suites, run against the engine ESLP_ENGINE names (tests/support/trixie.rs).
+E2E_DOCKER := $(CARGO) test --locked --test e2e_docker -- --ignored --nocapture
+E2E_HARDENING := $(CARGO) test --locked --test e2e_hardening -- --ignored --nocapture
 
-e2e-hardening: build ## Run only the real-engine fault, plugin lifecycle and load tests (needs root)
-	$(CARGO) test --locked --test e2e_hardening -- --ignored --nocapture
+e2e: build ## Run only the end-to-end tests against private, throwaway Docker Engines: the host's dockerd, then Docker 26.1 from Debian trixie (needs root)
+	ESLP_ENGINE=host $(E2E_DOCKER)
+	ESLP_ENGINE=host $(MAKE) e2e-hardening
+	$(MAKE) e2e-trixie
+
+e2e-hardening: build ## Run only the real-engine fault, plugin lifecycle and load tests, on the engine ESLP_ENGINE names (host by default; needs root)
+	$(E2E_HARDENING)
+
+e2e-trixie: build ## Run both end-to-end suites against Debian trixie's Docker 26.1 (its root tree is built once into target/trixie with debootstrap; needs root)
+	ESLP_ENGINE=trixie $(E2E_DOCKER)
+	ESLP_ENGINE=trixie $(E2E_HARDENING)
 
 # The hardening tests, longer: every iteration count and duration they take from
 # tests/support/soak.rs is multiplied by SOAK_SCALE.

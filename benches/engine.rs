@@ -22,6 +22,9 @@ mod opensearch;
 mod report;
 #[path = "support/sink_es.rs"]
 mod sink_es;
+// docker.rs starts the engine ESLP_ENGINE names (the host's by default) through it.
+#[path = "../tests/support/trixie.rs"]
+mod trixie;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

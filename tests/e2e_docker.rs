@@ -648,7 +648,10 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
             "max-size=200k",
             "max-file=3",
         ],
-        "seq 1 20000; echo to-stderr >&2",
+        // The stderr line first: the engine copies stdout and stderr to the FIFO in two
+        // goroutines, so a line printed after 20000 others may be stored before their end
+        // (20.10) or after it (26.1), and the `--tail 2` below would depend on the race.
+        "echo to-stderr >&2; seq 1 20000",
     );
     assert_eq!(docker.wait_exit(name, secs(120)), 0);
     let t = Instant::now();

@@ -30,6 +30,7 @@ use support::docker::{run_with_timeout, signal, Docker, DRIVER};
 use support::noida::Noida;
 use support::probe::{self, ProcUsage as Usage};
 use support::scenario::{self, first_difference, numbers, secs, wait_child};
+use support::trixie::Engine;
 use support::{soak, wait_for};
 
 type Scenario = fn(&mut Docker);
@@ -815,12 +816,25 @@ fn parallel(n: usize, threads: usize, work: impl Fn(usize) + Sync) {
 
 /// 200 containers start, print 1000 lines each and exit, round after round
 /// (soak::duration(60 s)); each round's containers are removed after their logs are checked.
-/// Promise: every container's 1000 lines are in `docker logs`, and the plugin's descriptors
-/// and memory come back to where they were: nothing is kept per container that has gone.
+/// Promise: every container's 1000 lines are in `docker logs`, every line the plugin read is
+/// there (its read counter grows by exactly the lines `docker logs` shows, nothing counted lost
+/// or skipped), and the plugin's descriptors and memory come back to where they were: nothing
+/// is kept per container that has gone.
+///
+/// Docker 26.1 (ESLP_ENGINE=trixie) loses a container's whole output now and then (about 1 in
+/// 200-400 here): dockerd logs "stream copy error: reading from a closed fifo", and the plugin gets
+/// StartLogging and StopLogging with no line between. Its own `local` and `json-file` drivers
+/// lose output the same way (README, Compatibility). On that engine a container may show fewer
+/// lines, no more than the engine logged such errors in the round and only a first part of its
+/// lines; the plugin's own promise is checked as on 20.10, where every line must be there.
 fn containers_start_log_stop_in_a_loop(docker: &mut Docker) {
     const CONTAINERS: usize = 200;
     const LINES: u64 = 1000;
     docker.remove_all_containers();
+    let metrics = probe::free_addr();
+    docker.set_plugin(&[&format!("METRICS_ADDR={metrics}")]);
+    let engine_may_lose = docker.engine() == Engine::Trixie;
+    let mut engine_lost = Vec::new();
     // One container first, so what the plugin sets up once is in the baseline.
     docker.run_logged("h4-load-warmup", &[], "echo warm");
     assert_eq!(docker.wait_exit("h4-load-warmup", secs(60)), 0);
@@ -839,16 +853,40 @@ fn containers_start_log_stop_in_a_loop(docker: &mut Docker) {
             .map(|i| format!("h4-load-{round}-{i}"))
             .collect();
         let script = format!("seq 1 {LINES}");
+        let read_before = probe::metric(&probe::fetch_metrics(&metrics), "eslp_lines_read_total");
+        let (lost_before, skipped_before) = ingest_losses(&metrics);
+        assert_eq!(
+            (lost_before, skipped_before),
+            (0, 0),
+            "the plugin's lost and skipped counters"
+        );
+        let errors_before = engine_copy_errors(docker);
         parallel(CONTAINERS, 6, |i| {
             docker.run_logged(&names[i], &[], &script);
         });
         let started = t.elapsed();
         top = peak(top, plugin_usage(docker).1);
+        let shown = AtomicUsize::new(0);
         let wrong = Mutex::new(Vec::new());
+        let short = Mutex::new(Vec::new());
         parallel(CONTAINERS, 6, |i| {
             assert_eq!(docker.wait_exit(&names[i], secs(120)), 0, "{}", names[i]);
             let logs = docker.logs(&names[i], &[]).stdout;
-            if logs != expected {
+            shown.fetch_add(logs.lines().count(), Ordering::Relaxed);
+            if logs == expected {
+                return;
+            }
+            // A first part of the lines, cut at a line's end: output the engine never copied.
+            if engine_may_lose
+                && expected.starts_with(&logs)
+                && (logs.is_empty() || logs.ends_with('\n'))
+            {
+                short.lock().unwrap().push(format!(
+                    "{} ({} lines)",
+                    names[i],
+                    logs.lines().count()
+                ));
+            } else {
                 wrong.lock().unwrap().push(format!(
                     "{}: {}",
                     names[i],
@@ -864,6 +902,39 @@ fn containers_start_log_stop_in_a_loop(docker: &mut Docker) {
             wrong.len(),
             wrong[..wrong.len().min(5)].join("\n")
         );
+        let shown = shown.into_inner() as u64;
+        let read = wait_for(secs(30), "the plugin's read counter", || {
+            let read = probe::metric(&probe::fetch_metrics(&metrics), "eslp_lines_read_total")
+                - read_before;
+            (read >= shown).then_some(read)
+        });
+        let (lost, skipped) = ingest_losses(&metrics);
+        assert_eq!(
+            (read, lost, skipped),
+            (shown, 0, 0),
+            "round {round}: lines the plugin read, lost and skipped; docker logs showed {shown}"
+        );
+        let short = short.into_inner().unwrap();
+        if !short.is_empty() {
+            let errors = engine_copy_errors(docker) - errors_before;
+            assert!(
+                short.len() <= errors,
+                "round {round}: {} containers show only a part of their lines, but the engine \
+                 logged {errors} closed-FIFO copy errors: {}",
+                short.len(),
+                short.join(", ")
+            );
+            let log = docker.dockerd_log();
+            let evidence = log.lines().rfind(|l| l.contains(ENGINE_COPY_ERROR));
+            eprintln!(
+                "h4:   round {round}: the engine lost output of {} containers ({}); dockerd \
+                 logged \"{ENGINE_COPY_ERROR}\" {errors} times, the last: {}",
+                short.len(),
+                short.join(", "),
+                evidence.unwrap_or_default()
+            );
+            engine_lost.extend(short);
+        }
         checked += CONTAINERS;
         let mut rm = vec!["rm", "-f"];
         rm.extend(names.iter().map(String::as_str));
@@ -879,11 +950,24 @@ fn containers_start_log_stop_in_a_loop(docker: &mut Docker) {
         }
     }
     eprintln!(
-        "h4:   {round} rounds, {checked} containers, {} lines sent, all {} in docker logs, lost 0, dup 0",
+        "h4:   {round} rounds, {checked} containers, {} lines sent, every line the plugin read in \
+         docker logs, lost 0, dup 0; containers whose output the engine lost: {}",
         checked as u64 * LINES,
-        checked as u64 * LINES
+        engine_lost.len()
     );
     assert_flat(docker, "200 containers in a loop", start, top);
+}
+
+/// What dockerd 26.1 logs when it loses a container's output (see the loop above).
+const ENGINE_COPY_ERROR: &str = "reading from a closed fifo";
+
+/// How many times the engine logged [`ENGINE_COPY_ERROR`] so far.
+fn engine_copy_errors(docker: &Docker) -> usize {
+    docker
+        .dockerd_log()
+        .lines()
+        .filter(|l| l.contains(ENGINE_COPY_ERROR))
+        .count()
 }
 
 /// 50 `docker logs -f` at once, five on each of ten running containers: each gets every line

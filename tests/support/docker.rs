@@ -18,6 +18,9 @@
 //!
 //! A missing tool or a non-root user is a failure with a message saying what to install, never a
 //! skip: the end-to-end tests are required wherever they are asked to run.
+//!
+//! `ESLP_ENGINE=trixie` runs all of this against Debian 13's Docker 26.1 instead of the host's
+//! `dockerd` (see `support/trixie.rs`); the tests see the same paths either way.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -26,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use super::trixie::{Engine, Namespace};
 
 /// The name containers use: `--log-driver es-logging-plugin` (installed with `--alias`, the
 /// engine resolves it to `es-logging-plugin:latest`, as after `make install`).
@@ -130,6 +135,9 @@ pub struct Docker {
     state_dir: PathBuf,
     registry_port: u16,
     keep: AtomicBool,
+    engine: Engine,
+    /// The mount namespace the trixie engine runs in; `None` for the host engine.
+    trixie: Option<Namespace>,
 }
 
 impl Docker {
@@ -137,7 +145,8 @@ impl Docker {
     /// after tearing down what it had started. Call it on the thread that will drop it: the
     /// engine is also stopped when that thread dies.
     pub fn start() -> Docker {
-        preflight();
+        let engine = Engine::from_env();
+        preflight(engine);
         let e2e_dir = target_dir().join("e2e");
         fs::create_dir_all(&e2e_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", e2e_dir.display()));
@@ -164,13 +173,34 @@ impl Docker {
             plugin_id: String::new(),
             registry_port: 0,
             keep: AtomicBool::new(false),
+            engine,
+            trixie: None,
         };
-        eprintln!("e2e: private engine in {}", docker.root.path().display());
+        eprintln!(
+            "e2e: private engine ({engine:?}) in {}",
+            docker.root.path().display()
+        );
+        if engine == Engine::Trixie {
+            docker.trixie = Some(Namespace::start(&target_dir(), docker.root.path()));
+        }
         docker.start_dockerd();
+        eprintln!(
+            "e2e: engine {engine:?}: {}",
+            docker.docker_ok(&[
+                "version",
+                "-f",
+                "dockerd {{.Server.Version}} (API {{.Server.APIVersion}}), client {{.Client.Version}}"
+            ])
+        );
         docker.import_busybox();
         docker.registry_port = docker.start_registry();
         docker.install_plugin(docker.registry_port);
         docker
+    }
+
+    /// Which engine this is (`ESLP_ENGINE`).
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// `DOCKER_HOST` of this engine.
@@ -394,7 +424,10 @@ impl Docker {
             .append(true)
             .open(root.join("dockerd.log"))
             .expect("open dockerd.log");
-        let mut cmd = Command::new("dockerd");
+        let mut cmd = match &self.trixie {
+            Some(namespace) => namespace.command("/usr/sbin/dockerd"),
+            None => Command::new("dockerd"),
+        };
         cmd.arg("--data-root")
             .arg(root.join("data"))
             .arg("--exec-root")
@@ -622,6 +655,11 @@ impl Docker {
         if let Some(mut registry) = self.registry.take() {
             stop_child(&mut registry, "docker-registry", Duration::from_secs(10));
         }
+        // The namespace and its mounts end with its last process: the holder now, then
+        // whatever an engine that did not stop cleanly left in it.
+        if let Some(mut namespace) = self.trixie.take() {
+            namespace.stop();
+        }
         self.kill_leftover_processes();
         unmount_under(self.root.path());
     }
@@ -673,7 +711,7 @@ impl Drop for Docker {
 }
 
 /// Fails (never skips) when the machine cannot run the end-to-end tests.
-fn preflight() {
+fn preflight(engine: Engine) {
     let install = "install them with: apt-get install docker.io busybox-static docker-registry \
                    (or run .ci/run as root, which does it)";
     for tool in [
@@ -684,6 +722,10 @@ fn preflight() {
         "tar",
         "make",
     ] {
+        // The trixie engine brings its own dockerd (support/trixie.rs checks what it needs).
+        if tool == "dockerd" && engine == Engine::Trixie {
+            continue;
+        }
         if which(tool).is_none() {
             panic!("e2e: `{tool}` is not in PATH. The end-to-end tests need a real Docker Engine; {install}");
         }
@@ -716,7 +758,7 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
@@ -744,7 +786,7 @@ fn registry_answers(port: u16) -> bool {
 /// Has the kernel send SIGTERM to the child when the thread that started it dies, so an
 /// interrupted test run (Ctrl-C, a CI timeout's SIGKILL) never leaves an engine behind: dockerd
 /// then shuts down as on any SIGTERM. Normally `Drop` stops the child first.
-fn stop_with_test_process(cmd: &mut Command) {
+pub fn stop_with_test_process(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and the closure touches no memory of the parent.
     unsafe {
@@ -758,7 +800,7 @@ fn stop_with_test_process(cmd: &mut Command) {
 }
 
 /// SIGTERM, then SIGKILL after `grace`; always reaps the child.
-fn stop_child(child: &mut Child, what: &str, grace: Duration) {
+pub fn stop_child(child: &mut Child, what: &str, grace: Duration) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }

@@ -10,6 +10,7 @@ pub mod opensearch;
 pub mod probe;
 pub mod scenario;
 pub mod soak;
+pub mod trixie;
 
 use std::time::{Duration, Instant};
 
