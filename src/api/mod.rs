@@ -1,4 +1,4 @@
-//! The plugin's HTTP API on its unix socket, as the engine speaks it (protocol.md).
+//! The plugin's HTTP API on its unix socket, as the engine speaks it (docs/protocol.md).
 //!
 //! | endpoint | request | answer |
 //! |---|---|---|

@@ -1,4 +1,4 @@
-//! The JSON the engine sends and expects, key for key (protocol.md). Keys are exact PascalCase;
+//! The JSON the engine sends and expects, key for key (docs/protocol.md). Keys are exact PascalCase;
 //! Go encodes empty maps and lists as `null`, so every map and list accepts `null`; unknown
 //! fields are ignored, never refused.
 
@@ -67,7 +67,7 @@ pub struct StopLogging {
     pub file: String,
 }
 
-/// `docker logs` flags the plugin applies (protocol.md: the key is `Config`, and `Until` exists).
+/// `docker logs` flags the plugin applies (docs/protocol.md: the key is `Config`, and `Until` exists).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default)]
 pub struct ReadConfig {
