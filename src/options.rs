@@ -66,7 +66,12 @@ pub const OPTIONS: &[OptionSpec] = &[
     es("flush_interval", "ES_FLUSH_INTERVAL", "1s", "a duration from 10ms to 1m", "longest time a line waits for a fuller batch"),
     es("workers", "ES_WORKERS", "2", "a whole number from 1 to 16", "bulk requests in flight at once per destination"),
     es("compression_level", "ES_COMPRESSION_LEVEL", "1", "0 (off) to 9", "gzip level of bulk bodies"),
+    es("tags", "ES_TAGS", "", "a comma list such as prod,eu", "ECS tags on every document"),
+    es("fields", "ES_FIELDS", "", "key=value pairs such as env=prod,team=core (also one log-opt fields.KEY=value each)", "static fields at the root of every document"),
 ];
+
+/// `fields.<key>=value` log-opts: one static field each (see `shipper::statics`).
+pub const FIELD_PREFIX: &str = "fields.";
 
 const fn es(
     name: &'static str,
@@ -86,6 +91,8 @@ const fn es(
 
 /// Keys the engine itself puts into the map; never ours to judge.
 const ENGINE_KEYS: &[&str] = &["mode", "max-buffer-size"];
+/// The log-opts every shipping driver of Docker's honours (not ours yet: kept as ignored).
+const DOCKER_STANDARD: &[&str] = &["tag", "labels", "labels-regex", "env", "env-regex"];
 const ENGINE_PREFIXES: &[&str] = &["cache-"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +116,9 @@ pub enum OptionError {
     /// Credentials that conflict or are incomplete (the message names them).
     #[error("{0}")]
     Credentials(&'static str),
+    /// A static field that cannot be added (the message names it).
+    #[error("{0}")]
+    Field(String),
 }
 
 /// The options that authenticate to Elasticsearch, taken as one group (see [`LogOptions::parse`]).
@@ -165,15 +175,25 @@ impl LogOptions {
         if compress && max_file == 1 && config.contains_key("compress") {
             return Err(OptionError::CompressSingleFile);
         }
-        let es = EsOptions::parse(&value)?;
+        let dotted = config
+            .iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(FIELD_PREFIX)?, value.as_str())));
+        let es = EsOptions::parse(&value, dotted)?;
         let mut ignored = Vec::new();
         let mut keys: Vec<&String> = config.keys().collect();
         keys.sort();
         for key in keys {
-            if OPTIONS.iter().any(|o| o.name == key) || is_engine_key(key) {
+            if OPTIONS.iter().any(|o| o.name == key)
+                || key.starts_with(FIELD_PREFIX)
+                || is_engine_key(key)
+            {
                 continue;
             }
-            if let Some(suggestion) = near_miss(key) {
+            // Docker's standard log-opts (`tag` is one edit from our `tags`) are another
+            // driver's, never a typo of ours.
+            if let Some(suggestion) =
+                near_miss(key).filter(|_| !DOCKER_STANDARD.contains(&key.as_str()))
+            {
                 return Err(OptionError::Misspelled {
                     given: key.clone(),
                     suggestion,
@@ -419,6 +439,37 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(o.ignored, vec!["env", "labels", "syslog-address", "tag"]);
+    }
+
+    /// `tags`, `fields` and `fields.<key>` are ours; Docker's standard `tag` stays another
+    /// driver's option, not a typo of `tags`.
+    #[test]
+    fn tags_and_fields_are_ours_and_docker_tag_is_no_typo_of_tags() {
+        let o = opts(&[
+            ("hosts", "es"),
+            ("tags", "a,b"),
+            ("fields", "env=prod"),
+            ("fields.team", "core, platform"),
+            ("tag", "{{.Name}}"),
+        ])
+        .unwrap();
+        assert_eq!(o.ignored, vec!["tag"]);
+        let mut doc = serde_json::Map::new();
+        o.es.unwrap().statics.insert_into(&mut doc);
+        assert_eq!(
+            serde_json::Value::Object(doc),
+            serde_json::json!({"tags": ["a", "b"], "env": "prod", "team": "core, platform"})
+        );
+        let err = opts(&[("hosts", "es"), ("fields.message", "x")]).unwrap_err();
+        assert!(err.to_string().contains("\"message\""), "{err}");
+        // A typo of ours is still caught.
+        assert!(matches!(
+            opts(&[("hosts", "es"), ("field", "a=b")]),
+            Err(OptionError::Misspelled {
+                suggestion: "fields",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -343,6 +343,14 @@ async fn full_disk_counts_every_lost_line_and_recovers_when_space_returns() {
         let healthy = format!("c{cycle}-before");
         feeder.feed(&healthy, 1000);
         must.push(healthy);
+        // Stored while the disk had room, before it fills (regression: filled at once, a slow
+        // plugin read these lines only once the disk was full, and the test took that loss
+        // for the plugin's: "lines of c0-before stored: 0 of 1000").
+        let before = drained(&addr, feeder.sent.len()).await;
+        assert_eq!(
+            before.lost, lost,
+            "cycle {cycle}: lost while the disk had room"
+        );
         let filler = fill(&plugin.state, "filler", 1 << 20);
         feeder.feed(&format!("c{cycle}-full"), 20_000);
         let now = drained(&addr, feeder.sent.len()).await;

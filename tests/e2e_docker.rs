@@ -357,12 +357,20 @@ fn bad_log_opts_fail_docker_run(docker: &Docker) {
         good.stdout,
         good.stderr
     );
-    let bad: [(&[&str], &str); 4] = [
+    let bad: [(&[&str], &str); 7] = [
         (&["max-size=12q"], "max-size"),
         (&["max-sise=1m"], "max-sise"),
         (&["max-file=zero"], "max-file"),
         // Like the engine's drivers: nothing to compress when there is one file.
         (&["max-file=1", "compress=true"], "compress"),
+        // A static field may not replace one the plugin writes.
+        (&["hosts=127.0.0.1:9", "fields.message=x"], "message"),
+        // Incomplete or conflicting credentials are named.
+        (&["hosts=127.0.0.1:9", "password=p"], "password"),
+        (
+            &["hosts=https://127.0.0.1", "api_key=id:key", "user=u"],
+            "api_key",
+        ),
     ];
     for (opts, must_name) in bad {
         let opt = opts.join(" --log-opt ");
@@ -647,6 +655,9 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
             &format!("index={index}"),
             "max-size=200k",
             "max-file=3",
+            "tags=e2e,shipping",
+            "fields=env=test,service.name=e2e-ship",
+            "fields.team=core, platform",
         ],
         // The stderr line first: the engine copies stdout and stderr to the FIFO in two
         // goroutines, so a line printed after 20000 others may be stored before their end
@@ -680,6 +691,11 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
     assert_eq!(doc["container"]["name"], name);
     assert_eq!(doc["container"]["image"]["name"], "busybox");
     assert_eq!(doc["container"]["image"]["tag"], "local");
+    // Static tags and fields, as the engine passed the log-opts.
+    assert_eq!(doc["tags"], serde_json::json!(["e2e", "shipping"]));
+    assert_eq!(doc["env"], "test");
+    assert_eq!(doc["service"]["name"], "e2e-ship");
+    assert_eq!(doc["team"], "core, platform");
     // docker logs keeps its max-file window, unaffected by shipping.
     assert_eq!(
         docker.logs(name, &["--tail", "2"]).stdout,

@@ -17,6 +17,7 @@ use elasticsearch::http::Url;
 
 use crate::options::{bad, parse_size, OptionError};
 use crate::shipper::index::IndexTemplate;
+use crate::shipper::statics::Statics;
 
 /// A credential: compared and hashed like a string, never shown.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -79,13 +80,17 @@ pub struct EsOptions {
     pub flush_interval: Duration,
     pub workers: usize,
     pub compression_level: u32,
+    /// `tags` and `fields`: what every document of the container carries besides its line.
+    pub statics: Statics,
 }
 
 impl EsOptions {
     /// `value(name)` gives the effective text of each option (log-opt, else setting, else
     /// default). `None` when neither hosts nor cloud_id is set.
-    pub fn parse<'a>(
+    /// `dotted` are the `fields.<key>` log-opts as (`<key>`, value).
+    pub fn parse<'a, 'b>(
         value: &impl Fn(&'static str) -> &'a str,
+        dotted: impl IntoIterator<Item = (&'b str, &'b str)>,
     ) -> Result<Option<Self>, OptionError> {
         let text = |name: &'static str| Some(value(name).trim()).filter(|v| !v.is_empty());
         let hosts = match (text("hosts"), text("cloud_id")) {
@@ -215,6 +220,7 @@ impl EsOptions {
             )?,
             workers: number("workers", 1, 16)? as usize,
             compression_level: number("compression_level", 0, 9)? as u32,
+            statics: Statics::parse(value("tags"), value("fields"), dotted)?,
         }))
     }
 
@@ -259,6 +265,7 @@ impl fmt::Debug for EsOptions {
             .field("flush_interval", &self.flush_interval)
             .field("workers", &self.workers)
             .field("compression_level", &self.compression_level)
+            .field("statics", &self.statics)
             .finish()
     }
 }
@@ -392,7 +399,7 @@ mod tests {
                     .unwrap_or("")
             })
         };
-        EsOptions::parse(&value)
+        EsOptions::parse(&value, [])
     }
 
     /// Regression: a refused `proxy_url` was quoted whole in the error, `user:password@`

@@ -25,6 +25,7 @@
 use serde_json::{Map, Value};
 
 use crate::api::types::Info;
+use crate::shipper::statics::Statics;
 
 /// `agent.type`: what kind of program shipped the document.
 pub const AGENT_TYPE: &str = "es-logging-plugin";
@@ -56,6 +57,7 @@ impl ContainerDoc {
         host_name: &str,
         agent: &Agent,
         data_stream: Option<(&str, &str, &str)>,
+        statics: &Statics,
     ) -> ContainerDoc {
         let mut container = Map::new();
         container.insert("id".into(), info.container_id.as_str().into());
@@ -102,6 +104,7 @@ impl ContainerDoc {
             );
             doc.insert("event".into(), object([("dataset", dataset)]));
         }
+        statics.insert_into(&mut doc);
         let json = Value::Object(doc).to_string();
         // The object is never empty, so `{...}` becomes `,...`: the members, ready to follow
         // `stream`.
@@ -341,6 +344,17 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A plain `busybox` container's part, no data stream, no static fields.
+    fn busybox_doc() -> ContainerDoc {
+        ContainerDoc::new(
+            &info("busybox", &[]),
+            "h",
+            &agent(),
+            None,
+            &Statics::default(),
+        )
+    }
+
     #[test]
     fn output_is_two_json_lines_with_the_exact_fields() {
         let doc = ContainerDoc::new(
@@ -348,6 +362,7 @@ mod tests {
             "node-7",
             &agent(),
             Some(("logs", "docker", "default")),
+            &Statics::default(),
         );
         let (action, source) = item(&doc, NOV_22_2026, "stdout", b"hello world");
         assert_eq!(
@@ -380,9 +395,25 @@ mod tests {
         );
     }
 
+    /// `tags` and `fields` are in every document of the container, beside the fields the
+    /// plugin writes (which they cannot replace: `statics` refuses those keys).
+    #[test]
+    fn static_tags_and_fields_are_in_every_document() {
+        let statics = Statics::parse("prod,eu", "env=prod,service.name=api", []).unwrap();
+        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None, &statics);
+        for line in [&b"one"[..], b"two"] {
+            let (_, source) = item(&doc, 0, "stdout", line);
+            assert_eq!(source["tags"], json!(["prod", "eu"]));
+            assert_eq!(source["env"], "prod");
+            assert_eq!(source["service"], json!({"name": "api"}));
+            assert_eq!(source["message"], std::str::from_utf8(line).unwrap());
+            assert_eq!(source["container"]["name"], "web-1");
+        }
+    }
+
     #[test]
     fn data_stream_fields_only_for_data_streams() {
-        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None);
+        let doc = busybox_doc();
         let (_, source) = item(&doc, 0, "stderr", b"x");
         let fields = source.as_object().unwrap();
         assert!(!fields.contains_key("data_stream"));
@@ -398,10 +429,10 @@ mod tests {
     #[test]
     fn leading_slash_is_removed_from_the_name() {
         let mut container = info("busybox", &[]);
-        let doc = ContainerDoc::new(&container, "h", &agent(), None);
+        let doc = ContainerDoc::new(&container, "h", &agent(), None, &Statics::default());
         assert_eq!(item(&doc, 0, "stdout", b"").1["container"]["name"], "web-1");
         container.container_name = "no-slash".into();
-        let doc = ContainerDoc::new(&container, "h", &agent(), None);
+        let doc = ContainerDoc::new(&container, "h", &agent(), None, &Statics::default());
         assert_eq!(
             item(&doc, 0, "stdout", b"").1["container"]["name"],
             "no-slash"
@@ -426,7 +457,8 @@ mod tests {
             ("sha256:0123456789abcdef", "sha256:0123456789abcdef", None),
         ] {
             assert_eq!(split_image(image), (name, tag), "{image}");
-            let doc = ContainerDoc::new(&info(image, &[]), "h", &agent(), None);
+            let doc =
+                ContainerDoc::new(&info(image, &[]), "h", &agent(), None, &Statics::default());
             let (_, source) = item(&doc, 0, "stdout", b"");
             let mut expected = json!({"name": name});
             if let Some(tag) = tag {
@@ -436,7 +468,7 @@ mod tests {
         }
         // The engine always names the image, but an empty one is left out rather than sent
         // as an empty name.
-        let doc = ContainerDoc::new(&info("", &[]), "h", &agent(), None);
+        let doc = ContainerDoc::new(&info("", &[]), "h", &agent(), None, &Statics::default());
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert!(!source["container"]
             .as_object()
@@ -457,7 +489,13 @@ mod tests {
             ("", "empty key"),
             ("quote\"key", "line\nbreak"),
         ];
-        let doc = ContainerDoc::new(&info("busybox", &labels), "h", &agent(), None);
+        let doc = ContainerDoc::new(
+            &info("busybox", &labels),
+            "h",
+            &agent(),
+            None,
+            &Statics::default(),
+        );
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert_eq!(
             source["container"]["labels"],
@@ -473,14 +511,20 @@ mod tests {
         );
         // HashMap order must not matter.
         for _ in 0..20 {
-            let again = ContainerDoc::new(&info("busybox", &labels), "h", &agent(), None);
+            let again = ContainerDoc::new(
+                &info("busybox", &labels),
+                "h",
+                &agent(),
+                None,
+                &Statics::default(),
+            );
             assert_eq!(again, doc);
         }
     }
 
     #[test]
     fn messages_with_quotes_control_bytes_and_invalid_utf8() {
-        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None);
+        let doc = busybox_doc();
         for (line, expected) in [
             (&b"say \"hi\" \\ back"[..], "say \"hi\" \\ back"),
             (b"tab\there\r", "tab\there\r"),
@@ -556,7 +600,7 @@ mod tests {
 
     #[test]
     fn index_and_id_are_escaped_in_the_action_line() {
-        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None);
+        let doc = busybox_doc();
         let mut out = Vec::new();
         append_create(&mut out, "we\"ird", "i\\d", &doc, 0, "stdout", b"m");
         let first = out.split(|&b| b == b'\n').next().unwrap();
@@ -567,7 +611,7 @@ mod tests {
 
     #[test]
     fn items_append_to_a_batch() {
-        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None);
+        let doc = busybox_doc();
         let mut out = Vec::new();
         for n in 0..3u64 {
             let id = document_id(ID, 0, n);
@@ -587,7 +631,7 @@ mod tests {
             message in proptest::collection::vec(any::<u8>(), 0..300),
             time_nano in any::<i64>(),
         ) {
-            let doc = ContainerDoc::new(&info("busybox:1", &[("l.k", "v")]), "h", &agent(), None);
+            let doc = ContainerDoc::new(&info("busybox:1", &[("l.k", "v")]), "h", &agent(), None, &Statics::default());
             let (_, source) = item(&doc, time_nano, "stdout", &message);
             let lossy = String::from_utf8_lossy(&message);
             prop_assert_eq!(source["message"].as_str(), Some(lossy.as_ref()));

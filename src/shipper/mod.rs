@@ -27,6 +27,7 @@ pub mod fingerprint;
 pub mod fragments;
 pub mod index;
 pub mod not_ready;
+pub mod statics;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -122,7 +123,13 @@ impl Shippers {
     ) -> Result<(), ShipError> {
         let agent = self.agent(options);
         let index: ResolvedIndex = options.index.resolve(info, &agent.version)?;
-        let doc = ContainerDoc::new(info, &self.host_name, &agent, index.data_stream());
+        let doc = ContainerDoc::new(
+            info,
+            &self.host_name,
+            &agent,
+            index.data_stream(),
+            &options.statics,
+        );
         self.start_source(options, id, store, Documents::Logs(doc), index)
     }
 
