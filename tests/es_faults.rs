@@ -410,14 +410,6 @@ async fn credentials_revoked_then_restored_lose_nothing() {
     );
 }
 
-/// The value of a metric labelled with its destination, summed over destinations.
-fn destination_metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum()
-}
-
 /// The cluster answers every document with `not_ready` (an item-level answer that means "the
 /// destination is not ready", not "this document is bad") while a container logs for a few
 /// seconds; then an operator fixes the cluster. Every line must be held, retried, and indexed
@@ -471,17 +463,17 @@ async fn not_ready_then_fixed(
         errors[0]
     );
     assert!(
-        destination_metric(&during, "eslp_documents_held_total") > 0,
+        probe::destination_metric(&during, "eslp_documents_held_total") > 0,
         "{case}: held documents not counted:\n{during}"
     );
     assert_eq!(
-        destination_metric(&during, "eslp_destination_not_ready"),
+        probe::destination_metric(&during, "eslp_destination_not_ready"),
         1,
         "{case}: the destination is not shown as not ready:\n{during}"
     );
     let after = probe::fetch_metrics(&metrics);
     assert_eq!(
-        destination_metric(&after, "eslp_destination_not_ready"),
+        probe::destination_metric(&after, "eslp_destination_not_ready"),
         0,
         "{case}: still shown as not ready after the fix:\n{after}"
     );
@@ -573,8 +565,8 @@ async fn a_full_dead_letter_file_is_a_counted_and_logged_loss_never_a_quiet_one(
     let deadline = Instant::now() + Duration::from_secs(60);
     let (kept, lost) = loop {
         let text = probe::fetch_metrics(&metrics);
-        let kept = destination_metric(&text, "eslp_documents_dead_lettered_total");
-        let lost = destination_metric(&text, "eslp_dead_letter_lost_total");
+        let kept = probe::destination_metric(&text, "eslp_documents_dead_lettered_total");
+        let lost = probe::destination_metric(&text, "eslp_dead_letter_lost_total");
         if kept + lost >= sent {
             break (kept, lost);
         }

@@ -26,6 +26,14 @@ pub fn fetch_metrics(addr: &str) -> String {
     text
 }
 
+/// The value of a metric labelled with its destination, summed over destinations.
+pub fn destination_metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
 /// The value of an unlabelled metric.
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
