@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use crate::shipper::attributes::Attributes;
 use crate::shipper::config::EsOptions;
 use crate::store::StoreLimits;
 
@@ -68,7 +69,29 @@ pub const OPTIONS: &[OptionSpec] = &[
     es("compression_level", "ES_COMPRESSION_LEVEL", "1", "0 (off) to 9", "gzip level of bulk bodies"),
     es("tags", "ES_TAGS", "", "a comma list such as prod,eu", "ECS tags on every document"),
     es("fields", "ES_FIELDS", "", "key=value pairs such as env=prod,team=core (also one log-opt fields.KEY=value each)", "static fields at the root of every document"),
+    // Docker's standard log-opts of shipping drivers (`shipper::attributes`): per container or
+    // daemon-wide in daemon.json, as for the engine's own drivers; no plugin setting.
+    docker("tag", "{{.ID}}", "text with the placeholders {{.ID}}, {{.FullID}}, {{.Name}}, {{.ImageID}}, {{.ImageFullID}}, {{.ImageName}}, {{.DaemonName}}", "docker.tag of every document, as Docker's drivers render it"),
+    docker("labels", "", "a comma list of label keys", "the container labels documents carry (container.labels); with neither labels nor labels-regex, all of them"),
+    docker("labels-regex", "", "a regular expression (RE2 syntax, unanchored) over label keys", "also the labels whose key matches"),
+    docker("env", "", "a comma list of variable names", "the container's environment variables documents carry (process.env_vars, NAME=value); none by default"),
+    docker("env-regex", "", "a regular expression (RE2 syntax, unanchored) over variable names", "also the variables whose name matches"),
 ];
+
+const fn docker(
+    name: &'static str,
+    default: &'static str,
+    accepts: &'static str,
+    meaning: &'static str,
+) -> OptionSpec {
+    OptionSpec {
+        name,
+        setting: None,
+        default,
+        accepts,
+        meaning,
+    }
+}
 
 /// `fields.<key>=value` log-opts: one static field each (see `shipper::statics`).
 pub const FIELD_PREFIX: &str = "fields.";
@@ -91,8 +114,6 @@ const fn es(
 
 /// Keys the engine itself puts into the map; never ours to judge.
 const ENGINE_KEYS: &[&str] = &["mode", "max-buffer-size"];
-/// The log-opts every shipping driver of Docker's honours (not ours yet: kept as ignored).
-const DOCKER_STANDARD: &[&str] = &["tag", "labels", "labels-regex", "env", "env-regex"];
 const ENGINE_PREFIXES: &[&str] = &["cache-"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,6 +140,9 @@ pub enum OptionError {
     /// A static field that cannot be added (the message names it).
     #[error("{0}")]
     Field(String),
+    /// A bad `tag`, `labels-regex` or `env-regex` (the message names the option).
+    #[error("{0}")]
+    Attribute(String),
 }
 
 /// The options that authenticate to Elasticsearch, taken as one group (see [`LogOptions::parse`]).
@@ -178,7 +202,9 @@ impl LogOptions {
         let dotted = config
             .iter()
             .filter_map(|(key, value)| Some((key.strip_prefix(FIELD_PREFIX)?, value.as_str())));
-        let es = EsOptions::parse(&value, dotted)?;
+        // Checked with or without a destination, so a bad template fails `docker run` at once.
+        let attributes = Attributes::parse(config)?;
+        let es = EsOptions::parse(&value, dotted)?.map(|es| EsOptions { attributes, ..es });
         let mut ignored = Vec::new();
         let mut keys: Vec<&String> = config.keys().collect();
         keys.sort();
@@ -189,11 +215,7 @@ impl LogOptions {
             {
                 continue;
             }
-            // Docker's standard log-opts (`tag` is one edit from our `tags`) are another
-            // driver's, never a typo of ours.
-            if let Some(suggestion) =
-                near_miss(key).filter(|_| !DOCKER_STANDARD.contains(&key.as_str()))
-            {
+            if let Some(suggestion) = near_miss(key) {
                 return Err(OptionError::Misspelled {
                     given: key.clone(),
                     suggestion,
@@ -432,17 +454,41 @@ mod tests {
             ("max-buffer-size", "4m"),
             ("cache-disabled", "true"),
             ("cache-max-size", "1m"),
-            ("tag", "{{.Name}}"),
-            ("labels", "a,b"),
-            ("env", "X"),
             ("syslog-address", "udp://x"),
         ])
         .unwrap();
-        assert_eq!(o.ignored, vec!["env", "labels", "syslog-address", "tag"]);
+        assert_eq!(o.ignored, vec!["syslog-address"]);
     }
 
-    /// `tags`, `fields` and `fields.<key>` are ours; Docker's standard `tag` stays another
-    /// driver's option, not a typo of `tags`.
+    /// Docker's standard options are ours now, honoured with or without a destination: a bad
+    /// one fails `docker run` naming the option (it was accepted and ignored).
+    #[test]
+    fn dockers_standard_log_opts_are_ours_and_checked_even_without_hosts() {
+        let o = opts(&[
+            ("tag", "{{.Name}}"),
+            ("labels", "a,b"),
+            ("labels-regex", "^com\\."),
+            ("env", "X"),
+            ("env-regex", "^APP_"),
+        ])
+        .unwrap();
+        assert!(o.ignored.is_empty(), "{:?}", o.ignored);
+        let err = opts(&[("tag", "{{.Nmae}}")]).unwrap_err().to_string();
+        assert!(err.starts_with("log-opt tag:"), "{err}");
+        let err = opts(&[("env-regex", "(")]).unwrap_err().to_string();
+        assert!(err.starts_with("log-opt env-regex:"), "{err}");
+        // A typo of one of them is caught like a typo of ours.
+        assert!(matches!(
+            opts(&[("lables", "a")]),
+            Err(OptionError::Misspelled {
+                suggestion: "labels",
+                ..
+            })
+        ));
+    }
+
+    /// `tags`, `fields` and `fields.<key>` are ours; Docker's standard `tag` is its own option,
+    /// not a typo of `tags`.
     #[test]
     fn tags_and_fields_are_ours_and_docker_tag_is_no_typo_of_tags() {
         let o = opts(&[
@@ -453,7 +499,7 @@ mod tests {
             ("tag", "{{.Name}}"),
         ])
         .unwrap();
-        assert_eq!(o.ignored, vec!["tag"]);
+        assert!(o.ignored.is_empty(), "{:?}", o.ignored);
         let mut doc = serde_json::Map::new();
         o.es.unwrap().statics.insert_into(&mut doc);
         assert_eq!(

@@ -433,7 +433,7 @@ impl Plugin {
         }
         let record = RunRecord {
             file: request.file.clone(),
-            info: strip_secrets(request.info),
+            info: strip_secrets(request.info, options.es.as_ref()),
             stopped: false,
         };
         if let Err(error) = self.table.insert(record) {
@@ -698,8 +698,13 @@ impl Plugin {
     }
 }
 
-fn strip_secrets(mut info: Info) -> Info {
-    info.container_env = Vec::new();
+/// What the run table may keep of a container: of its environment (secrets, often) only the
+/// variables its `env`/`env-regex` log-opts select, which its documents carry anyway and need
+/// again after a restart.
+fn strip_secrets(mut info: Info, es: Option<&EsOptions>) -> Info {
+    info.container_env = es.map_or_else(Vec::new, |es| {
+        es.attributes.selected_env(&info.container_env)
+    });
     info
 }
 
@@ -734,6 +739,50 @@ mod tests {
         let mut batch = Batch::default();
         batch.push(&entry.encode_to_vec(), time);
         batch
+    }
+
+    /// The run table keeps of a container's environment only what its documents carry, and
+    /// that is enough: the document a restarted plugin builds from the record is the one the
+    /// StartLogging built (a secret not asked for is never written; one asked for survives).
+    #[test]
+    fn the_run_record_keeps_only_the_env_asked_for_and_documents_stay_the_same() {
+        let config: HashMap<String, String> = [
+            ("hosts", "http://127.0.0.1:9"),
+            ("env", "DEPLOY"),
+            ("tag", "{{.Name}}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let options = LogOptions::parse(Some(&config), &HashMap::new()).unwrap();
+        let es = options.es.unwrap();
+        let info = Info {
+            container_id: ID.into(),
+            container_name: "/web".into(),
+            container_env: vec!["SECRET=hunter2".into(), "DEPLOY=blue".into()],
+            config,
+            ..Info::default()
+        };
+        let kept = strip_secrets(info.clone(), Some(&es));
+        assert_eq!(kept.container_env, ["DEPLOY=blue"]);
+        assert!(!serde_json::to_string(&kept).unwrap().contains("hunter2"));
+        let agent = crate::shipper::document::Agent {
+            name: "h".into(),
+            version: "v".into(),
+            id: "a".into(),
+        };
+        let doc = |info: &Info| {
+            crate::shipper::document::ContainerDoc::new(
+                info,
+                "h",
+                &agent,
+                None,
+                &es.statics,
+                &es.attributes,
+            )
+        };
+        assert_eq!(doc(&kept), doc(&info));
+        assert!(strip_secrets(info, None).container_env.is_empty());
     }
 
     /// What a StartLogging of a container that restarts at once holds first: its store, before

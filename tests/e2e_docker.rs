@@ -357,7 +357,7 @@ fn bad_log_opts_fail_docker_run(docker: &Docker) {
         good.stdout,
         good.stderr
     );
-    let bad: [(&[&str], &str); 7] = [
+    let bad: [(&[&str], &str); 9] = [
         (&["max-size=12q"], "max-size"),
         (&["max-sise=1m"], "max-sise"),
         (&["max-file=zero"], "max-file"),
@@ -371,6 +371,10 @@ fn bad_log_opts_fail_docker_run(docker: &Docker) {
             &["hosts=https://127.0.0.1", "api_key=id:key", "user=u"],
             "api_key",
         ),
+        // Docker's tag template takes its placeholders only; a regex must compile (also
+        // without hosts: the local copy alone still checks them).
+        (&["tag={{.Name | upper}}"], "{{.ImageName}}"),
+        (&["env-regex=("], "env-regex"),
     ];
     for (opts, must_name) in bad {
         let opt = opts.join(" --log-opt ");
@@ -648,8 +652,22 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
     let name = "e2e-ship";
     let hosts = format!("hosts={}", noida.url());
     let index = "logs-e2e-default";
-    let id = docker.run_logged(
+    let id = docker.run_logged_with(
         name,
+        &[
+            "--label",
+            "team=core",
+            "--label",
+            "com.example.tier=front",
+            "--label",
+            "unshipped=yes",
+            "-e",
+            "DEPLOY=blue",
+            "-e",
+            "APP_MODE=fast",
+            "-e",
+            "DB_PASSWORD=e2e-secret-5c1f",
+        ],
         &[
             &hosts,
             &format!("index={index}"),
@@ -658,6 +676,12 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
             "tags=e2e,shipping",
             "fields=env=test,service.name=e2e-ship",
             "fields.team=core, platform",
+            // Docker's standard options, with Docker's meanings.
+            "tag={{.Name}}/{{.ImageName}}/{{.ID}}",
+            "labels=team",
+            "labels-regex=^com\\.example\\.",
+            "env=DEPLOY",
+            "env-regex=^APP_",
         ],
         // The stderr line first: the engine copies stdout and stderr to the FIFO in two
         // goroutines, so a line printed after 20000 others may be stored before their end
@@ -696,6 +720,25 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
     assert_eq!(doc["env"], "test");
     assert_eq!(doc["service"]["name"], "e2e-ship");
     assert_eq!(doc["team"], "core, platform");
+    // tag, labels and env as the engine passed them (README, Docker's standard log-opts).
+    assert_eq!(
+        doc["docker"]["tag"],
+        format!("{name}/busybox:local/{}", &id[..12])
+    );
+    assert_eq!(
+        doc["container"]["labels"],
+        serde_json::json!({"team": "core", "com_example_tier": "front"})
+    );
+    assert_eq!(
+        doc["process"]["env_vars"],
+        serde_json::json!(["APP_MODE=fast", "DEPLOY=blue"])
+    );
+    // The variable nobody asked for is in no document (all of a container's documents carry
+    // the same container part).
+    assert!(
+        !doc.to_string().contains("e2e-secret-5c1f"),
+        "the unasked env reached a document: {doc}"
+    );
     // docker logs keeps its max-file window, unaffected by shipping.
     assert_eq!(
         docker.logs(name, &["--tail", "2"]).stdout,

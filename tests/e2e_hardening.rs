@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::docker::{run_with_timeout, signal, Docker, DRIVER};
+use support::docker::{run_with_timeout, signal, Docker, DRIVER, IMAGE};
 use support::noida::Noida;
 use support::probe::{self, ProcUsage as Usage};
 use support::scenario::{self, first_difference, numbers, secs, wait_child};
@@ -76,6 +76,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "a_restarted_plugin_drains_a_fifo_whose_store_cannot_open",
         a_restarted_plugin_drains_a_fifo_whose_store_cannot_open,
+    ),
+    (
+        "daemon_wide_log_opts_reach_the_plugin",
+        daemon_wide_log_opts_reach_the_plugin,
     ),
 ];
 
@@ -270,6 +274,87 @@ fn engine_restart_stops_containers_and_keeps_their_lines(docker: &mut Docker) {
         );
         assert_ticker_complete(docker, &noida, name, &format!("h4-{name}"));
         docker.docker_ok(&["rm", name]);
+    }
+}
+
+/// The plugin as the daemon's default driver, with Docker's standard options and ours as
+/// daemon-wide `log-opts` (`--log-opt` on dockerd's command line is what `log-opts` in
+/// daemon.json sets): a container started with no logging flag at all ships with them, and one
+/// that sets a log-opt of its own keeps the daemon's others (the engine merges the two maps).
+fn daemon_wide_log_opts_reach_the_plugin(docker: &mut Docker) {
+    let noida = Noida::start();
+    let hosts = format!("hosts={}", noida.url());
+    docker.restart_dockerd(&[
+        "--log-driver",
+        DRIVER,
+        "--log-opt",
+        &hosts,
+        "--log-opt",
+        "index=logs-daemon-default",
+        "--log-opt",
+        "tag={{.DaemonName}}/{{.Name}}",
+        "--log-opt",
+        "env=DEPLOY",
+        "--log-opt",
+        "labels=team",
+    ]);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let run = |name: &str, extra: &[&str]| {
+            let mut args = vec!["run", "--name", name, "--network", "none"];
+            args.extend(["-e", "DEPLOY=green", "-e", "SECRET=daemon-secret-77"]);
+            args.extend(["--label", "team=ops", "--label", "other=x"]);
+            args.extend(extra);
+            args.extend([IMAGE, "echo", name]);
+            docker.docker_ok(&args);
+        };
+        run("h15-daemon-defaults", &[]);
+        run("h15-daemon-merged", &["--log-opt", "tag=own-{{.ID}}"]);
+        wait_for(secs(60), "2 documents from daemon-wide options", || {
+            (noida.count("logs-daemon-default") >= 2).then_some(())
+        });
+        let (status, body) = noida.request(
+            "POST",
+            "/logs-daemon-default/_search",
+            r#"{"query":{"match_all":{}},"size":10}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("search answer");
+        let docs: BTreeMap<String, serde_json::Value> = answer["hits"]["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .map(|h| {
+                let source = h["_source"].clone();
+                (source["message"].as_str().unwrap_or("").to_owned(), source)
+            })
+            .collect();
+        eprintln!("h15:  documents from daemon-wide log-opts: {docs:?}");
+        let plain = &docs["h15-daemon-defaults"];
+        assert_eq!(plain["docker"]["tag"], "docker/h15-daemon-defaults");
+        assert_eq!(
+            plain["process"]["env_vars"],
+            serde_json::json!(["DEPLOY=green"])
+        );
+        assert_eq!(
+            plain["container"]["labels"],
+            serde_json::json!({"team": "ops"})
+        );
+        let merged = &docs["h15-daemon-merged"];
+        let id = docker.docker_ok(&["inspect", "-f", "{{.Id}}", "h15-daemon-merged"]);
+        assert_eq!(merged["docker"]["tag"], format!("own-{}", &id[..12]));
+        assert_eq!(
+            merged["process"]["env_vars"],
+            serde_json::json!(["DEPLOY=green"])
+        );
+        assert!(
+            !body.contains("daemon-secret-77"),
+            "an env not asked for was shipped: {body}"
+        );
+    }));
+    docker.remove_all_containers();
+    docker.restart_dockerd(&[]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 

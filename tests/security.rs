@@ -250,6 +250,12 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
             ("password", m.option_password),
         ],
         vec![("cloud_auth", cloud_auth.as_str())],
+        // Asks for some of the environment: only that is shipped and kept, never the marker.
+        vec![
+            ("hosts", open_url.as_str()),
+            ("env", "PATH"),
+            ("env-regex", "^PA"),
+        ],
     ];
     // Options refused at StartLogging: the error must not repeat the credential.
     let refused: Vec<Vec<(&str, &str)>> = vec![
@@ -333,7 +339,17 @@ async fn no_secret_or_container_env_reaches_a_log_an_answer_a_metric_or_a_dead_l
             String::from_utf8_lossy(&bytes).into_owned(),
         ));
     }
-    // The run table keeps log-opts (to resume shipping after a crash), never the env.
+    // What reached Elasticsearch: the variables asked for, never one that was not.
+    let shipped: Vec<String> = open.docs().iter().map(|d| d.source.to_string()).collect();
+    assert!(
+        shipped
+            .iter()
+            .any(|d| d.contains("\"env_vars\":[\"PATH=/bin\"]")),
+        "no document carries the env the container asked for"
+    );
+    places.push(("documents indexed".into(), shipped.join("\n")));
+    // The run table keeps log-opts (to resume shipping after a crash) and the env asked for,
+    // never the rest of it.
     let runs = std::fs::read_to_string(plugin.state.join("runs.json")).unwrap_or_default();
     places.push((
         "runs.json (env only)".into(),

@@ -36,11 +36,13 @@ pub struct Info {
     pub container_image_name: String,
     #[serde(rename = "ContainerCreated", deserialize_with = "null_as_default")]
     pub container_created: String,
-    /// May hold secrets: parsed so the shape is accepted, but never written to disk or logged.
+    /// May hold secrets. StartLogging keeps only the variables the container's `env` and
+    /// `env-regex` log-opts select (they go into every document anyway) before the run table
+    /// writes it; never logged.
     #[serde(
         rename = "ContainerEnv",
         deserialize_with = "null_as_default",
-        skip_serializing
+        skip_serializing_if = "Vec::is_empty"
     )]
     pub container_env: Vec<String>,
     #[serde(rename = "ContainerLabels", deserialize_with = "null_as_default")]
@@ -135,12 +137,16 @@ mod tests {
         assert!(req.config.follow);
     }
 
+    /// The env is written only as the plugin leaves it (the variables asked for; see
+    /// `plugin::strip_secrets`): an empty one is not written at all.
     #[test]
-    fn container_env_is_never_written_out() {
+    fn an_empty_container_env_is_not_written_out() {
         let info = Info {
-            container_env: vec!["PASSWORD=hunter2".into()],
+            container_env: Vec::new(),
             ..Info::default()
         };
-        assert!(!serde_json::to_string(&info).unwrap().contains("hunter2"));
+        assert!(!serde_json::to_string(&info)
+            .unwrap()
+            .contains("ContainerEnv"));
     }
 }

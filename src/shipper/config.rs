@@ -16,6 +16,7 @@ use base64::Engine;
 use elasticsearch::http::Url;
 
 use crate::options::{bad, parse_size, OptionError};
+use crate::shipper::attributes::Attributes;
 use crate::shipper::index::IndexTemplate;
 use crate::shipper::statics::Statics;
 
@@ -82,6 +83,8 @@ pub struct EsOptions {
     pub compression_level: u32,
     /// `tags` and `fields`: what every document of the container carries besides its line.
     pub statics: Statics,
+    /// Docker's `tag`, `labels`, `env` and their regex forms (set by `LogOptions::parse`).
+    pub attributes: Attributes,
 }
 
 impl EsOptions {
@@ -221,6 +224,7 @@ impl EsOptions {
             workers: number("workers", 1, 16)? as usize,
             compression_level: number("compression_level", 0, 9)? as u32,
             statics: Statics::parse(value("tags"), value("fields"), dotted)?,
+            attributes: Attributes::default(),
         }))
     }
 
@@ -266,6 +270,7 @@ impl fmt::Debug for EsOptions {
             .field("workers", &self.workers)
             .field("compression_level", &self.compression_level)
             .field("statics", &self.statics)
+            .field("attributes", &self.attributes)
             .finish()
     }
 }

@@ -15,9 +15,10 @@
 //!   `String::from_utf8_lossy`), everything else kept; the engine already took the newline off.
 //! - The container part is the same for every document of a container, so [`ContainerDoc`]
 //!   serialises it once: `container.{id,name,image.name,image.tag,labels.*}`, `host.name`,
-//!   `agent.{type,name,version,id}`, `ecs.version`, and for data stream targets
-//!   `data_stream.{type,dataset,namespace}` and `event.dataset`. Fields are nested objects, as
-//!   ECS documents them.
+//!   `agent.{type,name,version,id}`, `ecs.version`, `docker.tag`, `process.env_vars` when the
+//!   `env` log-opts select any (`attributes.rs`), for data stream targets
+//!   `data_stream.{type,dataset,namespace}` and `event.dataset`, and the static `tags` and
+//!   fields (`statics.rs`). Fields are nested objects, as ECS documents them.
 //!
 //! This is the hot path of shipping: [`append_create`] writes straight into the batch buffer,
 //! builds no `serde_json::Value` and allocates nothing per document.
@@ -25,6 +26,7 @@
 use serde_json::{Map, Value};
 
 use crate::api::types::Info;
+use crate::shipper::attributes::Attributes;
 use crate::shipper::statics::Statics;
 
 /// `agent.type`: what kind of program shipped the document.
@@ -58,6 +60,7 @@ impl ContainerDoc {
         agent: &Agent,
         data_stream: Option<(&str, &str, &str)>,
         statics: &Statics,
+        attributes: &Attributes,
     ) -> ContainerDoc {
         let mut container = Map::new();
         container.insert("id".into(), info.container_id.as_str().into());
@@ -75,7 +78,11 @@ impl ContainerDoc {
             }
             container.insert("image".into(), image.into());
         }
-        let labels = dedotted_labels(&info.container_labels);
+        // Dots in label keys become `_`, as Beats do: `com.example.team` and `com.example`
+        // would otherwise be both an object and a leaf in the mapping (`dedot` says which value
+        // wins when two keys become one, the same rule as for event documents).
+        let labels =
+            crate::events::document::dedot(attributes.selected_labels(&info.container_labels));
         if !labels.is_empty() {
             container.insert("labels".into(), labels.into());
         }
@@ -93,6 +100,13 @@ impl ContainerDoc {
         doc.insert("container".into(), container.into());
         doc.insert("ecs".into(), object([("version", ECS_VERSION)]));
         doc.insert("host".into(), object([("name", host_name)]));
+        doc.insert("docker".into(), object([("tag", &attributes.tag(info))]));
+        let env = attributes.selected_env(&info.container_env);
+        if !env.is_empty() {
+            let mut process = Map::new();
+            process.insert("env_vars".into(), env.into());
+            doc.insert("process".into(), process.into());
+        }
         if let Some((kind, dataset, namespace)) = data_stream {
             doc.insert(
                 "data_stream".into(),
@@ -150,15 +164,6 @@ pub(crate) fn split_image(image: &str) -> (&str, Option<&str>) {
         Some(colon) => (&reference[..last_part + colon], None),
         None => (reference, None),
     }
-}
-
-/// Labels with the dots in their keys replaced by `_`, as Beats do: `com.example.team` and
-/// `com.example` would otherwise be both an object and a leaf in the mapping. Dedotting can make
-/// two keys one (`a.b` and `a_b`); Elasticsearch refuses a document that names a field twice, so
-/// one value must win, the same one every time (the rule of `dedot`, shared with event
-/// documents).
-fn dedotted_labels(labels: &std::collections::HashMap<String, String>) -> Map<String, Value> {
-    crate::events::document::dedot(labels.iter())
 }
 
 /// Appends one bulk item, two lines each ending in '\n':
@@ -352,6 +357,7 @@ mod tests {
             &agent(),
             None,
             &Statics::default(),
+            &Attributes::default(),
         )
     }
 
@@ -363,6 +369,7 @@ mod tests {
             &agent(),
             Some(("logs", "docker", "default")),
             &Statics::default(),
+            &Attributes::default(),
         );
         let (action, source) = item(&doc, NOV_22_2026, "stdout", b"hello world");
         assert_eq!(
@@ -389,6 +396,7 @@ mod tests {
                     "id": "7c1f0a52-5d2e-4c39-9a51-0f4b2f7d9e11",
                 },
                 "ecs": {"version": "8.11.0"},
+                "docker": {"tag": &ID[..12]},
                 "data_stream": {"type": "logs", "dataset": "docker", "namespace": "default"},
                 "event": {"dataset": "docker"},
             })
@@ -400,7 +408,14 @@ mod tests {
     #[test]
     fn static_tags_and_fields_are_in_every_document() {
         let statics = Statics::parse("prod,eu", "env=prod,service.name=api", []).unwrap();
-        let doc = ContainerDoc::new(&info("busybox", &[]), "h", &agent(), None, &statics);
+        let doc = ContainerDoc::new(
+            &info("busybox", &[]),
+            "h",
+            &agent(),
+            None,
+            &statics,
+            &Attributes::default(),
+        );
         for line in [&b"one"[..], b"two"] {
             let (_, source) = item(&doc, 0, "stdout", line);
             assert_eq!(source["tags"], json!(["prod", "eu"]));
@@ -429,10 +444,24 @@ mod tests {
     #[test]
     fn leading_slash_is_removed_from_the_name() {
         let mut container = info("busybox", &[]);
-        let doc = ContainerDoc::new(&container, "h", &agent(), None, &Statics::default());
+        let doc = ContainerDoc::new(
+            &container,
+            "h",
+            &agent(),
+            None,
+            &Statics::default(),
+            &Attributes::default(),
+        );
         assert_eq!(item(&doc, 0, "stdout", b"").1["container"]["name"], "web-1");
         container.container_name = "no-slash".into();
-        let doc = ContainerDoc::new(&container, "h", &agent(), None, &Statics::default());
+        let doc = ContainerDoc::new(
+            &container,
+            "h",
+            &agent(),
+            None,
+            &Statics::default(),
+            &Attributes::default(),
+        );
         assert_eq!(
             item(&doc, 0, "stdout", b"").1["container"]["name"],
             "no-slash"
@@ -457,8 +486,14 @@ mod tests {
             ("sha256:0123456789abcdef", "sha256:0123456789abcdef", None),
         ] {
             assert_eq!(split_image(image), (name, tag), "{image}");
-            let doc =
-                ContainerDoc::new(&info(image, &[]), "h", &agent(), None, &Statics::default());
+            let doc = ContainerDoc::new(
+                &info(image, &[]),
+                "h",
+                &agent(),
+                None,
+                &Statics::default(),
+                &Attributes::default(),
+            );
             let (_, source) = item(&doc, 0, "stdout", b"");
             let mut expected = json!({"name": name});
             if let Some(tag) = tag {
@@ -468,7 +503,14 @@ mod tests {
         }
         // The engine always names the image, but an empty one is left out rather than sent
         // as an empty name.
-        let doc = ContainerDoc::new(&info("", &[]), "h", &agent(), None, &Statics::default());
+        let doc = ContainerDoc::new(
+            &info("", &[]),
+            "h",
+            &agent(),
+            None,
+            &Statics::default(),
+            &Attributes::default(),
+        );
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert!(!source["container"]
             .as_object()
@@ -495,6 +537,7 @@ mod tests {
             &agent(),
             None,
             &Statics::default(),
+            &Attributes::default(),
         );
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert_eq!(
@@ -517,6 +560,7 @@ mod tests {
                 &agent(),
                 None,
                 &Statics::default(),
+                &Attributes::default(),
             );
             assert_eq!(again, doc);
         }
@@ -631,7 +675,7 @@ mod tests {
             message in proptest::collection::vec(any::<u8>(), 0..300),
             time_nano in any::<i64>(),
         ) {
-            let doc = ContainerDoc::new(&info("busybox:1", &[("l.k", "v")]), "h", &agent(), None, &Statics::default());
+            let doc = ContainerDoc::new(&info("busybox:1", &[("l.k", "v")]), "h", &agent(), None, &Statics::default(), &Attributes::default());
             let (_, source) = item(&doc, time_nano, "stdout", &message);
             let lossy = String::from_utf8_lossy(&message);
             prop_assert_eq!(source["message"].as_str(), Some(lossy.as_ref()));

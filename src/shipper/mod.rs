@@ -16,6 +16,7 @@
 //! [`Shippers`] holds one destination per distinct set of options; containers with equal
 //! options share it.
 
+pub mod attributes;
 pub mod bulk;
 pub mod checkpoint;
 pub mod client;
@@ -129,6 +130,7 @@ impl Shippers {
             &agent,
             index.data_stream(),
             &options.statics,
+            &options.attributes,
         );
         self.start_source(options, id, store, Documents::Logs(doc), index)
     }

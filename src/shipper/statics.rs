@@ -22,7 +22,7 @@ use crate::options::OptionError;
 
 /// Top-level fields the plugin writes into log documents (`document.rs`); static fields may not
 /// go under them.
-pub const OWNED: [&str; 10] = [
+pub const OWNED: [&str; 12] = [
     "@timestamp",
     "message",
     "stream",
@@ -33,6 +33,9 @@ pub const OWNED: [&str; 10] = [
     "ecs",
     "data_stream",
     "event",
+    // Docker's tag and the env asked for (`attributes.rs`).
+    "docker",
+    "process",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -87,7 +90,8 @@ impl Statics {
                 return Err(bad_field(
                     key,
                     "is a field the plugin writes itself (@timestamp, message, stream, tags, \
-                     container, host, agent, ecs, data_stream, event); choose another name",
+                     container, host, agent, ecs, data_stream, event, docker, process); choose \
+                     another name",
                 ));
             }
             let prefix = format!("{key}.");

@@ -296,7 +296,19 @@ impl Docker {
     /// Starts a detached container named `name` that logs through the plugin and runs
     /// `sh -c script` in busybox:local with no network; returns its id.
     pub fn run_logged(&self, name: &str, log_opts: &[&str], script: &str) -> String {
+        self.run_logged_with(name, &[], log_opts, script)
+    }
+
+    /// [`Docker::run_logged`] with more `docker run` arguments (`--label`, `-e`...).
+    pub fn run_logged_with(
+        &self,
+        name: &str,
+        run_args: &[&str],
+        log_opts: &[&str],
+        script: &str,
+    ) -> String {
         let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+        args.extend(run_args);
         args.extend(["--log-driver", DRIVER]);
         for opt in log_opts {
             args.extend(["--log-opt", opt]);
