@@ -328,7 +328,12 @@ fn daemon_wide_log_opts_reach_the_plugin(docker: &mut Docker) {
                 (source["message"].as_str().unwrap_or("").to_owned(), source)
             })
             .collect();
-        eprintln!("h15:  documents from daemon-wide log-opts: {docs:?}");
+        for (message, doc) in &docs {
+            eprintln!(
+                "h15:  {message}: docker.tag {}, process.env_vars {}, container.labels {}",
+                doc["docker"]["tag"], doc["process"]["env_vars"], doc["container"]["labels"]
+            );
+        }
         let plain = &docs["h15-daemon-defaults"];
         assert_eq!(plain["docker"]["tag"], "docker/h15-daemon-defaults");
         assert_eq!(
