@@ -27,7 +27,7 @@ endif
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 .DEFAULT_GOAL := help
-.PHONY: help build rootfs plugin install push test e2e e2e-hardening e2e-trixie check soak fuzz-build fuzz
+.PHONY: help build rootfs plugin install push quick test e2e e2e-hardening e2e-trixie check soak fuzz-build fuzz
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
@@ -57,14 +57,11 @@ rootfs: build ## Assemble the plugin folder (target/plugin): config.json, rootfs
 plugin: rootfs ## Create the plugin PLUGIN in the engine from the plugin folder (docker plugin create)
 	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
 
-install: rootfs ## Create and enable PLUGIN, replacing an older install; local copies go to STATE_SOURCE
-	@# The engine does not create a bind mount's source (the plugin would fail to start), so
-	@# create it here unless the engine is remote: then create it on that host first.
-	@if [[ '$(DOCKER_HOST)' != tcp://* && '$(DOCKER_HOST)' != ssh://* ]]; then mkdir -p '$(STATE_SOURCE)'; fi
-	if $(DOCKER) plugin inspect '$(PLUGIN)' >/dev/null 2>&1; then $(DOCKER) plugin rm -f '$(PLUGIN)'; fi
-	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
-	$(DOCKER) plugin set '$(PLUGIN)' state.source='$(STATE_SOURCE)' docker-socket.source='$(DOCKER_SOCKET)'
-	$(DOCKER) plugin enable '$(PLUGIN)'
+# `make install` keeps the settings of the install it replaces and takes any plugin setting as a
+# make variable: `make install ES_HOSTS=https://es:9200 ES_USER=shipper` (tools/install-plugin).
+install: rootfs ## Create and enable PLUGIN, replacing an older install and keeping its settings; ES_HOSTS=... (any plugin setting) sets one
+	tools/install-plugin '$(PLUGIN)' '$(PLUGIN_DIR)' '$(STATE_SOURCE)' '$(DOCKER_SOCKET)' \
+		$(if $(filter command line environment,$(origin STATE_SOURCE)),--state-source-given)
 	@echo 'Installed. Use it with: docker run --log-driver $(patsubst %:latest,%,$(PLUGIN)) ...'
 
 push: rootfs ## Push the plugin to a registry: make push PLUGIN=registry/name:tag
@@ -99,6 +96,18 @@ opensearch: ## Build the real OpenSearch and Elasticsearch node launchers the in
 	tools/opensearch/run-node build
 	tools/opensearch/run-node build --engine elasticsearch
 
+# The integration tests `make quick` leaves out: they need root (mount, loop devices, another
+# uid), Java 17 with Maven, or a Docker Engine.
+NOT_QUICK := disk_faults pipe_budget opensearch e2e_docker e2e_hardening
+QUICK_TESTS := $(filter-out $(NOT_QUICK),$(basename $(notdir $(wildcard tests/*.rs))))
+
+quick: $(OSMEM) ## The tests that need neither root, Docker nor Java: unit tests and most integration tests
+	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked $(addprefix --test ,$(QUICK_TESTS)) -- --test-threads=1
+
+# Under `make test` a test whose prerequisite is missing fails, naming it (tests/support/prereq.rs);
+# outside it, plain `cargo test` skips that test with a line saying what it needs.
+test: export ESLP_REQUIRE_ALL := 1
 test: build $(OSMEM) opensearch ## Run every test: unit, integration (real OpenSearch nodes too) and the real-Docker end-to-end tests (root; see .ci/run)
 	$(CARGO) test --locked --lib --bins
 	@# Integration tests run real plugin processes at full rate: one at a time, so two cores
@@ -129,6 +138,7 @@ e2e-trixie: build ## Run both end-to-end suites against Debian trixie's Docker 2
 # The hardening tests, longer: every iteration count and duration they take from
 # tests/support/soak.rs is multiplied by SOAK_SCALE.
 SOAK_SCALE ?= 20
+soak: export ESLP_REQUIRE_ALL := 1
 soak: build $(OSMEM) opensearch ## Run the fault, crash and load tests SOAK_SCALE times longer (root; tens of minutes)
 	ESLP_SOAK=$(SOAK_SCALE) $(CARGO) test --locked --tests -- --test-threads=1
 	ESLP_SOAK=$(SOAK_SCALE) $(MAKE) e2e

@@ -14,6 +14,8 @@
 
 #[path = "support/engine.rs"]
 mod engine;
+#[path = "support/prereq.rs"]
+mod prereq;
 #[path = "support/probe.rs"]
 mod probe;
 #[path = "support/soak.rs"]
@@ -27,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use engine::*;
 use probe::{fetch_metrics, metric};
+
+/// Why these tests need root.
+const MOUNTS: &str = "to mount a tmpfs and an ext4 loop image as the state folder";
 
 const T0: i64 = 1_790_000_000_000_000_000;
 /// The longest a single FIFO write may take: the plugin drains a full pipe in milliseconds, so
@@ -332,6 +337,12 @@ const OPTS: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_counts_every_lost_line_and_recovers_when_space_returns() {
+    if !prereq::root(
+        "full_disk_counts_every_lost_line_and_recovers_when_space_returns",
+        MOUNTS,
+    ) {
+        return;
+    }
     let mut mount = None;
     let (plugin, addr) = start_plugin(|state| mount = Some(Mount::tmpfs(state, "size=8m")));
     let _mount = mount;
@@ -381,6 +392,12 @@ async fn full_disk_counts_every_lost_line_and_recovers_when_space_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_state_dir_counts_every_lost_line_and_recovers_after_repair() {
+    if !prereq::root(
+        "read_only_state_dir_counts_every_lost_line_and_recovers_after_repair",
+        MOUNTS,
+    ) {
+        return;
+    }
     let images = tempfile::tempdir().expect("image dir");
     let image = images.path().join("state.ext4");
     let mut mount = None;
@@ -439,6 +456,12 @@ async fn read_only_state_dir_counts_every_lost_line_and_recovers_after_repair() 
 /// on a disk with no free blocks starts, and counts its losses until space returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_space_at_start_logging_is_a_clear_error_or_counted_losses() {
+    if !prereq::root(
+        "no_space_at_start_logging_is_a_clear_error_or_counted_losses",
+        MOUNTS,
+    ) {
+        return;
+    }
     let mut mount = None;
     let (plugin, addr) =
         start_plugin(|state| mount = Some(Mount::tmpfs(state, "size=8m,nr_inodes=400")));

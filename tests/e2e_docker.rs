@@ -9,6 +9,8 @@
 //! `make e2e` and `.ci/run` run it explicitly, and there it fails (never skips) when the machine
 //! lacks Docker.
 
+#[path = "support/es_server.rs"]
+mod es_server;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -16,7 +18,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::docker::{signal, Docker, DRIVER, IMAGE};
+use es_server::{Auth, EsServer, ServerOptions};
+use support::docker::{run_with_timeout, signal, tail_lines, Docker, DRIVER, IMAGE};
 use support::noida::Noida;
 use support::opensearch::Cluster;
 use support::scenario::{self, assert_numbers, first_difference, numbers, secs, wait_child};
@@ -53,6 +56,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     (
         "containers_ship_to_elasticsearch",
         containers_ship_to_elasticsearch,
+    ),
+    (
+        "readme_recipe_ships_with_a_password_and_reinstall_keeps_it",
+        readme_recipe_ships_with_a_password_and_reinstall_keeps_it,
     ),
     (
         "containers_ship_to_a_real_opensearch_cluster",
@@ -745,6 +752,178 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
         numbers(19_999..=20_000)
     );
     docker.docker_ok(&["rm", name]);
+}
+
+/// The README's recipe for the common case ("Ship with a user and password"), taken from
+/// README.md and run as written with bash against this engine and an Elasticsearch that refuses
+/// any other credentials: the container's line arrives. Then `make install` runs again over the
+/// plugin and the settings survive it (a line still arrives), and `make install` with the
+/// settings as make variables (empty) clears them, which also leaves the engine as other
+/// scenarios expect it.
+fn readme_recipe_ships_with_a_password_and_reinstall_keeps_it(docker: &Docker) {
+    const HELLO: &str = "hello from es-logging-plugin";
+    let recipe = readme_block("ship-with-password");
+    let (user, password) = ("docker-logs", "e2e recipe pa$$word, with spaces");
+    let server = EsServer::start_blocking(ServerOptions {
+        auth: Some(Auth::Basic {
+            user: user.into(),
+            password: password.into(),
+        }),
+        ..Default::default()
+    });
+    let _clear = ClearSettings(docker);
+    // The recipe runs `busybox` as users have it; here that is the image the tests import.
+    docker.docker_ok(&["tag", IMAGE, "busybox"]);
+    // The engine disables a plugin only when no container uses it (the recipe says so).
+    docker.remove_all_containers();
+    let mut bash = std::process::Command::new("bash");
+    bash.args(["-euo", "pipefail", "-c", &recipe])
+        .env("ES_HOSTS", server.url())
+        .env("ES_USER", user)
+        .env("ES_PASSWORD", password);
+    docker.client_env(&mut bash);
+    let out = run_with_timeout(&mut bash, secs(180)).unwrap_or_else(|e| panic!("the recipe: {e}"));
+    assert!(
+        out.success(),
+        "the README recipe failed ({}):\n{}\n{}\n--- the recipe ---\n{recipe}",
+        out.status,
+        tail_lines(&out.stdout, 20),
+        tail_lines(&out.stderr, 20)
+    );
+    let arrived = |message: &str| {
+        server
+            .docs()
+            .iter()
+            .filter(|d| d.index == "logs-docker-default" && d.source["message"] == message)
+            .count()
+    };
+    wait_for(secs(60), "the recipe's line in Elasticsearch", || {
+        (arrived(HELLO) > 0).then_some(())
+    });
+    assert_eq!(arrived(HELLO), 1, "the recipe's line, once");
+    assert_eq!(
+        server.stats().auth_failures,
+        0,
+        "requests without the credentials"
+    );
+
+    // Again over the installed plugin: the settings the recipe made are kept.
+    let out = docker.reinstall_with_make(&[]);
+    eprintln!("e2e:   make install again:\n{}", tail_lines(&out.stdout, 6));
+    let env = docker.docker_ok(&["plugin", "inspect", "-f", "{{json .Settings.Env}}", DRIVER]);
+    let env: Vec<String> = serde_json::from_str(&env).expect("Settings.Env is a JSON list");
+    for setting in [
+        format!("ES_HOSTS={}", server.url()),
+        format!("ES_USER={user}"),
+        format!("ES_PASSWORD={password}"),
+    ] {
+        assert!(
+            env.contains(&setting),
+            "{setting:?} not kept by make install: {env:?}"
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("kept from the old install: ES_HOSTS ES_USER ES_PASSWORD"),
+        "make install names what it kept:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains(password) && !out.stderr.contains(password),
+        "make install printed the password"
+    );
+    let after = "after make install";
+    let run = docker.docker(&[
+        "run",
+        "--rm",
+        "--log-driver",
+        DRIVER,
+        "busybox",
+        "echo",
+        after,
+    ]);
+    assert!(
+        run.success(),
+        "docker run after make install: {}",
+        run.stderr
+    );
+    wait_for(secs(60), "a line shipped after make install", || {
+        (arrived(after) == 1).then_some(())
+    });
+    assert_eq!(
+        server.stats().auth_failures,
+        0,
+        "requests without the credentials"
+    );
+
+    // The make-variable form: given empty, they clear the settings.
+    docker.reinstall_with_make(&["ES_HOSTS=", "ES_USER=", "ES_PASSWORD="]);
+    let env = docker.docker_ok(&["plugin", "inspect", "-f", "{{json .Settings.Env}}", DRIVER]);
+    let env: Vec<String> = serde_json::from_str(&env).expect("Settings.Env is a JSON list");
+    for setting in ["ES_HOSTS=", "ES_USER=", "ES_PASSWORD="] {
+        assert!(
+            env.iter().any(|e| e == setting),
+            "{setting:?} after make install {setting}: {env:?}"
+        );
+    }
+    docker.docker_ok(&["rmi", "busybox"]);
+}
+
+/// Puts the plugin back to shipping nowhere when a scenario that pointed it at a server ends,
+/// whether it passed or not, so the scenarios after it do not ship to a server that is gone.
+struct ClearSettings<'a>(&'a Docker);
+
+impl Drop for ClearSettings<'_> {
+    // Never panics (it may run while the scenario's panic unwinds): every step is tried, and
+    // what fails shows in the next scenario.
+    fn drop(&mut self) {
+        let docker = self.0;
+        let run = |args: &[&str]| run_with_timeout(&mut docker.command(args), secs(60)).ok();
+        let cleared = run(&["plugin", "inspect", "-f", "{{json .Settings.Env}}", DRIVER])
+            .is_some_and(|env| {
+                ["ES_HOSTS=", "ES_USER=", "ES_PASSWORD="]
+                    .iter()
+                    .all(|s| env.stdout.contains(&format!("\"{s}\"")))
+            });
+        if cleared {
+            return;
+        }
+        if let Some(ids) = run(&["ps", "-aq"]) {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.stdout.split_whitespace());
+            if args.len() > 2 {
+                run(&args);
+            }
+        }
+        run(&["plugin", "disable", DRIVER]);
+        run(&[
+            "plugin",
+            "set",
+            DRIVER,
+            "ES_HOSTS=",
+            "ES_USER=",
+            "ES_PASSWORD=",
+        ]);
+        run(&["plugin", "enable", "--timeout", "0", DRIVER]);
+    }
+}
+
+/// The fenced block of README.md between `<!-- recipe: NAME -->` and `<!-- /recipe -->`.
+fn readme_block(name: &str) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    let readme = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let start = format!("<!-- recipe: {name} -->");
+    let section = readme
+        .split_once(&start)
+        .and_then(|(_, rest)| rest.split_once("<!-- /recipe -->"))
+        .map(|(section, _)| section)
+        .unwrap_or_else(|| panic!("README.md has no {start} ... <!-- /recipe --> section"));
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .unwrap_or_else(|| panic!("the README's {name} recipe has no ```sh block"));
+    block.to_owned()
 }
 
 /// The whole path on real things: containers of the real engine log through the installed

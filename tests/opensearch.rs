@@ -24,6 +24,8 @@ mod fake_engine;
 mod noida;
 #[path = "support/opensearch.rs"]
 mod opensearch;
+#[path = "support/prereq.rs"]
+mod prereq;
 #[path = "support/probe.rs"]
 mod probe;
 
@@ -179,6 +181,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// real rejections. Each scenario has its own target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_opensearch_single_node() {
+    if !prereq::java_and_maven("real_opensearch_single_node") {
+        return;
+    }
     let home = tempfile::tempdir().expect("node home");
     let node = blocking(|| Node::start_single(&home.path().join("single"), &[]));
     blocking(|| node.install_logs_template(0));
@@ -536,6 +541,11 @@ async fn engine_events_land_in_their_data_stream(node: &Node) {
 /// template, and the whole store replayed is answered 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_elasticsearch_node_takes_every_line_once_and_answers_a_replay_409() {
+    if !prereq::java_and_maven(
+        "real_elasticsearch_node_takes_every_line_once_and_answers_a_replay_409",
+    ) {
+        return;
+    }
     const LINES: usize = 20_000;
     let home = tempfile::tempdir().expect("node home");
     let node =
@@ -575,6 +585,9 @@ async fn real_elasticsearch_node_takes_every_line_once_and_answers_a_replay_409(
 /// none dead-lettered, none twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_429s_from_a_full_write_queue_lose_nothing() {
+    if !prereq::java_and_maven("real_429s_from_a_full_write_queue_lose_nothing") {
+        return;
+    }
     const LINES: usize = 20_000;
     let home = tempfile::tempdir().expect("node home");
     let node = blocking(|| {
@@ -630,6 +643,11 @@ async fn real_429s_from_a_full_write_queue_lose_nothing() {
 /// indexed exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_three_node_cluster_loses_nodes_and_its_manager_and_every_line_lands_once() {
+    if !prereq::java_and_maven(
+        "a_three_node_cluster_loses_nodes_and_its_manager_and_every_line_lands_once",
+    ) {
+        return;
+    }
     const LINES: usize = 30_000;
     let dir = tempfile::tempdir().expect("cluster homes");
     let mut cluster = blocking(|| Cluster::start(dir.path()));

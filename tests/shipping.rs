@@ -13,6 +13,8 @@ mod es_server;
 mod noida;
 #[path = "support/osmem.rs"]
 mod osmem;
+#[path = "support/prereq.rs"]
+mod prereq;
 #[path = "support/probe.rs"]
 mod probe;
 
@@ -776,7 +778,10 @@ async fn a_ca_fingerprint_pin_trusts_that_ca_only() {
 /// plugin sees OpenSearch in `GET /` and leaves `require_data_stream` out. Every line once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn osmem_server_accepts_every_bulk_body_we_send() {
-    let osmem = osmem::Osmem::start();
+    let Some(binary) = prereq::osmem_server("osmem_server_accepts_every_bulk_body_we_send") else {
+        return;
+    };
+    let osmem = osmem::Osmem::start(&binary);
     let http = noida::Noida::client_for(osmem.addr());
     let plugin = PluginProcess::start_with_env(&[("ES_HOSTS", &osmem.url())]);
     let ran = run_containers(&plugin, &[], &[(25, 1_000)]).await;

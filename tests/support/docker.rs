@@ -28,6 +28,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::trixie::{Engine, Namespace};
@@ -131,7 +132,8 @@ pub struct Docker {
     /// containerd namespaces of this engine's containers and plugins (unique per run).
     namespace: String,
     plugins_namespace: String,
-    plugin_id: String,
+    /// Changes when the plugin is installed again ([`Docker::reinstall_with_make`]).
+    plugin_id: Mutex<String>,
     state_dir: PathBuf,
     registry_port: u16,
     keep: AtomicBool,
@@ -170,7 +172,7 @@ impl Docker {
             registry: None,
             namespace: format!("esl-e2e-{unique}"),
             plugins_namespace: format!("esl-e2e-{unique}-plugins"),
-            plugin_id: String::new(),
+            plugin_id: Mutex::new(String::new()),
             registry_port: 0,
             keep: AtomicBool::new(false),
             engine,
@@ -214,8 +216,8 @@ impl Docker {
     }
 
     /// The installed plugin's id (`docker plugin inspect -f {{.Id}}`).
-    pub fn plugin_id(&self) -> &str {
-        &self.plugin_id
+    pub fn plugin_id(&self) -> String {
+        self.plugin_id.lock().expect("plugin id").clone()
     }
 
     /// The loopback registry's port: `localhost:<port>/name:tag` pushes and pulls there.
@@ -258,13 +260,48 @@ impl Docker {
     /// A docker CLI command for this engine, isolated from the user's docker config and context.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", &self.host)
+        cmd.args(args);
+        self.client_env(&mut cmd);
+        cmd
+    }
+
+    /// Points every docker CLI that `cmd` runs (a script, `make install`) at this engine, with
+    /// none of the user's docker config or context.
+    pub fn client_env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env("DOCKER_HOST", &self.host)
             .env("DOCKER_CONFIG", self.root.path().join("client-config"))
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY")
-            .env_remove("DOCKER_CERT_PATH");
-        cmd
+            .env_remove("DOCKER_CERT_PATH")
+    }
+
+    /// Runs `make install` against this engine as a user would run it again over the installed
+    /// plugin, from this engine's plugin folder, with `vars` (`NAME=value`) on its command line;
+    /// the plugin gets a new id, which [`Docker::plugin_id`] then gives. Fails unless make does.
+    pub fn reinstall_with_make(&self, vars: &[&str]) -> Output {
+        let mut make = Command::new("make");
+        make.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("install")
+            .arg(format!("PLUGIN_DIR={}", self.plugin_dir().display()))
+            .arg(format!("TARGET_DIR={}", target_dir().display()))
+            .arg(format!("DOCKER_HOST={}", self.host))
+            .args(vars)
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL");
+        self.client_env(&mut make);
+        let out = run_with_timeout(&mut make, ROOTFS_BUILD_TIMEOUT)
+            .unwrap_or_else(|e| panic!("make install: {e}"));
+        if !out.success() {
+            self.fail(&format!(
+                "make install failed:\n{}\n{}",
+                tail_lines(&out.stdout, 30),
+                tail_lines(&out.stderr, 30)
+            ));
+        }
+        let plugin_id = self.docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", DRIVER]);
+        *self.plugin_id.lock().expect("plugin id") = plugin_id;
+        out
     }
 
     /// Runs a docker CLI command (bounded by [`COMMAND_TIMEOUT`]) and returns whatever it did.
@@ -401,11 +438,12 @@ impl Docker {
     /// The pid of the running plugin process (`es-logging-plugin serve`, the child of the
     /// containerd shim that runs this engine's plugin), if it is running.
     pub fn plugin_pid(&self) -> Option<u32> {
+        let plugin_id = self.plugin_id();
         let shims: Vec<u32> = processes()
             .into_iter()
             .filter(|p| {
                 arg_after(&p.args, "-namespace") == Some(self.plugins_namespace.as_str())
-                    && arg_after(&p.args, "-id") == Some(self.plugin_id.as_str())
+                    && arg_after(&p.args, "-id") == Some(plugin_id.as_str())
             })
             .map(|p| p.pid)
             .collect();
@@ -636,15 +674,16 @@ impl Docker {
                 out.stdout, out.stderr
             ));
         }
-        self.plugin_id = self.docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", DRIVER]);
+        let plugin_id = self.docker_ok(&["plugin", "inspect", "-f", "{{.Id}}", DRIVER]);
         let enabled = self.docker_ok(&["plugin", "inspect", "-f", "{{.Enabled}}", DRIVER]);
         if enabled != "true" {
             self.fail(&format!("plugin installed but not enabled ({enabled})"));
         }
         eprintln!(
             "e2e: plugin {DRIVER} installed from {reference} (id {})",
-            &self.plugin_id[..12.min(self.plugin_id.len())]
+            &plugin_id[..12.min(plugin_id.len())]
         );
+        *self.plugin_id.lock().expect("plugin id") = plugin_id;
     }
 
     fn teardown(&mut self) {
@@ -758,7 +797,7 @@ fn preflight(engine: Engine) {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2));
     if euid != Some("0") {
-        panic!("e2e: the end-to-end tests start their own dockerd and must run as root (euid {euid:?})");
+        panic!("e2e: the end-to-end tests start their own dockerd and must run as root (euid {euid:?}): run `sudo make e2e`, or `make quick` for the tests that need nothing");
     }
 }
 

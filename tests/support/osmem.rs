@@ -2,11 +2,12 @@
 //! (406 for an unknown Content-Type, 400 for a body without its final newline, a whole-request
 //! 400 for `require_data_stream`), run as a process on a free loopback port. The binary comes
 //! from its PyPI wheel; `make test` fetches it into `target/tools` and names it in
-//! `OSMEM_SERVER` (see the Makefile). Stopped by pid on drop, and told our pid so it exits if
+//! `OSMEM_SERVER` (see the Makefile and support/prereq.rs). Stopped by pid on drop, and told our pid so it exits if
 //! the test process dies first.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub struct Osmem {
@@ -15,21 +16,16 @@ pub struct Osmem {
 }
 
 impl Osmem {
-    pub fn start() -> Osmem {
-        let binary = std::env::var("OSMEM_SERVER").unwrap_or_else(|_| {
-            panic!(
-                "OSMEM_SERVER is not set: run the tests with `make test` (it fetches osmem-server \
-                 0.1.6 into target/tools), or set it to the osmem-server binary"
-            )
-        });
-        let mut child = Command::new(&binary)
+    /// Starts `binary`; the test finds it with `prereq::osmem_server` (`OSMEM_SERVER`).
+    pub fn start(binary: &Path) -> Osmem {
+        let mut child = Command::new(binary)
             .args(["-addr", "127.0.0.1:0", "-no-stdin-watch", "-parent-pid"])
             .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
         // Its first line says where it listens: {"url":"http://127.0.0.1:PORT",...}.
         let mut first = String::new();
         let stdout = child.stdout.take().expect("osmem-server stdout");
