@@ -93,7 +93,7 @@ impl PluginProcess {
             .append(true)
             .open(&self.log)
             .expect("plugin log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"));
+        let mut command = plugin_command();
         if let Some(uid) = self.uid {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);
@@ -112,8 +112,10 @@ impl PluginProcess {
             .expect("start es-logging-plugin");
         self.child = Some(child);
         // Connectable, not just present: the file appears at bind(), a moment before listen()
-        // (regression: a rare "Connect" error at the first StartLogging).
-        wait_until(Duration::from_secs(5), "the plugin socket", || {
+        // (regression: a rare "Connect" error at the first StartLogging). An emulated binary
+        // (ESLP_PLUGIN_RUNNER) translates its code as it first runs, several times slower.
+        let limit = if runner().is_empty() { 5 } else { 60 };
+        wait_until(Duration::from_secs(limit), "the plugin socket", || {
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
     }
@@ -174,6 +176,39 @@ impl PluginProcess {
 impl Drop for PluginProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The plugin binary the tests run: the one cargo built for these tests, or the one
+/// `ESLP_PLUGIN_BIN` names (`make arm64-smoke`: the aarch64 build in the arm64 plugin folder).
+pub fn plugin_binary() -> PathBuf {
+    match std::env::var_os("ESLP_PLUGIN_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_es-logging-plugin")),
+    }
+}
+
+/// `ESLP_PLUGIN_RUNNER` split on whitespace: the command that runs the plugin binary, e.g.
+/// `qemu-aarch64 -L target/plugin-arm64/rootfs` for an aarch64 build on an x86_64 host. Empty:
+/// the binary runs directly.
+pub fn runner() -> Vec<String> {
+    std::env::var("ESLP_PLUGIN_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The command that starts [`plugin_binary`], through [`runner`] when one is set.
+fn plugin_command() -> Command {
+    let binary = plugin_binary();
+    match runner().split_first() {
+        None => Command::new(binary),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
     }
 }
 
