@@ -27,9 +27,19 @@ fn assert_aarch64_elf(path: &Path) {
         path.display()
     );
     // EI_CLASS 2: 64-bit; EI_DATA 1: little-endian; e_machine is the u16 at offset 18.
-    assert_eq!((bytes[4], bytes[5]), (2, 1), "{} is not 64-bit little-endian ELF", path.display());
+    assert_eq!(
+        (bytes[4], bytes[5]),
+        (2, 1),
+        "{} is not 64-bit little-endian ELF",
+        path.display()
+    );
     let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
-    assert_eq!(machine, EM_AARCH64, "{} is ELF for machine {machine}, not AArch64", path.display());
+    assert_eq!(
+        machine,
+        EM_AARCH64,
+        "{} is ELF for machine {machine}, not AArch64",
+        path.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +107,10 @@ async fn aarch64_plugin_serves_the_api_and_stores_a_fifo_under_qemu() {
     assert_eq!(api.stop_logging(&fifo.path).await, "");
     drop(fifo);
     assert_same_entries(&api.read_logs(&id, "", "", -1).await, &want);
-    assert_same_entries(&api.read_logs(&id, "", "", 3).await, &want[want.len() - 3..]);
+    assert_same_entries(
+        &api.read_logs(&id, "", "", 3).await,
+        &want[want.len() - 3..],
+    );
 
     let status = plugin.terminate();
     assert!(
