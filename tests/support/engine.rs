@@ -116,6 +116,14 @@ impl PluginProcess {
         // (ESLP_PLUGIN_RUNNER) translates its code as it first runs, several times slower.
         let limit = if runner().is_empty() { 5 } else { 60 };
         wait_until(Duration::from_secs(limit), "the plugin socket", || {
+            // A plugin that exits at start (a library missing from an emulated binary's root)
+            // fails here with its own words, not after the whole wait.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the plugin exited with {status} before serving its socket:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
     }
