@@ -68,14 +68,7 @@ async fn aarch64_plugin_serves_the_api_and_stores_a_fifo_under_qemu() {
     );
     let api = plugin.client();
 
-    assert_eq!(
-        api.call_text("/Plugin.Activate", "").await,
-        (200, r#"{"Implements":["LogDriver"]}"#.to_owned())
-    );
-    assert_eq!(
-        api.call_text("/LogDriver.Capabilities", "").await,
-        (200, r#"{"Cap":{"ReadLogs":true}}"#.to_owned())
-    );
+    api.assert_activates_as_log_driver().await;
 
     let id = container_id(64);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo-arm64");

@@ -274,6 +274,19 @@ impl Api {
         (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// Asserts the answers the engine takes a logging plugin by: `/Plugin.Activate` implements
+    /// LogDriver, `/LogDriver.Capabilities` offers ReadLogs.
+    pub async fn assert_activates_as_log_driver(&self) {
+        assert_eq!(
+            self.call_text("/Plugin.Activate", "").await,
+            (200, r#"{"Implements":["LogDriver"]}"#.into())
+        );
+        assert_eq!(
+            self.call_text("/LogDriver.Capabilities", "").await,
+            (200, r#"{"Cap":{"ReadLogs":true}}"#.into())
+        );
+    }
+
     /// Calls and returns the `Err` of the JSON answer ("" for success).
     pub async fn call_err(&self, endpoint: &str, body: &str) -> String {
         let (_, text) = self.call_text(endpoint, body).await;
