@@ -31,7 +31,7 @@ SHELL := bash
 
 help: ## List the targets and the variables they take
 	@echo 'Targets:'
-	@awk 'BEGIN { FS = ":.*## " } /^[a-z0-9-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z0-9-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 	@echo 'Variables (current value):'
 	@echo '  PLUGIN=$(PLUGIN)  STATE_SOURCE=$(STATE_SOURCE)  PLUGIN_DIR=$(PLUGIN_DIR)  DOCKER_SOCKET=$(DOCKER_SOCKET)'
 	@echo '  DOCKER_HOST=$(or $(DOCKER_HOST),(docker CLI default))'
@@ -39,20 +39,53 @@ help: ## List the targets and the variables they take
 build: ## Build the release binary (cargo build --release)
 	$(CARGO) build --release --locked
 
-rootfs: build ## Assemble the plugin folder (target/plugin): config.json, rootfs/ with the binary, its shared libraries, CA certificates
-	rm -rf '$(ROOTFS)' '$(PLUGIN_DIR)/config.json'
-	mkdir -p '$(ROOTFS)/bin' '$(ROOTFS)/etc/ssl/certs' '$(ROOTFS)/run/docker/plugins' \
-		'$(ROOTFS)/var/lib/es-logging-plugin' '$(ROOTFS)/tmp' '$(ROOTFS)/var/run'
+# $(call plugin-folder,DIR): the part of a plugin folder that does not depend on the
+# architecture: config.json, and rootfs/ with its mount points and the CA certificates. The
+# binary and its shared libraries go into DIR/rootfs after it.
+define plugin-folder
+	rm -rf '$(1)/rootfs' '$(1)/config.json'
+	mkdir -p '$(1)/rootfs/bin' '$(1)/rootfs/etc/ssl/certs' '$(1)/rootfs/run/docker/plugins' \
+		'$(1)/rootfs/var/lib/es-logging-plugin' '$(1)/rootfs/tmp' '$(1)/rootfs/var/run'
 	@# The mount point of the engine socket (docker-socket mount, for EVENTS=true).
-	touch '$(ROOTFS)/var/run/docker.sock'
+	touch '$(1)/rootfs/var/run/docker.sock'
+	test -s '$(CA_BUNDLE)' || { echo 'missing $(CA_BUNDLE): apt-get install ca-certificates' >&2; exit 1; }
+	cp -L '$(CA_BUNDLE)' '$(1)/rootfs/etc/ssl/certs/ca-certificates.crt'
+	cp plugin/config.json '$(1)/config.json'
+endef
+
+rootfs: build ## Assemble the plugin folder (target/plugin): config.json, rootfs/ with the binary, its shared libraries, CA certificates
+	$(call plugin-folder,$(PLUGIN_DIR))
 	cp '$(BIN)' '$(ROOTFS)/bin/es-logging-plugin'
 	@# Exactly the libraries the dynamic linker resolves for this binary, the loader included,
 	@# at the paths the binary asks for.
 	{ ldd '$(BIN)' || true; } | awk '$$2 == "=>" && $$3 ~ /^\// { print $$3 } $$1 ~ /^\// { print $$1 }' \
 		| sort -u | while read -r lib; do cp --parents -L "$$lib" '$(ROOTFS)'; done
-	test -s '$(CA_BUNDLE)' || { echo 'missing $(CA_BUNDLE): apt-get install ca-certificates' >&2; exit 1; }
-	cp -L '$(CA_BUNDLE)' '$(ROOTFS)/etc/ssl/certs/ca-certificates.crt'
-	cp plugin/config.json '$(PLUGIN_DIR)/config.json'
+
+# The aarch64 plugin (README "arm64"), cross-built by Debian trixie's rustc 1.85 in a trixie tree
+# made once with debootstrap (tools/arm64/tree): the machines' rustup toolchain has only the
+# x86_64 standard library. Its own tree, not target/trixie (the e2e suite's engine).
+ARM64_TREE ?= $(TARGET_DIR)/trixie-arm64-build
+ARM64_PLUGIN_DIR ?= $(TARGET_DIR)/plugin-arm64
+ARM64_TARGET_DIR := $(TARGET_DIR)/arm64
+ARM64_BIN := $(ARM64_TARGET_DIR)/aarch64-unknown-linux-gnu/release/es-logging-plugin
+ARM64_ROOTFS := $(ARM64_PLUGIN_DIR)/rootfs
+
+.PHONY: build-arm64 rootfs-arm64 arm64-smoke
+build-arm64: ## Cross-build the aarch64 release binary in a Debian trixie tree (root; installs debootstrap and qemu-user, builds the tree once)
+	tools/arm64/cross host-tools
+	tools/arm64/tree '$(ARM64_TREE)'
+	tools/arm64/cross build '$(ARM64_TREE)' '$(ARM64_TARGET_DIR)'
+
+rootfs-arm64: build-arm64 ## Assemble the aarch64 plugin folder (target/plugin-arm64), as rootfs does for x86_64
+	$(call plugin-folder,$(ARM64_PLUGIN_DIR))
+	cp '$(ARM64_BIN)' '$(ARM64_ROOTFS)/bin/es-logging-plugin'
+	tools/arm64/cross libs '$(ARM64_TREE)' '$(ARM64_BIN)' '$(ARM64_ROOTFS)'
+
+arm64-smoke: rootfs-arm64 ## Run the aarch64 plugin folder's binary under qemu-aarch64 through the plugin API (tests/arm64_smoke.rs)
+	@# The rootfs is the emulated binary's whole library root: a library missing from it fails here.
+	ESLP_PLUGIN_BIN='$(abspath $(ARM64_ROOTFS))/bin/es-logging-plugin' \
+	ESLP_PLUGIN_RUNNER='qemu-aarch64 -L $(abspath $(ARM64_ROOTFS))' \
+		$(CARGO) test --locked --test arm64_smoke -- --ignored --nocapture
 
 plugin: rootfs ## Create the plugin PLUGIN in the engine from the plugin folder (docker plugin create)
 	$(DOCKER) plugin create '$(PLUGIN)' '$(PLUGIN_DIR)'
@@ -118,6 +151,8 @@ test: build $(OSMEM) opensearch ## Run every test: unit, integration (real OpenS
 	$(MAKE) bench-short
 	@# The fuzz targets are built (not run), so they cannot rot either.
 	$(MAKE) fuzz-build
+	@# The aarch64 build, started under qemu-user and driven through the plugin API.
+	$(MAKE) arm64-smoke
 
 # The end-to-end suites, run against the engine ESLP_ENGINE names (tests/support/trixie.rs).
 E2E_DOCKER := $(CARGO) test --locked --test e2e_docker -- --ignored --nocapture

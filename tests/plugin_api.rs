@@ -329,14 +329,7 @@ async fn start_logging_refuses_bad_input_with_errors_naming_it() {
 async fn endpoints_answer_as_the_engine_expects_and_refuse_garbage_clearly() {
     let plugin = PluginProcess::start();
     let api = plugin.client();
-    assert_eq!(
-        api.call_text("/LogDriver.Capabilities", "").await,
-        (200, r#"{"Cap":{"ReadLogs":true}}"#.into())
-    );
-    assert_eq!(
-        api.call_text("/Plugin.Activate", "").await,
-        (200, r#"{"Implements":["LogDriver"]}"#.into())
-    );
+    api.assert_activates_as_log_driver().await;
     let (status, body) = api.call_text("/LogDriver.Nope", "{}").await;
     assert_eq!(status, 404);
     assert!(body.contains("unknown endpoint /LogDriver.Nope"), "{body}");

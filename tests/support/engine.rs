@@ -93,7 +93,7 @@ impl PluginProcess {
             .append(true)
             .open(&self.log)
             .expect("plugin log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_es-logging-plugin"));
+        let mut command = plugin_command();
         if let Some(uid) = self.uid {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);
@@ -112,8 +112,18 @@ impl PluginProcess {
             .expect("start es-logging-plugin");
         self.child = Some(child);
         // Connectable, not just present: the file appears at bind(), a moment before listen()
-        // (regression: a rare "Connect" error at the first StartLogging).
-        wait_until(Duration::from_secs(5), "the plugin socket", || {
+        // (regression: a rare "Connect" error at the first StartLogging). An emulated binary
+        // (ESLP_PLUGIN_RUNNER) translates its code as it first runs, several times slower.
+        let limit = if runner().is_empty() { 5 } else { 60 };
+        wait_until(Duration::from_secs(limit), "the plugin socket", || {
+            // A plugin that exits at start (a library missing from an emulated binary's root)
+            // fails here with its own words, not after the whole wait.
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the plugin exited with {status} before serving its socket:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
             std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
         });
     }
@@ -177,6 +187,39 @@ impl Drop for PluginProcess {
     }
 }
 
+/// The plugin binary the tests run: the one cargo built for these tests, or the one
+/// `ESLP_PLUGIN_BIN` names (`make arm64-smoke`: the aarch64 build in the arm64 plugin folder).
+pub fn plugin_binary() -> PathBuf {
+    match std::env::var_os("ESLP_PLUGIN_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_es-logging-plugin")),
+    }
+}
+
+/// `ESLP_PLUGIN_RUNNER` split on whitespace: the command that runs the plugin binary, e.g.
+/// `qemu-aarch64 -L target/plugin-arm64/rootfs` for an aarch64 build on an x86_64 host. Empty:
+/// the binary runs directly.
+pub fn runner() -> Vec<String> {
+    std::env::var("ESLP_PLUGIN_RUNNER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The command that starts [`plugin_binary`], through [`runner`] when one is set.
+fn plugin_command() -> Command {
+    let binary = plugin_binary();
+    match runner().split_first() {
+        None => Command::new(binary),
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+    }
+}
+
 pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -229,6 +272,19 @@ impl Api {
         let status = answer.status().as_u16();
         let bytes = answer.into_body().collect().await.expect("body").to_bytes();
         (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Asserts the answers the engine takes a logging plugin by: `/Plugin.Activate` implements
+    /// LogDriver, `/LogDriver.Capabilities` offers ReadLogs.
+    pub async fn assert_activates_as_log_driver(&self) {
+        assert_eq!(
+            self.call_text("/Plugin.Activate", "").await,
+            (200, r#"{"Implements":["LogDriver"]}"#.into())
+        );
+        assert_eq!(
+            self.call_text("/LogDriver.Capabilities", "").await,
+            (200, r#"{"Cap":{"ReadLogs":true}}"#.into())
+        );
     }
 
     /// Calls and returns the `Err` of the JSON answer ("" for success).
