@@ -1,7 +1,7 @@
 //! The reconnect loop: keeps one `/events` stream open for as long as the plugin runs and hands
 //! every event, once and in order, to a sink.
 //!
-//! The rules (docs/docker-events.md, "Replay, loss and duplicates"):
+//! The rules (docs/events.md, "Replay and gaps"):
 //!
 //! - **Resume with `since`.** Every connection after the first asks for `since=` the newest
 //!   `timeNano` delivered so far (the first uses the caller's `start_since`, the time of the last

@@ -19,7 +19,7 @@
 //! - [`stored`]: events and gap markers as entries of the durable store, and back.
 //! - [`service`]: collector -> events store -> shipper, with resume from the store.
 //!
-//! The rules it follows (docs/docker-events.md): the engine keeps its last 256 events and
+//! The rules it follows (docs/events.md): the engine keeps its last 256 events and
 //! replays those at or after `since` (inclusive); so the collector resumes every connection
 //! with the newest `timeNano` it delivered, drops the replayed events it already delivered
 //! (same id), and when the first event of a resumed connection is newer than that time the

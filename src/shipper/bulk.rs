@@ -1,11 +1,11 @@
 //! The `_bulk` exchange: the request body (NDJSON, gzip when asked) and what each answer means.
 //!
-//! Classification is a pure function of (HTTP status, body), following the table in
-//! elasticsearch.md. Each item answer is judged first by what it says about the destination,
-//! then about the document: an answer that every document would get until an operator fixes
-//! the cluster is never proof that this document is bad. The first row that matches decides:
-//! a 5xx is passing whatever it names (a `cluster_block_exception` 503 while a master is
-//! elected), while a not-ready type decides before a 429 (a flood-stage
+//! Classification is a pure function of (HTTP status, body), following the table below (the
+//! facts behind it: docs/elasticsearch.md). Each item answer is judged first by what it says
+//! about the destination, then about the document: an answer that every document would get
+//! until an operator fixes the cluster is never proof that this document is bad. The first row
+//! that matches decides: a 5xx is passing whatever it names (a `cluster_block_exception` 503
+//! while a master is elected), while a not-ready type decides before a 429 (a flood-stage
 //! `read_only_allow_delete` block answers 429 and waits for an operator to free disk).
 //!
 //! | answer | verdict |

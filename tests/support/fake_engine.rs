@@ -1,5 +1,5 @@
 //! A Docker Engine imitation for the events collector: `/_ping` and `/v<api>/events` on a unix
-//! socket, answering as the engine does (docs/docker-events.md):
+//! socket, answering as the engine does (docs/events.md):
 //!
 //! - `/_ping`: `200 OK` with `Api-Version` (omitted when set to `None`).
 //! - `/v<api>/events`: `400` when `<api>` is newer than the engine's version or a filter key is
