@@ -78,6 +78,7 @@ pub const OPTIONS: &[OptionSpec] = &[
     docker("env-regex", "", "a regular expression (RE2 syntax, unanchored) over variable names", "also the variables whose name matches"),
 ];
 
+/// An option without a plugin setting (`es` adds one).
 const fn docker(
     name: &'static str,
     default: &'static str,
@@ -104,11 +105,8 @@ const fn es(
     meaning: &'static str,
 ) -> OptionSpec {
     OptionSpec {
-        name,
         setting: Some(setting),
-        default,
-        accepts,
-        meaning,
+        ..docker(name, default, accepts, meaning)
     }
 }
 

@@ -349,16 +349,21 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
-    /// A plain `busybox` container's part, no data stream, no static fields.
-    fn busybox_doc() -> ContainerDoc {
+    /// `info`'s part on host `h`: no data stream, no static fields, Docker's default options.
+    fn plain_doc(info: &Info) -> ContainerDoc {
         ContainerDoc::new(
-            &info("busybox", &[]),
+            info,
             "h",
             &agent(),
             None,
             &Statics::default(),
             &Attributes::default(),
         )
+    }
+
+    /// A plain `busybox` container's part, no data stream, no static fields.
+    fn busybox_doc() -> ContainerDoc {
+        plain_doc(&info("busybox", &[]))
     }
 
     #[test]
@@ -444,24 +449,10 @@ mod tests {
     #[test]
     fn leading_slash_is_removed_from_the_name() {
         let mut container = info("busybox", &[]);
-        let doc = ContainerDoc::new(
-            &container,
-            "h",
-            &agent(),
-            None,
-            &Statics::default(),
-            &Attributes::default(),
-        );
+        let doc = plain_doc(&container);
         assert_eq!(item(&doc, 0, "stdout", b"").1["container"]["name"], "web-1");
         container.container_name = "no-slash".into();
-        let doc = ContainerDoc::new(
-            &container,
-            "h",
-            &agent(),
-            None,
-            &Statics::default(),
-            &Attributes::default(),
-        );
+        let doc = plain_doc(&container);
         assert_eq!(
             item(&doc, 0, "stdout", b"").1["container"]["name"],
             "no-slash"
@@ -486,14 +477,7 @@ mod tests {
             ("sha256:0123456789abcdef", "sha256:0123456789abcdef", None),
         ] {
             assert_eq!(split_image(image), (name, tag), "{image}");
-            let doc = ContainerDoc::new(
-                &info(image, &[]),
-                "h",
-                &agent(),
-                None,
-                &Statics::default(),
-                &Attributes::default(),
-            );
+            let doc = plain_doc(&info(image, &[]));
             let (_, source) = item(&doc, 0, "stdout", b"");
             let mut expected = json!({"name": name});
             if let Some(tag) = tag {
@@ -503,14 +487,7 @@ mod tests {
         }
         // The engine always names the image, but an empty one is left out rather than sent
         // as an empty name.
-        let doc = ContainerDoc::new(
-            &info("", &[]),
-            "h",
-            &agent(),
-            None,
-            &Statics::default(),
-            &Attributes::default(),
-        );
+        let doc = plain_doc(&info("", &[]));
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert!(!source["container"]
             .as_object()
@@ -531,14 +508,7 @@ mod tests {
             ("", "empty key"),
             ("quote\"key", "line\nbreak"),
         ];
-        let doc = ContainerDoc::new(
-            &info("busybox", &labels),
-            "h",
-            &agent(),
-            None,
-            &Statics::default(),
-            &Attributes::default(),
-        );
+        let doc = plain_doc(&info("busybox", &labels));
         let (_, source) = item(&doc, 0, "stdout", b"");
         assert_eq!(
             source["container"]["labels"],
@@ -554,14 +524,7 @@ mod tests {
         );
         // HashMap order must not matter.
         for _ in 0..20 {
-            let again = ContainerDoc::new(
-                &info("busybox", &labels),
-                "h",
-                &agent(),
-                None,
-                &Statics::default(),
-                &Attributes::default(),
-            );
+            let again = plain_doc(&info("busybox", &labels));
             assert_eq!(again, doc);
         }
     }
@@ -675,7 +638,7 @@ mod tests {
             message in proptest::collection::vec(any::<u8>(), 0..300),
             time_nano in any::<i64>(),
         ) {
-            let doc = ContainerDoc::new(&info("busybox:1", &[("l.k", "v")]), "h", &agent(), None, &Statics::default(), &Attributes::default());
+            let doc = plain_doc(&info("busybox:1", &[("l.k", "v")]));
             let (_, source) = item(&doc, time_nano, "stdout", &message);
             let lossy = String::from_utf8_lossy(&message);
             prop_assert_eq!(source["message"].as_str(), Some(lossy.as_ref()));
