@@ -7,8 +7,8 @@
 //! `make arm64-smoke` sets `ESLP_PLUGIN_BIN` (the aarch64 binary) and `ESLP_PLUGIN_RUNNER`
 //! (`qemu-aarch64 -L <rootfs>`); tests/support/engine.rs starts the plugin through them.
 
-#[path = "support/engine.rs"]
-mod engine;
+mod support;
+use support::engine;
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,9 +1,10 @@
-//! kill -9 of the real plugin binary, many times, under load (issue 6, item 2).
+//! kill -9 of the real plugin binary, many times, under load: no line is lost across a crash
+//! and restart.
 //!
 //! A writer thread plays a container logging steadily (short lines, and now and then a 40 KB
 //! line in 16 KiB fragments) while the test kills the plugin with SIGKILL and starts it again on
 //! the same state dir. The restarted plugin reopens the FIFO from its run table, as it must: the
-//! engine restarts a crashed plugin but does not repeat StartLogging (shared/docs/protocol.md),
+//! engine restarts a crashed plugin but does not repeat StartLogging (docs/protocol.md),
 //! and the bytes the dead plugin had not consumed wait in the pipe.
 //!
 //! Each kill is aimed at a moment: in the middle of the stream (a batch being stored), right as
@@ -17,14 +18,8 @@
 //! The kill delays come from a seeded generator; the seed is printed and `ESLP_CRASH_SEED=N`
 //! replays it.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/probe.rs"]
-mod probe;
-#[path = "support/soak.rs"]
-mod soak;
+mod support;
+use support::{engine, es_server, probe, soak};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -478,11 +473,11 @@ fn parts_indexed(server: &EsServer, id: &str) -> Vec<String> {
     parts.into_iter().map(|(_, m)| m).collect()
 }
 
-/// Regression (issue 12, item 9): a split line whose last fragment came more than FRAGMENT_WAIT
-/// (5 s) after the first was shipped in two documents; after a kill before the checkpoint
-/// covered them, the replay joined every fragment into one document under the first part's id,
-/// Elasticsearch answered 409 (that id holds the first part), and the rest of the line was never
-/// indexed. The replay must make the same two documents.
+/// A line split by a late fragment is indexed whole across a crash and restart. Regression: a split
+/// line whose last fragment came more than FRAGMENT_WAIT (5 s) after the first was shipped in two
+/// documents; after a kill before the checkpoint covered them, the replay joined every fragment
+/// into one document under the first part's id, Elasticsearch answered 409 (that id holds the first
+/// part), and the rest of the line was never indexed. The replay must make the same two documents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_line_flushed_in_two_parts_then_killed_is_replayed_in_the_same_two_parts() {
     let server = EsServer::start(ServerOptions::default()).await;

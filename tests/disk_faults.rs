@@ -1,4 +1,5 @@
-//! Disk faults under the real plugin binary (issue 6, item 3). The state dir is a small tmpfs
+//! Disk faults under the real plugin binary: a container never blocks on a broken disk, and
+//! every line it loses is counted and logged. The state dir is a small tmpfs
 //! (a full disk: no blocks, or no inodes) or an ext4 loop image mounted `errors=remount-ro`, which
 //! an injected file system error turns read-only as a failing disk does in production.
 //!
@@ -12,14 +13,8 @@
 //!
 //! Needs root (mount, loop devices), as the e2e tests need dockerd.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/prereq.rs"]
-mod prereq;
-#[path = "support/probe.rs"]
-mod probe;
-#[path = "support/soak.rs"]
-mod soak;
+mod support;
+use support::{engine, prereq, probe, soak};
 
 use std::ffi::CString;
 use std::io::Write;

@@ -9,9 +9,8 @@
 //! `make e2e` and `.ci/run` run it explicitly, and there it fails (never skips) when the machine
 //! lacks Docker.
 
-#[path = "support/es_server.rs"]
-mod es_server;
 mod support;
+use support::es_server;
 
 use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -1,4 +1,4 @@
-//! Hardening against a real Docker Engine (issue 6): engine faults, the plugin's lifecycle in the
+//! Hardening against a real Docker Engine: engine faults, the plugin's lifecycle in the
 //! engine, and load. One private engine (`support/docker.rs`) runs the scenarios in sequence
 //! (`support/scenario.rs`; `E2E_ONLY=name,name` runs a subset):
 //!
@@ -1264,10 +1264,10 @@ fn one_container_logging_as_fast_as_it_can(docker: &mut Docker) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The kernel's pipe budget (issue 12, item 2). A managed plugin has no CAP_SYS_RESOURCE: every
-// pipe of uid 0 (dockerd's, the containers', the plugin's) is charged to one budget,
-// fs.pipe-user-pages-soft; past it the plugin's new pipes get 2 slots (8 KiB) and raising the
-// FIFO is refused. Lines of 8-16 KiB (and fragments of longer lines) were then skipped.
+// The kernel's pipe budget: no line is lost when the plugin's pipes are small. A managed plugin has
+// no CAP_SYS_RESOURCE: every pipe of uid 0 (dockerd's, the containers', the plugin's) is charged to
+// one budget, fs.pipe-user-pages-soft; past it the plugin's new pipes get 2 slots (8 KiB) and
+// raising the FIFO is refused. Lines of 8-16 KiB (and fragments of longer lines) were then skipped.
 
 const PIPE_BUDGET: &str = "/proc/sys/fs/pipe-user-pages-soft";
 

@@ -12,16 +12,8 @@
 //! stored, indexed, duplicated, dead-lettered, lost; the plugin's RSS and open fds before and
 //! after) for the README's Reliability table. Durations scale with ESLP_SOAK (`make soak`).
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_check.rs"]
-mod es_check;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/probe.rs"]
-mod probe;
-#[path = "support/soak.rs"]
-mod soak;
+mod support;
+use support::{engine, es_check, es_server, probe, soak};
 
 use std::time::{Duration, Instant};
 

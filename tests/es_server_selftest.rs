@@ -1,8 +1,8 @@
 //! Checks the Elasticsearch imitation in `tests/support/es_server.rs` itself, with a plain HTTP
 //! client, so that shipper tests built on it can trust what it answers.
 
-#[path = "support/es_server.rs"]
-mod es_server;
+mod support;
+use support::es_server;
 
 use std::io::{Read, Write};
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! The events collector against an engine imitation on a unix socket: order, line reassembly,
 //! filters, version negotiation, reconnects with `since=`, no event twice, and gaps.
 
-#[path = "support/fake_engine.rs"]
-mod fake_engine;
+mod support;
+use support::fake_engine;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -3,12 +3,8 @@
 //! recorded-shape events; every one must arrive once, as an ECS (or Logtail) document, also
 //! across a kill -9 of the plugin while events keep coming.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/fake_engine.rs"]
-mod fake_engine;
+mod support;
+use support::{engine, es_server, fake_engine};
 
 use std::collections::HashSet;
 use std::time::Duration;

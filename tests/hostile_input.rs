@@ -1,4 +1,4 @@
-//! Hostile input (issue 6, item 6), through the real plugin binary: every malformed request, FIFO
+//! Hostile input, through the real plugin binary: every malformed request, FIFO
 //! content, ReadLogs config and log-opt is answered with a clear error (or stored and shipped
 //! faithfully where that is the promise), the plugin keeps serving, and a well-behaved container
 //! logging at the same time (the [`Neighbour`]) loses nothing and is never blocked.
@@ -17,14 +17,8 @@
 //!   (`MAX_MESSAGE`) into one document and ships the rest of a line in further documents, and
 //!   ships a line whose last fragment never comes after `FRAGMENT_WAIT`.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/probe.rs"]
-mod probe;
-#[path = "support/soak.rs"]
-mod soak;
+mod support;
+use support::{engine, es_server, probe, soak};
 
 use std::collections::HashSet;
 use std::io::{Read, Write};

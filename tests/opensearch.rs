@@ -12,22 +12,8 @@
 //! Each scenario ships through the real plugin binary (support/engine.rs plays the engine) and
 //! checks the index with `_count` after `_refresh` and a scroll over every `_id`.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_check.rs"]
-mod es_check;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/fake_engine.rs"]
-mod fake_engine;
-#[path = "support/noida.rs"]
-mod noida;
-#[path = "support/opensearch.rs"]
-mod opensearch;
-#[path = "support/prereq.rs"]
-mod prereq;
-#[path = "support/probe.rs"]
-mod probe;
+mod support;
+use support::{engine, es_check, es_server, fake_engine, noida, opensearch, prereq, probe};
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};

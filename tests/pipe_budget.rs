@@ -1,5 +1,5 @@
-//! The real plugin binary past the kernel's pipe budget (issue 12, item 2), without touching the
-//! machine-wide sysctl.
+//! The real plugin binary past the kernel's pipe budget, without touching the machine-wide
+//! sysctl: no line is lost and no container blocks when the plugin's pipes are small.
 //!
 //! The kernel charges every pipe of a user to one budget, `fs.pipe-user-pages-soft`; past it,
 //! a process without CAP_SYS_RESOURCE/CAP_SYS_ADMIN gets 2-slot (8 KiB) pipes and may not raise
@@ -8,12 +8,8 @@
 //! runs as a user of its own, whose budget a helper process uses up first: its pipes are what a
 //! managed plugin's are on a busy host, and nothing else on the machine is affected.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/prereq.rs"]
-mod prereq;
-#[path = "support/probe.rs"]
-mod probe;
+mod support;
+use support::{engine, prereq, probe};
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;

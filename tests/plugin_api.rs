@@ -1,8 +1,8 @@
 //! The real plugin binary, driven through its unix socket and FIFOs exactly as the engine drives
 //! it (tests/support/engine.rs plays the engine).
 
-#[path = "support/engine.rs"]
-mod engine;
+mod support;
+use support::engine;
 
 use std::time::Duration;
 

@@ -1,4 +1,5 @@
-//! A host that loses power (issue 12, item 4), played against the real plugin binary.
+//! No line is lost across a power loss: a host that loses power, played against the real
+//! plugin binary.
 //!
 //! The plugin syncs a container's active segment only at stop, shutdown or close, and its
 //! shipping checkpoint every second: after a power loss the checkpoint can point past what the
@@ -9,10 +10,8 @@
 //! Promise: every new line is indexed. Its document id (`<container>-<segment>-<offset>`) is
 //! never one an earlier line had, so Elasticsearch cannot refuse it as a duplicate (409).
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_server.rs"]
-mod es_server;
+mod support;
+use support::{engine, es_server};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -3,10 +3,8 @@
 //! in the store's on-disk layout (see src/store/mod.rs), which is much faster than feeding
 //! 300 MB through a FIFO in a debug build.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/probe.rs"]
-mod probe;
+mod support;
+use support::{engine, probe};
 
 use std::io::Write;
 use std::path::Path;

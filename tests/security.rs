@@ -1,15 +1,11 @@
-//! Security (issue 6, item 7), through the real plugin binary: the socket and everything in the
+//! Security, through the real plugin binary: the socket and everything in the
 //! state dir private to the plugin's user; no credential and no container env in anything the
 //! plugin prints, answers, exposes as a metric or writes to a dead-letter file; TLS verified
 //! against the configured CA only; and a plugin config that asks the engine for nothing it does
 //! not use.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/probe.rs"]
-mod probe;
+mod support;
+use support::{engine, es_server, probe};
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -3,20 +3,8 @@
 //! including every fault it can inject. Each test asserts the exact set of documents: nothing
 //! lost, no `_id` twice.
 
-#[path = "support/engine.rs"]
-mod engine;
-#[path = "support/es_check.rs"]
-mod es_check;
-#[path = "support/es_server.rs"]
-mod es_server;
-#[path = "support/noida.rs"]
-mod noida;
-#[path = "support/osmem.rs"]
-mod osmem;
-#[path = "support/prereq.rs"]
-mod prereq;
-#[path = "support/probe.rs"]
-mod probe;
+mod support;
+use support::{engine, es_check, es_server, noida, osmem, prereq, probe};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -853,9 +841,10 @@ async fn a_container_restarting_at_once_ships_every_runs_lines() {
     assert_eq!(got, want, "every run's line indexed once");
 }
 
-/// Regression (issue 12, item 9): the checkpoint was keyed to the ordered host list, so a
-/// plugin restarted with a node added to ES_HOSTS found no checkpoint for the new list and
-/// started at the store's end: every line stored while Elasticsearch was down was skipped.
+/// No line stored while Elasticsearch is down is lost when ES_HOSTS changes. Regression: the
+/// checkpoint was keyed to the ordered host list, so a plugin restarted with a node added to
+/// ES_HOSTS found no checkpoint for the new list and started at the store's end: every line stored
+/// while Elasticsearch was down was skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_added_to_es_hosts_keeps_the_unshipped_backlog() {
     let server = EsServer::start(ServerOptions::default()).await;

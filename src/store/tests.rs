@@ -1262,12 +1262,12 @@ fn after_power_loss(durable: usize, checkpoint_after: usize) -> AfterPowerLoss {
     }
 }
 
-/// Regression (issue 12, item 4): after a power loss the active segment came back shorter than
-/// what had been shipped from it (checkpoints are synced every second, the segment only at
-/// stop), the restarted store appended at the cut-back end, and new entries took positions, so
-/// document ids, that indexed documents already had: Elasticsearch answered 409 and they were
-/// counted as duplicates, lost. A restarted store now never appends to a segment an earlier
-/// process wrote.
+/// No line is lost across a power loss: a new entry never takes a shipped entry's id. Regression:
+/// after a power loss the active segment came back shorter than what had been shipped from it
+/// (checkpoints are synced every second, the segment only at stop), the restarted store appended at
+/// the cut-back end, and new entries took positions, so document ids, that indexed documents
+/// already had: Elasticsearch answered 409 and they were counted as duplicates, lost. A restarted
+/// store now never appends to a segment an earlier process wrote.
 #[test]
 fn after_a_power_loss_new_entries_never_reuse_a_shipped_id() {
     // The checkpoint beyond the durable end (the usual case: writeback lags, checkpoints do not).
@@ -1313,10 +1313,11 @@ fn after_a_power_loss_new_entries_never_reuse_a_shipped_id() {
     }
 }
 
-/// Regression (issue 12, item 10): a backlog segment was charged to the spool at its raw size and
-/// the charge was not lowered once it was gzipped, so a burst filled the budget with segments
-/// that took a fraction of it on disk, and unshipped entries were deleted with a healthy
-/// Elasticsearch. The charge now follows the size on disk.
+/// No line is dropped for space while the compressed backlog fits the budget on disk. Regression: a
+/// backlog segment was charged to the spool at its raw size and the charge was not lowered once it
+/// was gzipped, so a burst filled the budget with segments that took a fraction of it on disk, and
+/// unshipped entries were deleted with a healthy Elasticsearch. The charge now follows the size on
+/// disk.
 #[test]
 fn compressed_backlog_is_charged_at_its_size_on_disk_and_nothing_is_dropped() {
     let limits = StoreLimits {

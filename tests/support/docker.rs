@@ -1,6 +1,6 @@
 //! A private, throwaway Docker Engine with the plugin installed the way users install it.
 //!
-//! [`Docker::start`] follows docs/real-docker.md (in the shared docs):
+//! [`Docker::start`] sets up, in order:
 //! 1. a `dockerd` with its own data-root, exec-root, socket and pidfile under
 //!    `target/e2e/run-XXXX`, no bridge and no firewall changes, and its own containerd
 //!    namespaces (so it cannot touch another engine's containers even if it shares a system
@@ -45,7 +45,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 const BUSYBOX_APPLETS: &[&str] = &[
     "sh", "echo", "cat", "yes", "head", "seq", "sleep", "printf", "date", "true", "false",
 ];
-/// docs/real-docker.md: startup takes 2-6 s; leave room for a loaded CI machine.
+/// dockerd starts in 2-6 s on an idle machine; leave room for a loaded CI machine.
 const DOCKERD_START_TIMEOUT: Duration = Duration::from_secs(90);
 /// dockerd stops containers (10 s grace each, in parallel) and plugins on SIGTERM.
 const DOCKERD_STOP_TIMEOUT: Duration = Duration::from_secs(60);

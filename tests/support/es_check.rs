@@ -2,7 +2,7 @@
 //! a feeder that plays a container logging at a steady rate and times every write to the FIFO,
 //! and the checks on what reached the Elasticsearch imitation and the dead-letter files.
 //!
-//! Needs `engine` and `es_server` declared beside it in the test crate.
+//! Built on `support::engine` (the FIFO side) and `support::es_server` (what was indexed).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};

@@ -1,7 +1,7 @@
 //! An in-process Elasticsearch imitation for the shipper's tests, with fault injection.
 //!
 //! It answers the few endpoints the shipper uses, with the shapes Elasticsearch 8.15 documents
-//! (see `shared/docs/elasticsearch.md`), keeps every accepted document in memory, counts what
+//! (see `docs/elasticsearch.md`), keeps every accepted document in memory, counts what
 //! it saw in [`Stats`], and can misbehave on demand ([`Faults`]): per-item 429/400/5xx, a
 //! cluster not ready for the documents (item 403 privileges or write block, 404 no index, a
 //! missing pipeline), a whole `_bulk` answered 429/503/502/401/403/413, 413 above a number of

@@ -1,5 +1,5 @@
 //! noida-db, an Elasticsearch 8.15 imitation written by others, run in-process on a free
-//! loopback port (see shared/docs/elasticsearch.md), and a small blocking HTTP client to ask it
+//! loopback port (see docs/elasticsearch.md), and a small blocking HTTP client to ask it
 //! what it holds. Its listener thread lives as long as the test process.
 //!
 //! It does not check credentials and has no data-stream API (`require_data_stream` is accepted

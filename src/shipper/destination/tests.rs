@@ -1,6 +1,6 @@
 //! A destination's disk work against the containers' pipes: the plugin as it runs (its
 //! pipelines, stores and destination on one multi-thread runtime like the binary's), shipping
-//! to noida-db (an in-process Elasticsearch imitation, see shared/docs/elasticsearch.md), with
+//! to noida-db (an in-process Elasticsearch imitation, see docs/elasticsearch.md), with
 //! the checkpoint's fsync made slow by `checkpoint::slow_sync`.
 
 use std::io::Write;
@@ -50,10 +50,11 @@ async fn start(plugin: &Arc<Plugin>, id: &str, file: &Path, config: &[(&str, &st
         .expect("StartLogging");
 }
 
-/// Regression (issue 12, item 6): a destination wrote its checkpoints (a file fsync and a
-/// folder fsync per container, in the acknowledge path) on the runtime thread it runs on, the
-/// threads that drain every container's FIFO. On a slow disk, a line written by a container
-/// that does not even ship waited for another container's checkpoint to reach the disk.
+/// A container never blocks on another container's slow checkpoint. Regression: a destination wrote
+/// its checkpoints (a file fsync and a folder fsync per container, in the acknowledge path) on the
+/// runtime thread it runs on, the threads that drain every container's FIFO. On a slow disk, a line
+/// written by a container that does not even ship waited for another container's checkpoint to
+/// reach the disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_checkpoint_fsync_does_not_stall_another_containers_drain() {
     const SLOW_SYNC: Duration = Duration::from_secs(2);
@@ -142,9 +143,9 @@ async fn a_slow_checkpoint_fsync_does_not_stall_another_containers_drain() {
     );
 }
 
-/// Regression (issue 12, item 11): with DESTROY_LOGS_ON_STOP, a shipped container's local copy
-/// was removed once everything was shipped, but its checkpoint file stayed: one file per
-/// container ever run, forever.
+/// A destroyed local copy leaves no checkpoint file behind (state stays small). Regression: with
+/// DESTROY_LOGS_ON_STOP, a shipped container's local copy was removed once everything was shipped,
+/// but its checkpoint file stayed: one file per container ever run, forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_copy_destroyed_after_shipping_takes_its_checkpoint_with_it() {
     let es = noida::elasticsearch::spawn("127.0.0.1:0").expect("start noida-db");
