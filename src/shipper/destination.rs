@@ -142,7 +142,11 @@ impl Destination {
                     shutdown,
                     ..
                 } = &*shared;
-                deadletter::to_index(dead_letters, client, options, label, shutdown, &index).await
+                // Raced as a whole: a request under way must not hold the wind-down up.
+                tokio::select! {
+                    () = deadletter::to_index(dead_letters, client, options, label, shutdown, &index) => {}
+                    () = shutdown.cancelled() => {}
+                }
             };
             self.tracker
                 .spawn(to_index.instrument(tracing::Span::current()));

@@ -6,7 +6,8 @@
 //! - [`bulk`]: bulk bodies and the meaning of every answer (a pure classification).
 //! - [`client`]: the nodes of a destination: failover, resting failed nodes, flavor.
 //! - [`checkpoint`]: how far each container's store is shipped, across restarts.
-//! - [`deadletter`]: documents refused for good, in a file bounded by `DEAD_LETTER_MAX_SIZE`.
+//! - [`deadletter`]: documents refused for good, in a file bounded by `DEAD_LETTER_MAX_SIZE`,
+//!   and the task that indexes them into the dead-letter index.
 //! - [`not_ready`]: episodes of documents held back (a destination not ready for them), logged
 //!   once each.
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
