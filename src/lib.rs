@@ -23,11 +23,14 @@
 //! - [`readlogs`]: `/LogDriver.ReadLogs`: tail, since/until and follow over the store.
 //! - [`retention`]: removal of local copies of containers not seen for a long time.
 //! - [`shipper`]: following the stores into Elasticsearch: documents, bulk, retries, checkpoints.
+//! - [`backoff`]: the one retry pause: capped exponential backoff with jitter, raced against
+//!   shutdown.
 //! - [`metrics`]: counters and the Prometheus text endpoint.
 //! - [`api`]: the plugin's HTTP API on its unix socket: routing and request/answer shapes.
 //! - [`plugin`]: the running plugin: ties runs, stores and the API together; shutdown order.
 
 pub mod api;
+pub mod backoff;
 pub mod container_id;
 pub mod entry;
 pub mod events;

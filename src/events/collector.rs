@@ -21,7 +21,7 @@
 //!   its first event arrives.) `start_since` is trusted to be the time of an event that matched
 //!   the same filters; with other filters that event may not come again and a gap is reported.
 //! - **Never give up.** Any failure (engine down, restart, refusal, broken stream) is retried
-//!   with capped exponential backoff with jitter ([`Backoff`]), reset after each successful
+//!   with capped exponential backoff with jitter ([`crate::backoff`]), reset after each successful
 //!   connect, the version renegotiated each time (an upgraded engine may speak another).
 //! - **A socket that went stale ends the collector, when asked to.** In the plugin the engine's
 //!   socket is a bind mount of the socket file the engine had when it started the plugin. An
@@ -37,7 +37,6 @@
 //!   caller queues on its side.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{format_since, EngineClient, EngineError, EventLine};
 use super::filters::Filters;
+use crate::backoff::Backoff;
 
 /// How many delivered ids are remembered for dropping replays. A replay holds only events at or
 /// after the newest one delivered, so a handful would do; the engine's own buffer (256) times
@@ -101,47 +101,6 @@ pub struct CollectorStats {
     pub disconnects: AtomicU64,
     /// Lines that were not events.
     pub skipped_lines: AtomicU64,
-}
-
-/// Capped exponential backoff with "equal jitter": each delay is half the current step plus a
-/// random part of the other half, so many plugins restarted with one engine do not retry in
-/// lockstep, and no delay is shorter than half a step.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    step: Duration,
-    random: RandomState,
-    draws: u64,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max: max.max(min),
-            step: min,
-            random: RandomState::new(),
-            draws: 0,
-        }
-    }
-
-    /// The delay before the next retry; the one after is twice as long, up to the cap.
-    pub fn next_delay(&mut self) -> Duration {
-        self.draws += 1;
-        // std's hasher is seeded at random per process: enough randomness for jitter without a
-        // crate for it.
-        let random = self.random.hash_one(self.draws);
-        let half = self.step / 2;
-        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        let jitter = Duration::from_nanos(random % spread.saturating_add(1));
-        self.step = (self.step * 2).min(self.max);
-        half + jitter
-    }
-
-    pub fn reset(&mut self) {
-        self.step = self.min;
-    }
 }
 
 /// The ids of the last [`RECENT_IDS`] events delivered, oldest first out.
@@ -281,9 +240,8 @@ impl Collector {
                     tracing::warn!(socket = %socket, "engine closed the events stream; reconnecting");
                 }
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Stopped::Shutdown,
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            if backoff.wait(&shutdown).await.is_err() {
+                return Stopped::Shutdown;
             }
         }
     }
@@ -372,29 +330,6 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_the_cap_with_jitter_and_resets() {
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(10);
-        let mut backoff = Backoff::new(min, max);
-        let mut step = min;
-        for _ in 0..20 {
-            let delay = backoff.next_delay();
-            assert!(
-                delay >= step / 2 && delay <= step,
-                "{delay:?} for step {step:?}"
-            );
-            step = (step * 2).min(max);
-        }
-        assert_eq!(step, max);
-        backoff.reset();
-        let delay = backoff.next_delay();
-        assert!(delay >= min / 2 && delay <= min, "{delay:?}");
-        // Jitter: not every delay of a long run at the cap is the same.
-        let delays: HashSet<Duration> = (0..10).map(|_| backoff.next_delay()).collect();
-        assert!(delays.len() > 1);
-    }
 
     #[test]
     fn recent_ids_forget_the_oldest() {

@@ -36,7 +36,7 @@ pub mod lines;
 pub mod service;
 pub mod stored;
 
-pub use collector::{Backoff, Collector, CollectorItem, CollectorStats, Gap, Stopped};
+pub use collector::{Collector, CollectorItem, CollectorStats, Gap, Stopped};
 pub use document::{
     event_document, gap_document, gap_id, DataStream, DocumentOptions, Format, FormatError,
 };

@@ -99,9 +99,12 @@ pub async fn run(
     let stores = Stores::open(root, Arc::clone(plugin.stores().spool()))?;
     let id = store_id(&settings.socket);
     let store = stores.open_container(&id, StoreLimits::default())?;
-    plugin
-        .shippers()
-        .attach_events(&es, &id, Arc::clone(&store), settings.format)?;
+    plugin.shippers().attach_records(
+        &es,
+        &id,
+        Arc::clone(&store),
+        stored::renderer(settings.format),
+    )?;
     let metrics: &Arc<Metrics> = plugin.metrics();
     let (since, seen) = resume_point(&store);
     tracing::info!(socket = %settings.socket.display(), index = %settings.index, since = ?since, "collecting the engine's events");

@@ -8,15 +8,20 @@
 //!
 //! Document ids come from the event (see `Event::id`) or the gap's bounds, never from the store
 //! position, so an event stored twice (an inclusive replay after a crash) is one document.
+//! [`renderer`] hands that to the shipper, which knows nothing of events.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::collector::{CollectorItem, Gap};
-use super::document::{event_document, gap_document, gap_id, DocumentOptions};
+use super::document::{event_document, gap_document, gap_id, DataStream, DocumentOptions, Format};
 use super::event::{Event, EventError};
 use crate::entry::LogEntry;
+use crate::shipper::source::Render;
+use crate::shipper::Target;
 
 pub const EVENT_SOURCE: &str = "event";
 pub const GAP_SOURCE: &str = "gap";
@@ -89,6 +94,26 @@ pub fn document(
             ))
         }
         other => Err(StoredError::Unknown(other.to_owned())),
+    }
+}
+
+/// How the shipper turns the events store's records into documents in `format`, for
+/// `Shippers::attach_records`.
+pub fn renderer(format: Format) -> impl FnOnce(Target<'_>) -> Render {
+    move |target| {
+        let options = DocumentOptions {
+            format,
+            host_name: target.host_name.to_owned(),
+            agent: target.agent,
+            data_stream: target
+                .data_stream
+                .map(|(kind, dataset, namespace)| DataStream {
+                    kind: kind.to_owned(),
+                    dataset: dataset.to_owned(),
+                    namespace: namespace.to_owned(),
+                }),
+        };
+        Arc::new(move |entry: &LogEntry| Ok(document(entry, &options)?))
     }
 }
 

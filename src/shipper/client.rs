@@ -6,6 +6,10 @@
 //!
 //! Bodies are pre-built NDJSON `Bytes` passed to `Elasticsearch::send` untouched; the transport's
 //! own compression stays off and Content-Type/Content-Encoding are set here.
+//!
+//! Errors: [`ClientError`] when a destination cannot be set up (StartLogging refuses the
+//! options), [`SendError`] when one request got no answer (the caller retries); both name the
+//! option or node at fault.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -36,6 +40,31 @@ pub enum ClientError {
     Build { host: String, reason: String },
 }
 
+/// Why a `_bulk` got no answer, naming the node it went to.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{node}: no client and no CA pin")]
+    NoClient { node: String },
+    #[error("{node}: {source}")]
+    Pin {
+        node: String,
+        source: fingerprint::PinError,
+    },
+    #[error("{node}: {source}")]
+    PinnedCa {
+        node: String,
+        source: elasticsearch::Error,
+    },
+    #[error(transparent)]
+    Build(#[from] ClientError),
+    /// The transport failed (connection refused or reset, timeout); `causes` is the error with
+    /// its sources.
+    #[error("{node}: {causes}")]
+    Transport { node: String, causes: String },
+    #[error("{node}: answer cut short: {causes}")]
+    CutShort { node: String, causes: String },
+}
+
 /// The answer of one `_bulk`, or why there was none.
 pub struct BulkAnswer {
     pub status: u16,
@@ -48,6 +77,17 @@ enum Flavor {
     Unknown,
     Elasticsearch,
     Other,
+}
+
+/// As the operator reads it in the log.
+impl std::fmt::Display for Flavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flavor::Unknown => "unknown",
+            Flavor::Elasticsearch => "Elasticsearch",
+            Flavor::Other => "other (OpenSearch or compatible)",
+        })
+    }
 }
 
 struct Node {
@@ -125,7 +165,7 @@ impl Client {
         body: Bytes,
         data_stream: bool,
         pipeline: bool,
-    ) -> Result<BulkAnswer, String> {
+    ) -> Result<BulkAnswer, SendError> {
         let at = self.pick();
         let node = &self.nodes[at];
         let client = match self.node_client(node).await {
@@ -170,14 +210,16 @@ impl Client {
                         body,
                         node: node.label.clone(),
                     }),
-                    Err(error) => Err(format!(
-                        "{}: answer cut short: {}",
-                        node.label,
-                        with_causes(&error)
-                    )),
+                    Err(error) => Err(SendError::CutShort {
+                        node: node.label.clone(),
+                        causes: with_causes(&error),
+                    }),
                 }
             }
-            Err(error) => Err(format!("{}: {}", node.label, with_causes(&error))),
+            Err(error) => Err(SendError::Transport {
+                node: node.label.clone(),
+                causes: with_causes(&error),
+            }),
         };
         match &result {
             Ok(answer) if answer.status < 500 && answer.status != 429 => self.node_ok(node),
@@ -232,31 +274,37 @@ impl Client {
     }
 
     /// The node's client, built now if it waits for its pinned CA.
-    async fn node_client(&self, node: &Node) -> Result<Elasticsearch, String> {
+    async fn node_client(&self, node: &Node) -> Result<Elasticsearch, SendError> {
         if let Some(client) = lock(&node.client).clone() {
             return Ok(client);
         }
-        let failed = |reason: String| format!("{}: {reason}", node.label);
         let pin = self
             .options
             .ca_fingerprint
-            .ok_or_else(|| failed("no client and no CA pin".into()))?;
+            .ok_or_else(|| SendError::NoClient {
+                node: node.label.clone(),
+            })?;
         let der = fingerprint::pinned_certificate(
             &node.url,
             pin,
             self.timeout.min(Duration::from_secs(10)),
         )
         .await
-        .map_err(failed)?;
-        let ca = Certificate::from_der(&der).map_err(|e| failed(e.to_string()))?;
+        .map_err(|source| SendError::Pin {
+            node: node.label.clone(),
+            source,
+        })?;
+        let ca = Certificate::from_der(&der).map_err(|source| SendError::PinnedCa {
+            node: node.label.clone(),
+            source,
+        })?;
         let client = build(
             &node.url,
             &node.auth,
             &self.options,
             CertificateValidation::Full(ca),
             &node.label,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         tracing::info!(node = %node.label, "trusting the CA pinned by ssl.ca_trusted_fingerprint");
         *lock(&node.client) = Some(client.clone());
         Ok(client)
@@ -289,7 +337,7 @@ impl Client {
             // Not known yet: ask again next time; meanwhile send what every flavor accepts.
             _ => return Flavor::Unknown,
         };
-        tracing::info!(node = %node.label, ?flavor, "Elasticsearch node identified");
+        tracing::info!(node = %node.label, %flavor, "Elasticsearch node identified");
         lock(&node.health).flavor = flavor;
         flavor
     }

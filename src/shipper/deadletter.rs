@@ -27,13 +27,28 @@
 //! item>","error":{"code","message"},"event":{"kind":"pipeline_error"}}`, so it can be found and
 //! replayed from Elasticsearch itself. Its text fields are never parsed, so the mapping that
 //! refused the original cannot refuse it.
+//!
+//! Besides the file and the queue, this module holds the two tasks around them: [`dead_letter`]
+//! (a destination's refused documents into the file, off the runtime's threads) and
+//! [`to_index`] (the queue into the dead-letter index, best effort, until shutdown).
 
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use super::bulk::{self, ItemVerdict, RequestVerdict};
+use super::client::Client;
+use super::config::EsOptions;
+use super::index::IndexTemplate;
+use super::pause::Pause;
+use super::retry::{Refusal, Wait};
+use super::source::Batch;
+use crate::metrics::DestinationMetrics;
 
 /// `DEAD_LETTER_MAX_SIZE`'s default: room for a long run of mapping conflicts (about 100,000
 /// refused documents of 2 KB) on a host whose disk holds the logs themselves many times over.
@@ -278,6 +293,178 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// Writes documents of `batch` refused for good to the dead-letter file (synced before they
+/// count as acknowledged) and counts them in `metrics`; what the file cannot keep is counted as
+/// lost (and logged at ERROR by the file). `node` is who refused them.
+pub async fn dead_letter(
+    letters: &Arc<DeadLetters>,
+    metrics: &Arc<DestinationMetrics>,
+    batch: &Batch,
+    refused: &[Refusal],
+    node: &str,
+) {
+    let Some(first) = refused.first() else {
+        return;
+    };
+    // An fdatasync per answer: on the blocking pool, off the threads that drain FIFOs. It gets
+    // copies of the refused documents (document faults: few, and each copied once).
+    let copies: Vec<(Vec<u8>, u16, String)> = refused
+        .iter()
+        .map(|r| (batch.item(r.item).to_vec(), r.status, r.reason.clone()))
+        .collect();
+    let container = batch.items[first.item].source.short().to_owned();
+    let node = node.to_owned();
+    let (writer, counts) = (Arc::clone(letters), Arc::clone(metrics));
+    let span = tracing::Span::current();
+    let recorded = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| record_refused(&writer, &counts, &copies, &container, &node))
+    })
+    .await;
+    if let Err(error) = recorded {
+        // They count as acknowledged all the same: a loss, said as one.
+        tracing::error!(%error, documents = refused.len(), "writing refused documents to the dead-letter file failed; they are lost");
+        metrics.add_dead_letter_lost(refused.len() as u64);
+    }
+}
+
+/// [`dead_letter`]'s blocking part: the write and sync, the counts, and the line that says so
+/// (logged as soon as they are on disk).
+fn record_refused(
+    letters: &DeadLetters,
+    metrics: &DestinationMetrics,
+    copies: &[(Vec<u8>, u16, String)],
+    container: &str,
+    node: &str,
+) {
+    let records: Vec<Refused<'_>> = copies
+        .iter()
+        .map(|(item, status, reason)| Refused {
+            item,
+            status: *status,
+            reason,
+        })
+        .collect();
+    let Recorded { kept, lost } = letters.record(&records);
+    metrics.add_dead_lettered(kept as u64);
+    metrics.add_dead_letter_lost(lost as u64);
+    // One line per answer, not per document: a mapping conflict can refuse every document.
+    let (_, status, reason) = &copies[0];
+    tracing::warn!(documents = copies.len(), kept, lost, %container, status, %reason, %node, path = %letters.path().display(), "documents refused for good by Elasticsearch (the first one's container and reason shown), kept in the dead-letter file");
+}
+
+/// Indexes refused documents queued in `letters` into the dead-letter `index` as they come,
+/// until `shutdown`. Best effort beside the file: a whole-request failure keeps them queued
+/// and retries with backoff; a document the dead-letter index refuses too stays in the file
+/// only. `destination` names the destination in log lines.
+pub async fn to_index(
+    letters: &DeadLetters,
+    client: &Client,
+    options: &EsOptions,
+    destination: &str,
+    shutdown: &CancellationToken,
+    index: &str,
+) {
+    let data_stream = IndexTemplate::parse(index)
+        .ok()
+        .and_then(|t| t.resolve(&Default::default(), "").ok())
+        .is_some_and(|r| r.data_stream().is_some());
+    let mut pause = Pause::new(options.backoff_init, options.backoff_max);
+    let action = serde_json::json!({"create": {"_index": index}}).to_string();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(options.flush_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let documents = letters.take(1_000, options.bulk_max_bytes);
+        if documents.is_empty() {
+            continue;
+        }
+        let mut ndjson = Vec::new();
+        for document in &documents {
+            ndjson.extend_from_slice(action.as_bytes());
+            ndjson.push(b'\n');
+            ndjson.extend_from_slice(document);
+            ndjson.push(b'\n');
+        }
+        let sent = match bulk::encode_body(&ndjson, options.compression_level) {
+            Ok(body) => client
+                .bulk(body, data_stream, false)
+                .await
+                .map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        let verdict =
+            sent.map(|answer| bulk::classify(answer.status, &answer.body, documents.len()));
+        // Why some documents wait for the next round, if any do.
+        let held = match verdict {
+            Ok(RequestVerdict::Items(items)) => {
+                let (held, retry) = index_answer(index, &items, documents);
+                letters.put_back(retry);
+                held
+            }
+            other => {
+                letters.put_back(documents);
+                Some(match other {
+                    Err(error) => error,
+                    Ok(verdict) => verdict.to_string(),
+                })
+            }
+        };
+        match held {
+            None => pause.reset(),
+            Some(reason) => {
+                let message = format!("cannot index refused documents into the dead-letter index {index}: {reason}; they stay in the dead-letter file and are retried");
+                if pause
+                    .wait(&Wait::Warn(message), destination, shutdown)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The dead-letter index's per-document verdicts: why some wait for the next round (the first
+/// such verdict, if any), and those documents. Refused ones stay in the file only.
+fn index_answer(
+    index: &str,
+    items: &[ItemVerdict],
+    documents: Vec<Vec<u8>>,
+) -> (Option<String>, Vec<Vec<u8>>) {
+    let refused = items
+        .iter()
+        .filter(|v| matches!(v, ItemVerdict::Reject { .. }))
+        .count();
+    let first_held = items
+        .iter()
+        .find(|v| {
+            matches!(
+                v,
+                ItemVerdict::Retry { .. }
+                    | ItemVerdict::NotReady { .. }
+                    | ItemVerdict::Unknown { .. }
+            )
+        })
+        .map(ToString::to_string);
+    let retry: Vec<Vec<u8>> = items
+        .iter()
+        .zip(documents)
+        .filter(|(v, _)| {
+            !matches!(
+                v,
+                ItemVerdict::Written | ItemVerdict::Duplicate | ItemVerdict::Reject { .. }
+            )
+        })
+        .map(|(_, d)| d)
+        .collect();
+    if refused > 0 {
+        tracing::warn!(refused, %index, "the dead-letter index refused documents too; they are in the dead-letter file");
+    }
+    (first_held, retry)
 }
 
 #[cfg(test)]

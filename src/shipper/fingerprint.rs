@@ -10,6 +10,7 @@
 //! fingerprints it did hold, so an operator can see what was pinned wrong.
 //!
 //! Format accepted: 64 hex digits, upper or lower case, with or without `:` separators.
+//! Failures are [`PinError`]s naming the host they came from.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,33 @@ use tokio_rustls::rustls::client::danger::{
 };
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Why the pinned CA could not be found. The caller prefixes the node it was looking at.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("no TLS answer within {0:?}")]
+    Timeout(Duration),
+    #[error("TLS setup: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("{host:?} is not a name to verify a certificate for")]
+    ServerName { host: String },
+    #[error("cannot connect to {host}:{port}: {source}")]
+    Connect {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {host}:{port} failed: {source}")]
+    Handshake {
+        host: String,
+        port: u16,
+        source: std::io::Error,
+    },
+    #[error("no certificate the server presented matches ssl.ca_trusted_fingerprint {pin}; it presented {presented}")]
+    NoMatch { pin: String, presented: String },
+}
 
 /// Parses the option's value; None if it is not 64 hex digits.
 pub fn parse(text: &str) -> Option<[u8; 32]> {
@@ -46,39 +74,52 @@ pub async fn pinned_certificate(
     url: &Url,
     pin: [u8; 32],
     timeout: Duration,
-) -> Result<Vec<u8>, String> {
-    let host = url.host_str().ok_or("the URL has no host")?.to_owned();
+) -> Result<Vec<u8>, PinError> {
+    let host = url.host_str().ok_or(PinError::NoHost)?.to_owned();
     let port = url.port_or_known_default().unwrap_or(9200);
     let chain = tokio::time::timeout(timeout, presented_chain(&host, port))
         .await
-        .map_err(|_| format!("no TLS answer within {timeout:?}"))??;
+        .map_err(|_| PinError::Timeout(timeout))??;
     let digests: Vec<[u8; 32]> = chain.iter().map(|c| Sha256::digest(c).into()).collect();
     match digests.iter().position(|d| *d == pin) {
         Some(at) => Ok(chain[at].clone()),
-        None => Err(format!(
-            "no certificate the server presented matches ssl.ca_trusted_fingerprint {}; it presented {}",
-            hex(&pin),
-            digests.iter().map(|d| hex(d)).collect::<Vec<_>>().join(", ")
-        )),
+        None => Err(PinError::NoMatch {
+            pin: hex(&pin),
+            presented: digests
+                .iter()
+                .map(|d| hex(d))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
-async fn presented_chain(host: &str, port: u16) -> Result<Vec<Vec<u8>>, String> {
+async fn presented_chain(host: &str, port: u16) -> Result<Vec<Vec<u8>>, PinError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(PinError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(RecordOnly { provider }))
         .with_no_client_auth();
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_owned()).map_err(|_| PinError::ServerName {
+        host: host.to_owned(),
+    })?;
     let tcp = TcpStream::connect((host, port))
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+        .map_err(|source| PinError::Connect {
+            host: host.to_owned(),
+            port,
+            source,
+        })?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
+        .map_err(|source| PinError::Handshake {
+            host: host.to_owned(),
+            port,
+            source,
+        })?;
     let chain = tls
         .get_ref()
         .1

@@ -6,12 +6,17 @@
 //! - [`bulk`]: bulk bodies and the meaning of every answer (a pure classification).
 //! - [`client`]: the nodes of a destination: failover, resting failed nodes, flavor.
 //! - [`checkpoint`]: how far each container's store is shipped, across restarts.
-//! - [`deadletter`]: documents refused for good, in a file bounded by `DEAD_LETTER_MAX_SIZE`.
+//! - [`deadletter`]: documents refused for good, in a file bounded by `DEAD_LETTER_MAX_SIZE`,
+//!   and the task that indexes them into the dead-letter index.
 //! - [`not_ready`]: episodes of documents held back (a destination not ready for them), logged
 //!   once each.
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
 //! - [`fragments`]: split lines rejoined into one message, with a byte cap.
-//! - [`destination`]: the task that follows stores and keeps bulk requests in flight.
+//! - [`source`]: one store followed: read from the checkpoint, lines rejoined, documents made.
+//! - [`retry`]: what an answer means for each document of a request (a pure function).
+//! - [`pause`]: the pause before a retry, and what the operator is told about it.
+//! - [`destination`]: the task that runs the loop: sources in, bulk requests in flight,
+//!   answers carried out, checkpoints moved.
 //!
 //! [`Shippers`] holds one destination per distinct set of options; containers with equal
 //! options share it.
@@ -28,6 +33,9 @@ pub mod fingerprint;
 pub mod fragments;
 pub mod index;
 pub mod not_ready;
+pub mod pause;
+pub mod retry;
+pub mod source;
 pub mod statics;
 
 use std::collections::HashMap;
@@ -45,9 +53,10 @@ use crate::metrics::Metrics;
 use crate::store::ContainerStore;
 use checkpoint::Checkpoint;
 use config::EsOptions;
-use destination::{Command, Destination, Documents, OnDrained, SourceSpec};
+use destination::{Command, Destination, OnDrained};
 use document::{Agent, ContainerDoc};
 use index::ResolvedIndex;
+use source::{Documents, Render, SourceSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -55,6 +64,16 @@ pub enum ShipError {
     Index(#[from] index::IndexError),
     #[error("{0}")]
     Client(#[from] client::ClientError),
+}
+
+/// Where the documents of a rendered store go, for its renderer.
+pub struct Target<'a> {
+    /// The Docker host's name (`host.name`).
+    pub host_name: &'a str,
+    /// This plugin as the shipping agent (`agent.*`).
+    pub agent: Agent,
+    /// `(type, dataset, namespace)` when the target is a data stream.
+    pub data_stream: Option<(&'a str, &'a str, &'a str)>,
 }
 
 pub struct Shippers {
@@ -184,33 +203,25 @@ impl Shippers {
         store.set_pin(Some(from));
     }
 
-    /// Starts shipping the engine's events store (see `events::service`): documents are built
-    /// from the stored events in `format`, with their own ids.
-    pub fn attach_events(
+    /// Starts shipping a store whose records are not a container's log lines (the engine's
+    /// events store): `render` is given where the documents go and returns how each record
+    /// becomes a document with its own id. The target has no container placeholders (checked
+    /// by the caller).
+    pub fn attach_records(
         &self,
         options: &EsOptions,
         id: &ContainerId,
         store: Arc<ContainerStore>,
-        format: crate::events::Format,
+        render: impl FnOnce(Target<'_>) -> Render,
     ) -> Result<(), ShipError> {
         let agent = self.agent(options);
-        // Event targets have no container placeholders (checked with EVENTS_INDEX).
         let index: ResolvedIndex = options.index.resolve(&Info::default(), &agent.version)?;
-        let data_stream =
-            index
-                .data_stream()
-                .map(|(kind, dataset, namespace)| crate::events::DataStream {
-                    kind: kind.to_owned(),
-                    dataset: dataset.to_owned(),
-                    namespace: namespace.to_owned(),
-                });
-        let events = crate::events::DocumentOptions {
-            format,
-            host_name: self.host_name.clone(),
+        let render = render(Target {
+            host_name: &self.host_name,
             agent,
-            data_stream,
-        };
-        self.start_source(options, id, store, Documents::Events(events), index)
+            data_stream: index.data_stream(),
+        });
+        self.start_source(options, id, store, Documents::Records(render), index)
     }
 
     /// The container's logging stopped: ship what is left, then release it.
@@ -242,6 +253,7 @@ impl Shippers {
             self.metrics.destination(&label),
             checkpoint::dir(&self.state_dir),
             self.shutdown.clone(),
+            self.tracker.clone(),
             Arc::clone(&self.on_drained),
         );
         let _ = crate::runs::create_private_dir(&checkpoint::dir(&self.state_dir));

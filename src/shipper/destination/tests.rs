@@ -18,7 +18,7 @@ use crate::entry::LogEntry;
 use crate::plugin::Plugin;
 use crate::settings::Settings;
 use crate::shipper::checkpoint::slow_sync;
-use crate::shipper::destination::FRAGMENT_WAIT;
+use crate::shipper::source::FRAGMENT_WAIT;
 use crate::testing::engine_fifo;
 
 const SHIPPED: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
