@@ -95,9 +95,9 @@ pub fn document(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::Agent;
     use crate::events::engine::EventLine;
     use crate::events::Format;
-    use crate::shipper::document::Agent;
 
     fn options() -> DocumentOptions {
         DocumentOptions {
