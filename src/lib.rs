@@ -12,6 +12,9 @@
 //! Modules, one job each:
 //! - [`entry`]: the LogEntry protobuf schema the engine speaks (generated from `proto/`).
 //! - [`container_id`]: the validated 64-hex container id, the only thing a store path is built from.
+//! - [`protocol`]: the engine's wire types (StartLogging, ReadLogs, Info): JSON shapes, key for key.
+//! - [`ecs`]: the ECS vocabulary log and event documents share: agent, version, timestamps, image, dedot.
+//! - [`fsutil`]: file helpers for the plugin's state: a private directory, atomic whole-file writes.
 //! - [`frame`]: length-prefixed frame decoding with a size cap, and encoding for ReadLogs.
 //! - [`fifo`]: the FIFO itself: open, pipe size, non-consuming reads (tee) and consumption.
 //! - [`pipeline`]: one task per logging run: drain a FIFO into the container's store, never stop.
@@ -26,20 +29,23 @@
 //! - [`backoff`]: the one retry pause: capped exponential backoff with jitter, raced against
 //!   shutdown.
 //! - [`metrics`]: counters and the Prometheus text endpoint.
-//! - [`api`]: the plugin's HTTP API on its unix socket: routing and request/answer shapes.
+//! - [`api`]: the plugin's HTTP API on its unix socket: routing and answers.
 //! - [`plugin`]: the running plugin: ties runs, stores and the API together; shutdown order.
 
 pub mod api;
 pub mod backoff;
 pub mod container_id;
+pub mod ecs;
 pub mod entry;
 pub mod events;
 pub mod fifo;
 pub mod frame;
+pub mod fsutil;
 pub mod metrics;
 pub mod options;
 pub mod pipeline;
 pub mod plugin;
+pub mod protocol;
 pub mod readlogs;
 pub mod replay;
 pub mod retention;

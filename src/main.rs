@@ -218,9 +218,11 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
         shutdown.clone(),
         SHUTDOWN_LIMIT,
     ));
-    plugin
-        .tracker()
-        .spawn(retention::run(Arc::clone(&plugin), shutdown.clone()));
+    plugin.tracker().spawn(retention::run(
+        Arc::clone(&plugin),
+        plugin.settings().local_logs_max_age,
+        shutdown.clone(),
+    ));
     let stale_socket = CancellationToken::new();
     start_events(&plugin, state_dir, &shutdown, Some(stale_socket.clone()));
     if let Some(addr) = plugin.settings().metrics_addr {
@@ -271,7 +273,7 @@ fn bind(socket: &Path) -> anyhow::Result<UnixListener> {
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    es_logging_plugin::runs::create_private_dir(dir)
+    es_logging_plugin::fsutil::create_private_dir(dir)
         .with_context(|| format!("cannot create the state dir {} (mode 0700)", dir.display()))
 }
 

@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::api::types::{Info, StartLogging};
 use crate::container_id::{ContainerId, InvalidContainerId};
 use crate::fifo::{Fifo, FifoError};
 use crate::metrics::Metrics;
 use crate::options::{LogOptions, OptionError};
 use crate::pipeline::{sync_store, Pipeline, RunEnd, RunStats, StopRequest};
+use crate::protocol::{Info, StartLogging};
 use crate::replay::ReplayFilter;
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
@@ -712,6 +712,17 @@ fn log_table_error(error: &RunsError) {
     tracing::error!(%error, "cannot update the run table; after a plugin crash these FIFOs would not be reopened");
 }
 
+/// The age sweep works on the plugin's stores and keeps what its run table names.
+impl crate::retention::Local for Plugin {
+    fn stores(&self) -> &Stores {
+        &self.stores
+    }
+
+    fn recorded_containers(&self) -> std::collections::HashSet<String> {
+        Plugin::recorded_containers(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,7 +777,7 @@ mod tests {
         let kept = strip_secrets(info.clone(), Some(&es));
         assert_eq!(kept.container_env, ["DEPLOY=blue"]);
         assert!(!serde_json::to_string(&kept).unwrap().contains("hunter2"));
-        let agent = crate::shipper::document::Agent {
+        let agent = crate::ecs::Agent {
             name: "h".into(),
             version: "v".into(),
             id: "a".into(),

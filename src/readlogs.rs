@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::types::ReadConfig;
 use crate::entry::LogEntry;
+use crate::protocol::ReadConfig;
 use crate::store::{ContainerStore, Cursor, Position, StoreError};
 
 /// Frames are sent in chunks of about this size when many are ready at once (history); a

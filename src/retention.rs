@@ -6,28 +6,51 @@
 //! [`Stores::remove_unused`](crate::store::Stores::remove_unused)). `LOCAL_LOGS_MAX_AGE=0` keeps
 //! every local copy until removed by hand. The sweep lists and deletes directories: it runs off
 //! the runtime's threads, which drain the containers' pipes.
+//!
+//! Retention sits below the plugin: it names what it needs of its owner in [`Local`] (the
+//! stores, and the containers the run table still holds), and `plugin.rs` provides it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::plugin::Plugin;
-use crate::store::Removal;
+use crate::store::{Removal, Stores};
+
+/// What the sweep works on.
+pub trait Local: Send + Sync + 'static {
+    /// The local copies.
+    fn stores(&self) -> &Stores;
+    /// Containers with a run in the run table: never idle, however old their last line.
+    fn recorded_containers(&self) -> HashSet<String>;
+}
+
+/// Callers hold their owner in an `Arc` (the plugin's is shared by every task).
+impl<L: Local> Local for Arc<L> {
+    fn stores(&self) -> &Stores {
+        L::stores(self)
+    }
+
+    fn recorded_containers(&self) -> HashSet<String> {
+        L::recorded_containers(self)
+    }
+}
 
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// Runs the sweep until shutdown.
-pub async fn run(plugin: Arc<Plugin>, shutdown: CancellationToken) {
-    let leftovers = Arc::clone(&plugin);
+/// Deletes what interrupted removals left, then runs the sweep until shutdown; `max_age` is
+/// `LOCAL_LOGS_MAX_AGE` (None: keep every copy).
+pub async fn run<L: Local>(local: Arc<L>, max_age: Option<Duration>, shutdown: CancellationToken) {
+    let leftovers = Arc::clone(&local);
     let _ = tokio::task::spawn_blocking(move || leftovers.stores().delete_leftovers()).await;
-    let Some(max_age) = plugin.settings().local_logs_max_age else {
+    let Some(max_age) = max_age else {
         return;
     };
     loop {
-        let sweeper = Arc::clone(&plugin);
+        let sweeper = Arc::clone(&local);
         let swept =
-            tokio::task::spawn_blocking(move || sweep(&sweeper, max_age, SystemTime::now()));
+            tokio::task::spawn_blocking(move || sweep(&*sweeper, max_age, SystemTime::now()));
         if let Err(error) = swept.await {
             tracing::error!(%error, "the age sweep of local copies failed");
         }
@@ -39,8 +62,8 @@ pub async fn run(plugin: Arc<Plugin>, shutdown: CancellationToken) {
 }
 
 /// Removes every inactive store last written before `now - max_age`; returns how many.
-pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
-    let stores = match plugin.stores().list() {
+pub fn sweep<L: Local>(local: &L, max_age: Duration, now: SystemTime) -> usize {
+    let stores = match local.stores().list() {
         Ok(stores) => stores,
         Err(error) => {
             tracing::warn!(%error, "cannot list local copies for the age sweep");
@@ -50,14 +73,14 @@ pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
     // A container with a run in the run table is not idle, however old its last line: its FIFO
     // may be being reopened after a restart (its store not open yet), or its backlog waiting to
     // be shipped.
-    let recorded = plugin.recorded_containers();
+    let recorded = local.recorded_containers();
     let mut removed = 0;
     for (id, last_write) in stores {
         let age = now.duration_since(last_write).unwrap_or_default();
         if age < max_age || recorded.contains(id.as_str()) {
             continue;
         }
-        match plugin.stores().remove_unused(&id) {
+        match local.stores().remove_unused(&id) {
             Ok(Removal::InUse) => {}
             Ok(Removal::Removed) => {
                 removed += 1;
@@ -73,6 +96,7 @@ pub fn sweep(plugin: &Plugin, max_age: Duration, now: SystemTime) -> usize {
 mod tests {
     use super::*;
     use crate::container_id::ContainerId;
+    use crate::plugin::Plugin;
     use crate::settings::Settings;
     use crate::shipper::checkpoint::Checkpoint;
     use crate::store::{Batch, Position, StoreLimits};

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use engine::*;
-use es_logging_plugin::api::types::Info;
+use es_logging_plugin::protocol::Info;
 use es_logging_plugin::runs::{RunRecord, RunTable};
 use prost::Message;
 

@@ -1,4 +1,4 @@
-//! The ReadLogs request (src/api/types.rs, src/container_id.rs, src/readlogs.rs) as the plugin
+//! The ReadLogs request (src/protocol.rs, src/container_id.rs, src/readlogs.rs) as the plugin
 //! takes it: a JSON body, then the container id and the Since/Until/Tail config. Two modes: any
 //! bytes as the body, or any field values in a well-formed body. Properties:
 //! - a refusal names its subject (the container id, or `Config.Since` / `Until` / `Tail`) and
@@ -9,7 +9,7 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use es_logging_plugin::api::types::{ReadConfig, ReadLogs};
+use es_logging_plugin::protocol::{ReadConfig, ReadLogs};
 use es_logging_plugin::container_id::ContainerId;
 use es_logging_plugin::readlogs::ReadRequest;
 use libfuzzer_sys::fuzz_target;

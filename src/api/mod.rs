@@ -12,8 +12,6 @@
 //! task, so a long `docker logs -f` never delays a StartLogging. Bodies over [`MAX_BODY`] are
 //! refused.
 
-pub mod types;
-
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::container_id::ContainerId;
 use crate::plugin::Plugin;
+use crate::protocol;
 use crate::readlogs::{self, FollowEnd, ReadRequest};
 
 /// Largest request body accepted. StartLogging carries the container's env and labels; 8 MiB is
@@ -125,7 +124,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
         "/Plugin.Activate" => json(StatusCode::OK, &serde_json::json!({"Implements": ["LogDriver"]})),
         "/LogDriver.Capabilities" => json(StatusCode::OK, &serde_json::json!({"Cap": {"ReadLogs": true}})),
         "/LogDriver.StartLogging" => {
-            let request: types::StartLogging = match parse(&path, &body) {
+            let request: protocol::StartLogging = match parse(&path, &body) {
                 Ok(r) => r,
                 Err(answer) => return *answer,
             };
@@ -146,7 +145,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
         }
         "/LogDriver.StopLogging" => {
             // Never fail: even an unreadable body gets `{}` (a failure leaks the engine's FIFO).
-            let file = serde_json::from_slice::<types::StopLogging>(&body).map(|r| r.file).unwrap_or_default();
+            let file = serde_json::from_slice::<protocol::StopLogging>(&body).map(|r| r.file).unwrap_or_default();
             plugin.stop_logging(&file).await;
             ok()
         }
@@ -159,7 +158,7 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
 }
 
 async fn read_logs(plugin: Arc<Plugin>, path: &str, body: &[u8]) -> Answer {
-    let request: types::ReadLogs = match parse(path, body) {
+    let request: protocol::ReadLogs = match parse(path, body) {
         Ok(r) => r,
         Err(answer) => return *answer,
     };
@@ -245,11 +244,11 @@ fn stream_answer(rx: mpsc::Receiver<Bytes>) -> Answer {
 }
 
 fn ok() -> Answer {
-    json(StatusCode::OK, &types::ErrAnswer { err: "" })
+    json(StatusCode::OK, &protocol::ErrAnswer { err: "" })
 }
 
 fn err_answer(status: StatusCode, message: &str) -> Answer {
-    json(status, &types::ErrAnswer { err: message })
+    json(status, &protocol::ErrAnswer { err: message })
 }
 
 fn json(status: StatusCode, value: &impl Serialize) -> Answer {

@@ -45,7 +45,7 @@ use std::str::FromStr;
 use serde_json::{json, Map, Value};
 
 use super::event::Event;
-use crate::shipper::document::{format_timestamp, Agent, AGENT_TYPE, ECS_VERSION};
+use crate::ecs::{dedot, split_image, timestamp, Agent, ECS_VERSION};
 
 /// Attributes the engine adds to container events itself; every other attribute is a label.
 pub const ENGINE_EXTRAS: [&str; 7] = [
@@ -140,34 +140,6 @@ pub fn ecs_category(kind: &str, action_base: &str) -> Option<(&'static str, &'st
     Some(pair)
 }
 
-/// Map keys with `.` replaced by `_`, by the rule log documents follow for labels: a key written
-/// without dots wins over one that dedots to the same name, then the first in sorted order; empty
-/// keys are dropped (Elasticsearch refuses empty field names).
-pub(crate) fn dedot<'a>(
-    pairs: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Map<String, Value> {
-    let mut sorted: Vec<(&String, &String)> = pairs
-        .into_iter()
-        .filter(|(key, _)| !key.is_empty())
-        .collect();
-    // Dotless keys first so they win; sorted within each group so the winner never depends on
-    // the map's order.
-    sorted.sort_by(|a, b| (a.0.contains('.'), a).cmp(&(b.0.contains('.'), b)));
-    let mut out = Map::new();
-    for (key, value) in sorted {
-        out.entry(key.replace('.', "_"))
-            .or_insert_with(|| Value::from(value.as_str()));
-    }
-    out
-}
-
-fn timestamp(time_nano: i64) -> String {
-    let mut out = Vec::with_capacity(30);
-    format_timestamp(time_nano, &mut out);
-    // format_timestamp writes ASCII digits and punctuation only.
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The members every ECS document shares: `host`, `agent`, `ecs`, `data_stream`.
 fn common_ecs(
     doc: &mut Map<String, Value>,
@@ -175,15 +147,7 @@ fn common_ecs(
     options: &DocumentOptions,
 ) {
     doc.insert("host".into(), json!({ "name": options.host_name }));
-    doc.insert(
-        "agent".into(),
-        json!({
-            "type": AGENT_TYPE,
-            "name": options.agent.name,
-            "version": options.agent.version,
-            "id": options.agent.id,
-        }),
-    );
+    doc.insert("agent".into(), options.agent.to_json());
     doc.insert("ecs".into(), json!({ "version": ECS_VERSION }));
     if let Some(stream) = &options.data_stream {
         doc.insert(
@@ -237,7 +201,7 @@ fn ecs_document(event: &Event, options: &DocumentOptions) -> Value {
         }
         if let Some(image) = attributes.get("image") {
             // Split as in log documents, so one query finds a container's logs and events.
-            let (name, tag) = crate::shipper::document::split_image(image);
+            let (name, tag) = split_image(image);
             let mut fields = Map::new();
             fields.insert("name".into(), name.into());
             if let Some(tag) = tag {
@@ -361,6 +325,7 @@ pub fn gap_id(after_nano: i64, before_nano: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::AGENT_TYPE;
 
     fn options(format: Format, data_stream: bool) -> DocumentOptions {
         DocumentOptions {

@@ -120,9 +120,9 @@ pub fn renderer(format: Format) -> impl FnOnce(Target<'_>) -> Render {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ecs::Agent;
     use crate::events::engine::EventLine;
     use crate::events::Format;
-    use crate::shipper::document::Agent;
 
     fn options() -> DocumentOptions {
         DocumentOptions {

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::api::types::Info;
 use crate::options::OptionError;
+use crate::protocol::Info;
 
 /// What the five options decide for a container's documents. Part of the destination's key
 /// (`EsOptions`), like every option, so it compares and hashes by what was written.

@@ -20,7 +20,7 @@
 //!   (Version 1 held the same fields but no `splits`, and was ignored when its `destination`
 //!   differed, which skipped the backlog; it is read whatever its `destination`.)
 //!
-//! Written through a synced temporary file and a rename (see `runs::write_atomically`; a [`Save`]
+//! Written through a synced temporary file and a rename (see `fsutil::write_atomically`; a [`Save`]
 //! is one such write, which the destination runs on the blocking pool, one at a time), at most
 //! once per [`MIN_INTERVAL`] while shipping, always when a container is done, and at once when a
 //! split point is recorded: after a crash the shipper replays at most that much, and
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::container_id::ContainerId;
-use crate::runs::write_atomically;
+use crate::fsutil::write_atomically;
 use crate::store::Position;
 
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);

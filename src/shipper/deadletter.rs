@@ -194,7 +194,7 @@ impl DeadLetters {
     fn append<'a>(&self, lines: impl Iterator<Item = &'a [u8]>) -> std::io::Result<usize> {
         let dir = self.path.parent();
         if let Some(dir) = dir {
-            crate::runs::create_private_dir(dir)?;
+            crate::fsutil::create_private_dir(dir)?;
         }
         let existed = self.path.exists();
         let mut file = OpenOptions::new()

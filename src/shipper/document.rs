@@ -25,25 +25,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::types::Info;
+use crate::ecs::{dedot, format_timestamp, split_image, Agent, ECS_VERSION};
+use crate::protocol::Info;
 use crate::shipper::attributes::Attributes;
 use crate::shipper::statics::Statics;
-
-/// `agent.type`: what kind of program shipped the document.
-pub const AGENT_TYPE: &str = "es-logging-plugin";
-
-/// The ECS version whose field names the documents use.
-pub const ECS_VERSION: &str = "8.11.0";
-
-/// The plugin's identity in every document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Agent {
-    /// `agent.name`: the `name` log-opt, else the caller's default (Beats use the host name).
-    pub name: String,
-    pub version: String,
-    /// `agent.id`: stable for this plugin installation.
-    pub id: String,
-}
 
 /// Everything about a container that is the same for all its documents, serialised once as a
 /// JSON fragment (`,"agent":{...},...`) appended to every document.
@@ -81,22 +66,13 @@ impl ContainerDoc {
         // Dots in label keys become `_`, as Beats do: `com.example.team` and `com.example`
         // would otherwise be both an object and a leaf in the mapping (`dedot` says which value
         // wins when two keys become one, the same rule as for event documents).
-        let labels =
-            crate::events::document::dedot(attributes.selected_labels(&info.container_labels));
+        let labels = dedot(attributes.selected_labels(&info.container_labels));
         if !labels.is_empty() {
             container.insert("labels".into(), labels.into());
         }
 
         let mut doc = Map::new();
-        doc.insert(
-            "agent".into(),
-            object([
-                ("type", AGENT_TYPE),
-                ("name", &agent.name),
-                ("version", &agent.version),
-                ("id", &agent.id),
-            ]),
-        );
+        doc.insert("agent".into(), agent.to_json());
         doc.insert("container".into(), container.into());
         doc.insert("ecs".into(), object([("version", ECS_VERSION)]));
         doc.insert("host".into(), object([("name", host_name)]));
@@ -139,31 +115,6 @@ fn object<const N: usize>(members: [(&str, &str); N]) -> Value {
             .map(|(key, value)| (key.to_owned(), Value::from(value)))
             .collect(),
     )
-}
-
-/// Splits the image as the user typed it into ECS `container.image.name` and `.tag`. The tag is
-/// what follows the last `:` after the last `/`, so a registry port (`registry:5000/app`) is not
-/// a tag. A digest (`@sha256:...`) pins content and is not a tag: it is dropped, and a tag
-/// written before it (`app:v1@sha256:...`) is still the tag. An image id (`sha256:<hex>`, when
-/// the container was started by id) is all name.
-pub(crate) fn split_image(image: &str) -> (&str, Option<&str>) {
-    let reference = image.split_once('@').map_or(image, |(name, _digest)| name);
-    let is_image_id = reference
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    if is_image_id {
-        return (reference, None);
-    }
-    let last_part = reference.rfind('/').map_or(0, |slash| slash + 1);
-    match reference[last_part..].rfind(':') {
-        Some(colon) if last_part + colon + 1 < reference.len() => {
-            let colon = last_part + colon;
-            (&reference[..colon], Some(&reference[colon + 1..]))
-        }
-        // `app:` has no tag to show; keep the name clean.
-        Some(colon) => (&reference[..last_part + colon], None),
-        None => (reference, None),
-    }
 }
 
 /// Appends one bulk item, two lines each ending in '\n':
@@ -212,34 +163,6 @@ pub fn append_create(
 /// 64 + 2 * 17 = 98 bytes (Elasticsearch allows 512), and only `[0-9a-f-]`, so URL-safe.
 pub fn document_id(container_id: &str, segment: u64, offset: u64) -> String {
     format!("{container_id}-{segment:x}-{offset:x}")
-}
-
-/// RFC 3339 UTC with exactly 9 fractional digits, from unix nanoseconds (negative times too:
-/// -1 is `1969-12-31T23:59:59.999999999Z`).
-pub fn format_timestamp(time_nano: i64, out: &mut Vec<u8>) {
-    // Every i64 nanosecond count (years 1677 to 2262) lies within time's +-9999-year range, so
-    // the fallback is never taken; it only spares a panic path.
-    let utc = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(time_nano))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let mut text = *b"0000-00-00T00:00:00.000000000Z";
-    // The year is positive and four digits long in that range.
-    put_digits(&mut text[0..4], utc.year().unsigned_abs());
-    put_digits(&mut text[5..7], u32::from(u8::from(utc.month())));
-    put_digits(&mut text[8..10], u32::from(utc.day()));
-    put_digits(&mut text[11..13], u32::from(utc.hour()));
-    put_digits(&mut text[14..16], u32::from(utc.minute()));
-    put_digits(&mut text[17..19], u32::from(utc.second()));
-    put_digits(&mut text[20..29], utc.nanosecond());
-    out.extend_from_slice(&text);
-}
-
-/// Writes `value` as decimal into all of `field`, zero-padded on the left.
-fn put_digits(field: &mut [u8], mut value: u32) {
-    for digit in field.iter_mut().rev() {
-        // value % 10 < 10, so the cast keeps it whole.
-        *digit = b'0' + (value % 10) as u8;
-        value /= 10;
-    }
 }
 
 /// What each byte becomes inside a JSON string: 0 for itself, `u` for `\u00XX`, else the letter
@@ -341,12 +264,6 @@ mod tests {
             serde_json::from_str(lines[0]).unwrap(),
             serde_json::from_str(lines[1]).unwrap(),
         )
-    }
-
-    fn timestamp(time_nano: i64) -> String {
-        let mut out = Vec::new();
-        format_timestamp(time_nano, &mut out);
-        String::from_utf8(out).unwrap()
     }
 
     /// `info`'s part on host `h`: no data stream, no static fields, Docker's default options.
@@ -554,29 +471,6 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains(r#""message":"a\nb\u0001\u001f""#), "{text}");
         assert_eq!(text.matches('\n').count(), 2);
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_utc_with_nine_digits() {
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(timestamp(1), "1970-01-01T00:00:00.000000001Z");
-        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999999999Z");
-        assert_eq!(timestamp(-1_000_000_000), "1969-12-31T23:59:59.000000000Z");
-        assert_eq!(timestamp(NOV_22_2026), "2026-11-22T04:11:00.123456789Z");
-        assert_eq!(
-            timestamp(1_700_000_000_100_000_000),
-            "2023-11-14T22:13:20.100000000Z"
-        );
-        assert_eq!(
-            timestamp(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000000000Z"
-        );
-        assert_eq!(timestamp(i64::MIN), "1677-09-21T00:12:43.145224192Z");
-        assert_eq!(timestamp(i64::MAX), "2262-04-11T23:47:16.854775807Z");
-        // The output is appended, not replaced.
-        let mut out = b"x".to_vec();
-        format_timestamp(0, &mut out);
-        assert_eq!(out, b"x1970-01-01T00:00:00.000000000Z");
     }
 
     #[test]

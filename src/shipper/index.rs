@@ -32,7 +32,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::api::types::Info;
+use crate::protocol::Info;
 
 /// Elasticsearch's `MAX_INDEX_NAME_BYTES`.
 const MAX_NAME_BYTES: usize = 255;

@@ -47,14 +47,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::api::types::Info;
 use crate::container_id::ContainerId;
+use crate::ecs::Agent;
 use crate::metrics::Metrics;
+use crate::protocol::Info;
 use crate::store::ContainerStore;
 use checkpoint::Checkpoint;
 use config::EsOptions;
 use destination::{Command, Destination, OnDrained};
-use document::{Agent, ContainerDoc};
+use document::ContainerDoc;
 use index::ResolvedIndex;
 use source::{Documents, Render, SourceSpec};
 
@@ -256,7 +257,7 @@ impl Shippers {
             self.tracker.clone(),
             Arc::clone(&self.on_drained),
         );
-        let _ = crate::runs::create_private_dir(&checkpoint::dir(&self.state_dir));
+        let _ = crate::fsutil::create_private_dir(&checkpoint::dir(&self.state_dir));
         let (tx, rx) = mpsc::unbounded_channel();
         let span = tracing::info_span!("ship", destination = %label);
         self.tracker.spawn(destination.run(rx).instrument(span));
@@ -306,6 +307,6 @@ fn agent_id(state_dir: &std::path::Path) -> String {
         bytes = nanos.to_le_bytes();
     }
     let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = crate::runs::write_atomically(&path, id.as_bytes());
+    let _ = crate::fsutil::write_atomically(&path, id.as_bytes());
     id
 }

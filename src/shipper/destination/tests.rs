@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::types::{Info, StartLogging};
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 use crate::plugin::Plugin;
+use crate::protocol::{Info, StartLogging};
 use crate::settings::Settings;
 use crate::shipper::checkpoint::slow_sync;
 use crate::shipper::source::FRAGMENT_WAIT;

@@ -1,6 +1,24 @@
-//! The JSON the engine sends and expects, key for key (docs/protocol.md). Keys are exact PascalCase;
-//! Go encodes empty maps and lists as `null`, so every map and list accepts `null`; unknown
-//! fields are ignored, never refused.
+//! The engine's wire types: the JSON the engine sends and expects on the plugin socket, key for
+//! key (docs/protocol.md). The HTTP layer (`api`) parses into them; the run table, ReadLogs and
+//! the shipper read them. They import nothing of ours, so every layer may use them.
+//!
+//! Shapes (keys are exact PascalCase):
+//!
+//! ```text
+//! StartLogging  {"File": "<FIFO path>", "Info": Info}
+//! StopLogging   {"File": "<FIFO path>"}
+//! ReadLogs      {"Info": Info, "Config": {"Since", "Until", "Tail", "Follow"}}
+//! Info          {"Config": {log-opt: value}, "ContainerID", "ContainerName",
+//!                "ContainerEntrypoint", "ContainerArgs": [..], "ContainerImageID",
+//!                "ContainerImageName", "ContainerCreated", "ContainerEnv": ["K=V", ..],
+//!                "ContainerLabels": {..}, "LogPath", "DaemonName"}
+//! answer        {"Err": ""} on success, {"Err": "<why>"} on failure
+//! ```
+//!
+//! Go encodes empty maps and lists as `null`, so every map and list accepts `null`; a missing
+//! field is its empty value; unknown fields are ignored, never refused. `Since`/`Until` are
+//! RFC 3339 (the zero time `0001-01-01T00:00:00Z` or empty means unset); `Tail` is -1 for all,
+//! 0 for none, N for the last N entries.
 
 use std::collections::HashMap;
 
