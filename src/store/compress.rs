@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 
 use flate2::{Compression, GzBuilder};
 
-use super::container::Shared;
+use super::catalog::{Shared, State};
 use super::last_time;
 use super::segment;
 use super::StoreError;
@@ -35,6 +35,20 @@ impl CompressQueue {
     /// and is queued again when the store is next opened).
     pub(crate) fn send(&self, store: Arc<Shared>, segment: u64) -> bool {
         self.0.send(Message::Compress { store, segment }).is_ok()
+    }
+
+    /// Queues the sealed segments of `store` (whose locked `state` this is) not compressed or
+    /// queued yet, if its limits want compression.
+    pub(crate) fn queue_sealed(&self, store: &Arc<Shared>, state: &mut State) {
+        if !state.limits.compress || state.removed {
+            return;
+        }
+        for sealed in state.sealed.iter_mut() {
+            if !sealed.compressed && !sealed.queued {
+                sealed.queued = self.send(Arc::clone(store), sealed.number);
+                sealed.compressing = sealed.queued;
+            }
+        }
     }
 }
 

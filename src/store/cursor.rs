@@ -8,10 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flate2::read::GzDecoder;
 
-use super::container::{Located, Shared};
-use super::record::{self, BadRecord, Front, FRAMING};
+use super::catalog::{Located, Shared};
+use super::record::{self, Front, FRAMING};
 use super::segment::{self, Opened};
-use super::{Position, StoreError};
+use super::{Damage, Position, StoreError};
 use crate::entry::LogEntry;
 
 /// A forward reader over one container's store. It holds the segment it is reading open
@@ -276,11 +276,11 @@ fn read_plain(
             return Err(segment::corrupt(
                 path,
                 offset,
-                "the segment ends inside a record",
+                Damage::SegmentEndsInsideRecord,
             ))
         }
         Ok(Front::Record { .. }) => {}
-        Err(bad) => return Err(segment::bad_record(path, offset, bad)),
+        Err(bad) => return Err(segment::corrupt(path, offset, bad)),
     }
     let buf = Bytes::from(buf);
     let mut at = 0;
@@ -299,7 +299,7 @@ fn read_plain(
             }
             // The rest is for the next read.
             Ok(Front::Incomplete { .. }) => return Ok(()),
-            Err(bad) => return Err(segment::bad_record(path, record_offset, bad)),
+            Err(bad) => return Err(segment::corrupt(path, record_offset, bad)),
         }
     }
 }
@@ -333,44 +333,17 @@ fn read_gz(
         }
     }
     let mut bytes = 0;
+    let mut record = Vec::new();
     while bytes < max_bytes || entries.is_empty() {
         if limit.is_some_and(|limit| *at >= limit) {
             break;
         }
-        let mut size = [0u8; 4];
-        let got = segment::read_fully(reader, &mut size, path, *at)?;
-        if got == 0 {
+        let Some(len) = segment::next_record(reader, path, *at, &mut record)? else {
             break;
-        }
-        if got < size.len() {
-            return Err(segment::corrupt(
-                path,
-                *at,
-                "the segment ends inside a record",
-            ));
-        }
-        let size = u32::from_be_bytes(size);
-        let len =
-            record::record_len_for(size).map_err(|bad| segment::bad_record(path, *at, bad))?;
-        let mut buf = vec![0; len];
-        buf[..4].copy_from_slice(&size.to_be_bytes());
-        if segment::read_fully(reader, &mut buf[4..], path, *at + 4)? < len - 4 {
-            return Err(segment::corrupt(
-                path,
-                *at,
-                "the segment ends inside a record",
-            ));
-        }
-        let trailing = record::read_size(&buf[len - 4..]);
-        if trailing != size {
-            let bad = BadRecord::SizesDiffer {
-                leading: size,
-                trailing,
-            };
-            return Err(segment::bad_record(path, *at, bad));
-        }
+        };
         let record_offset = *at;
-        let payload = Bytes::from(buf).slice(4..len - 4);
+        // Taken whole: the entry's fields may point into it, so the next record gets its own.
+        let payload = Bytes::from(std::mem::take(&mut record)).slice(..len - FRAMING);
         let entry = segment::decode(payload, path, record_offset)?;
         *at += len as u64;
         bytes += len;

@@ -73,13 +73,18 @@
 //! - `record`: record framing and the [`Batch`] the pipeline fills.
 //! - `segment`: file names, opening a segment (plain or gzip), recovery of a torn active segment.
 //! - `last_time`: the RFC 3339 `LastTime` of the gzip header.
-//! - `container`: one container's store: append, rotation, retention.
+//! - `catalog`: one container's segments (sealed, deleted, active), where a position falls,
+//!   the pin and retention: the bookkeeping readers and the compressor share.
+//! - `writer`: one container's write path: append, rotation, recovery of the active segment,
+//!   sync.
+//! - `container`: one container's store, composing its catalog, writer and compression queue.
 //! - `tail`: reading the last entries backwards.
 //! - `cursor`: reading forward from a [`Position`].
 //! - `compress`: the background compressor thread.
 //! - `stores`: all containers' stores under one root.
 //! - `spool`: the plugin-wide budget for backlog kept beyond max-file.
 
+mod catalog;
 mod compress;
 mod container;
 mod cursor;
@@ -91,13 +96,14 @@ mod stores;
 mod tail;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::io;
 use std::path::PathBuf;
 
 pub use container::ContainerStore;
 pub use cursor::Cursor;
-pub use record::Batch;
+pub use record::{BadRecord, Batch};
 pub use spool::Spool;
 pub use stores::{Removal, Stores};
 
@@ -209,7 +215,7 @@ pub enum StoreError {
     Corrupt {
         path: PathBuf,
         offset: u64,
-        reason: String,
+        reason: Damage,
     },
     #[error("record in {path} at offset {offset} is not a LogEntry: {source}")]
     Decode {
@@ -229,4 +235,24 @@ pub enum StoreError {
     Removed { path: PathBuf },
     #[error("cannot start the store's compression thread: {source}")]
     Thread { source: io::Error },
+}
+
+/// What is wrong with the bytes at a [`StoreError::Corrupt`] offset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Damage {
+    /// The record's framing: a size over the limit, or sizes that differ.
+    #[error(transparent)]
+    Record(#[from] BadRecord),
+    #[error("the segment ends inside a record")]
+    SegmentEndsInsideRecord,
+    #[error("the file ends inside a record")]
+    FileEndsInsideRecord,
+    #[error("the segment starts with a partial record")]
+    SegmentStartsInsideRecord,
+    #[error("trailing size {size} points before the start of the segment")]
+    SizeBeforeStart { size: u32 },
+    #[error("the segment got shorter while it was read")]
+    SegmentShrank,
+    #[error("too short for a gzip file")]
+    GzipTooShort,
 }

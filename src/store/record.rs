@@ -106,26 +106,12 @@ impl Batch {
 }
 
 /// Why bytes are not a well-framed record.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum BadRecord {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRecord {
+    #[error("size {0} is over the limit of {MAX_PAYLOAD_LEN}")]
     TooLarge(u32),
+    #[error("leading size {leading} differs from trailing size {trailing}")]
     SizesDiffer { leading: u32, trailing: u32 },
-}
-
-impl std::fmt::Display for BadRecord {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::TooLarge(size) => {
-                write!(f, "size {size} is over the limit of {MAX_PAYLOAD_LEN}")
-            }
-            Self::SizesDiffer { leading, trailing } => {
-                write!(
-                    f,
-                    "leading size {leading} differs from trailing size {trailing}"
-                )
-            }
-        }
-    }
 }
 
 pub(crate) fn read_size(bytes: &[u8]) -> u32 {

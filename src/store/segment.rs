@@ -12,7 +12,7 @@ use prost::Message;
 
 use super::last_time;
 use super::record::{self, BadRecord, Front};
-use super::StoreError;
+use super::{Damage, StoreError};
 use crate::entry::LogEntry;
 
 /// Segment numbers are written with this many digits, so names sort in order (u64::MAX has 20).
@@ -187,22 +187,7 @@ pub(crate) fn read_at_most(
     offset: u64,
     buf: &mut [u8],
 ) -> Result<usize, StoreError> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(StoreError::Read {
-                    path: path.to_owned(),
-                    offset: offset + filled as u64,
-                    source,
-                })
-            }
-        }
-    }
-    Ok(filled)
+    fill(buf, path, offset, |rest, at| file.read_at(rest, at))
 }
 
 /// Reads exactly `len` bytes at `offset`; a file that ends sooner is corrupt (readers only ask
@@ -219,7 +204,7 @@ pub(crate) fn read_exact_at(
         return Err(corrupt(
             path,
             offset + read as u64,
-            "the file ends inside a record",
+            Damage::FileEndsInsideRecord,
         ));
     }
     Ok(buf)
@@ -260,7 +245,7 @@ pub(crate) fn gz_matches_plain(dir: &Path, number: u64) -> bool {
 pub(crate) fn gz_len(file: &File, path: &Path) -> Result<u64, StoreError> {
     let len = file_len(file, path)?;
     if len < 4 {
-        return Err(corrupt(path, 0, "too short for a gzip file"));
+        return Err(corrupt(path, 0, Damage::GzipTooShort));
     }
     let isize = read_exact_at(file, path, len - 4, 4)?;
     Ok(u64::from(u32::from_le_bytes([
@@ -276,16 +261,12 @@ pub(crate) fn gz_last_time(file: File) -> Option<i64> {
         .and_then(last_time::parse_header_extra)
 }
 
-pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl ToString) -> StoreError {
+pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<Damage>) -> StoreError {
     StoreError::Corrupt {
         path: path.to_owned(),
         offset,
-        reason: reason.to_string(),
+        reason: reason.into(),
     }
-}
-
-pub(crate) fn bad_record(path: &Path, offset: u64, bad: BadRecord) -> StoreError {
-    corrupt(path, offset, bad)
 }
 
 pub(crate) fn decode(payload: Bytes, path: &Path, offset: u64) -> Result<LogEntry, StoreError> {
@@ -413,6 +394,42 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
     })
 }
 
+/// Reads the record at offset `at` of `reader` (a segment's uncompressed bytes, read forward)
+/// into `record`: its payload, then its trailing size. Returns the record's whole length
+/// (framing included), or None at a clean end (no byte left). Checks the framing; the payload
+/// is not decoded.
+pub(crate) fn next_record(
+    reader: &mut impl Read,
+    path: &Path,
+    at: u64,
+    record: &mut Vec<u8>,
+) -> Result<Option<usize>, StoreError> {
+    let mut size = [0u8; 4];
+    let got = read_fully(reader, &mut size, path, at)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let ends_inside = || corrupt(path, at, Damage::SegmentEndsInsideRecord);
+    if got < size.len() {
+        return Err(ends_inside());
+    }
+    let size = u32::from_be_bytes(size);
+    let len = record::record_len_for(size).map_err(|bad| corrupt(path, at, bad))?;
+    record.resize(len - 4, 0);
+    if read_fully(reader, record, path, at + 4)? < record.len() {
+        return Err(ends_inside());
+    }
+    let trailing = record::read_size(&record[size as usize..]);
+    if trailing != size {
+        let bad = BadRecord::SizesDiffer {
+            leading: size,
+            trailing,
+        };
+        return Err(corrupt(path, at, bad));
+    }
+    Ok(Some(len))
+}
+
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
 pub(crate) fn read_fully(
     reader: &mut impl Read,
@@ -420,16 +437,30 @@ pub(crate) fn read_fully(
     path: &Path,
     offset: u64,
 ) -> Result<usize, StoreError> {
+    fill(buf, path, offset, |rest, _| reader.read(rest))
+}
+
+/// Fills `buf` by calling `read(rest of buf, its offset)` until it is full or a call returns 0
+/// (the end); returns the bytes read. A call cut short by a signal (EINTR) is made again: the
+/// compressor and readers run beside signal handlers, and an interrupted read lost nothing.
+/// `offset` is where `buf` starts in `path`, for the error.
+fn fill(
+    buf: &mut [u8],
+    path: &Path,
+    offset: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>,
+) -> Result<usize, StoreError> {
     let mut filled = 0;
     while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
+        let at = offset + filled as u64;
+        match read(&mut buf[filled..], at) {
             Ok(0) => break,
             Ok(read) => filled += read,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(source) => {
                 return Err(StoreError::Read {
                     path: path.to_owned(),
-                    offset: offset + filled as u64,
+                    offset: at,
                     source,
                 })
             }

@@ -21,11 +21,11 @@ use std::sync::Arc;
 use flate2::read::GzDecoder;
 use prost::Message;
 
-use super::container::Shared;
+use super::catalog::Shared;
 use super::cursor::Cursor;
 use super::record::{self, BadRecord, FRAMING};
 use super::segment::{self, Opened};
-use super::{Position, StoreError};
+use super::{Damage, Position, StoreError};
 use crate::entry::{self, LogEntry};
 
 /// Bytes read per step backwards: many small records per read, and big enough that a
@@ -166,20 +166,16 @@ fn backwards(file: &File, path: &Path, end: u64, want: Limit) -> Result<Counted,
     let mut records = 0;
     while at > 0 && records < want.records {
         if at < FRAMING as u64 {
-            return Err(segment::corrupt(
-                path,
-                0,
-                "the segment starts with a partial record",
-            ));
+            return Err(segment::corrupt(path, 0, Damage::SegmentStartsInsideRecord));
         }
         let size = record::read_size(window.get(at - 4, 4)?);
         let len =
-            record::record_len_for(size).map_err(|bad| segment::bad_record(path, at - 4, bad))?;
+            record::record_len_for(size).map_err(|bad| segment::corrupt(path, at - 4, bad))?;
         let Some(start) = at.checked_sub(len as u64) else {
             return Err(segment::corrupt(
                 path,
                 at - 4,
-                format!("trailing size {size} points before the start of the segment"),
+                Damage::SizeBeforeStart { size },
             ));
         };
         let bytes = window.get(start, len)?;
@@ -189,7 +185,7 @@ fn backwards(file: &File, path: &Path, end: u64, want: Limit) -> Result<Counted,
                 leading,
                 trailing: size,
             };
-            return Err(segment::bad_record(path, start, bad));
+            return Err(segment::corrupt(path, start, bad));
         }
         check_entry(&bytes[4..len - 4], path, start)?;
         if end - start > want.bytes {
@@ -234,13 +230,9 @@ fn forwards<R: Read>(
     if skipped.records < skip_records || skipped.at < skip_bytes {
         // The file changed between the two reads (it is never written once sealed, so only a
         // damaged device does this): say so rather than count from a wrong place.
-        return Err(skipped.damage.unwrap_or_else(|| {
-            segment::corrupt(
-                path,
-                skipped.at,
-                "the segment got shorter while it was read",
-            )
-        }));
+        return Err(skipped
+            .damage
+            .unwrap_or_else(|| segment::corrupt(path, skipped.at, Damage::SegmentShrank)));
     }
     Ok(Counted {
         records: all.records - skipped.records,
@@ -289,39 +281,18 @@ fn walk(
     walked
 }
 
-/// Reads the record at `at` into `record` (its payload and trailing size) and checks it; its
-/// whole length, or None at a clean end.
+/// Reads the record at `at` into `record` and checks it as the cursor would; its whole length,
+/// or None at a clean end.
 fn next_record(
     reader: &mut impl Read,
     path: &Path,
     at: u64,
     record: &mut Vec<u8>,
 ) -> Result<Option<u64>, StoreError> {
-    let mut size = [0u8; 4];
-    let got = segment::read_fully(reader, &mut size, path, at)?;
-    if got == 0 {
+    let Some(len) = segment::next_record(reader, path, at, record)? else {
         return Ok(None);
-    }
-    let ends_inside = || segment::corrupt(path, at, "the segment ends inside a record");
-    if got < size.len() {
-        return Err(ends_inside());
-    }
-    let size = u32::from_be_bytes(size);
-    let len = record::record_len_for(size).map_err(|bad| segment::bad_record(path, at, bad))?;
-    record.resize(len - 4, 0);
-    if segment::read_fully(reader, record, path, at + 4)? < record.len() {
-        return Err(ends_inside());
-    }
-    let (payload, trailing) = record.split_at(size as usize);
-    let trailing = record::read_size(trailing);
-    if trailing != size {
-        let bad = BadRecord::SizesDiffer {
-            leading: size,
-            trailing,
-        };
-        return Err(segment::bad_record(path, at, bad));
-    }
-    check_entry(payload, path, at)?;
+    };
+    check_entry(&record[..len - FRAMING], path, at)?;
     Ok(Some(len as u64))
 }
 
@@ -393,7 +364,7 @@ impl<'a> Window<'a> {
                 return Err(segment::corrupt(
                     self.path,
                     start + read as u64,
-                    "the file ends inside a record",
+                    Damage::FileEndsInsideRecord,
                 ));
             }
             self.start = start;
