@@ -1,4 +1,6 @@
-//! The `es-logging-plugin` command: `serve` runs the plugin (the managed plugin's entrypoint).
+//! The `es-logging-plugin` command: `serve` runs the plugin (the managed plugin's entrypoint),
+//! `events` the events collector alone. With `plugin.rs` it is the only place that wires parts
+//! together: each part takes what it uses (the events service its spool, shippers and metrics).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +10,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use es_logging_plugin::{api, events, metrics, plugin::Plugin, retention, settings::Settings};
+use es_logging_plugin::events::service::{self as events, EventsError, Parts};
+use es_logging_plugin::metrics;
+use es_logging_plugin::plugin::{self, Plugin};
+use es_logging_plugin::settings::Settings;
+use es_logging_plugin::store::Spool;
+use es_logging_plugin::{api, retention};
 
 /// Docker logging plugin: a durable local copy for `docker logs`, shipped to Elasticsearch.
 #[derive(Parser)]
@@ -126,39 +134,42 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Starts the events service if the EVENTS settings ask for it. A missing destination is an
-/// ERROR in the log, not a reason to refuse serving logs. With `on_stale_socket` (the plugin,
-/// whose engine socket is a bind mount), a stale socket cancels that token.
+/// Starts the events service, in a task of `tracker`, if the EVENTS settings ask for it. A
+/// missing destination is an ERROR in the log, not a reason to refuse serving logs. With
+/// `on_stale_socket` (the plugin, whose engine socket is a bind mount), a stale socket cancels
+/// that token.
 fn start_events(
-    plugin: &Arc<Plugin>,
+    settings: &Settings,
+    parts: Parts,
+    tracker: &TaskTracker,
     state_dir: &Path,
     shutdown: &CancellationToken,
     on_stale_socket: Option<CancellationToken>,
 ) -> bool {
-    let Some(events) = plugin.settings().events.clone() else {
+    let Some(events) = settings.events.clone() else {
         return false;
     };
-    let es = match events::service::destination(&plugin.settings().option_defaults, &events.index) {
+    let es = match events::destination(&settings.option_defaults, &events.index) {
         Ok(es) => es,
         Err(error) => {
             tracing::error!(%error, "EVENTS is on but events cannot be shipped; not collecting them");
             return false;
         }
     };
-    let run = events::service::run(
+    let run = events::run(
         events,
         es,
         state_dir.join("events"),
-        Arc::clone(plugin),
+        parts,
         shutdown.clone(),
         on_stale_socket
             .is_some()
-            .then_some(events::service::STALE_SOCKET_LIMIT),
+            .then_some(events::STALE_SOCKET_LIMIT),
     );
-    plugin.tracker().spawn(async move {
+    tracker.spawn(async move {
         match run.await {
             Ok(()) => {}
-            Err(error @ events::service::EventsError::SocketStale { .. }) => {
+            Err(error @ EventsError::SocketStale { .. }) => {
                 tracing::error!(%error, "restarting");
                 if let Some(stale) = on_stale_socket {
                     stale.cancel();
@@ -170,25 +181,26 @@ fn start_events(
     true
 }
 
-/// The `events` command: the events service alone, until SIGTERM or SIGINT.
+/// The `events` command: the events service alone, until SIGTERM or SIGINT. It needs only a
+/// spool budget, shippers and metrics of its own: no run table, no container stores.
 async fn collect_events(settings: Settings, state_dir: &Path) -> anyhow::Result<()> {
     create_private_dir(state_dir)?;
     let shutdown = CancellationToken::new();
-    let metrics_addr = settings.metrics_addr;
-    let plugin = Plugin::open(settings, state_dir, shutdown.clone())
-        .with_context(|| format!("cannot open the state dir {}", state_dir.display()))?;
-    if !start_events(&plugin, state_dir, &shutdown, None) {
+    let tracker = TaskTracker::new();
+    let spool = Arc::new(Spool::new(settings.spool_max_size));
+    // The events store is never stopped, so it is never drained and released.
+    let on_drained = Arc::new(|_: &_| {});
+    let parts = plugin::shipping(spool, &settings, state_dir, &shutdown, &tracker, on_drained);
+    let metrics = Arc::clone(&parts.metrics);
+    if !start_events(&settings, parts, &tracker, state_dir, &shutdown, None) {
         anyhow::bail!("nothing to do: the events collector could not start (see the log above)");
     }
-    if let Some(addr) = metrics_addr {
-        let metrics = Arc::clone(plugin.metrics());
-        plugin
-            .tracker()
-            .spawn(metrics::serve(addr, metrics, shutdown.clone()));
+    if let Some(addr) = settings.metrics_addr {
+        tracker.spawn(metrics::serve(addr, metrics, shutdown.clone()));
     }
     wait_for_signal().await;
     shutdown.cancel();
-    plugin.wind_down(SHUTDOWN_LIMIT).await;
+    plugin::wind_down(&tracker, SHUTDOWN_LIMIT).await;
     Ok(())
 }
 
@@ -224,7 +236,19 @@ async fn serve(settings: Settings, socket: &Path, state_dir: &Path) -> anyhow::R
         shutdown.clone(),
     ));
     let stale_socket = CancellationToken::new();
-    start_events(&plugin, state_dir, &shutdown, Some(stale_socket.clone()));
+    let parts = Parts {
+        spool: Arc::clone(plugin.stores().spool()),
+        shippers: Arc::clone(plugin.shippers()),
+        metrics: Arc::clone(plugin.metrics()),
+    };
+    start_events(
+        plugin.settings(),
+        parts,
+        plugin.tracker(),
+        state_dir,
+        &shutdown,
+        Some(stale_socket.clone()),
+    );
     if let Some(addr) = plugin.settings().metrics_addr {
         let metrics = Arc::clone(plugin.metrics());
         plugin

@@ -2,6 +2,11 @@
 //!
 //! Exposition format 0.0.4: `# HELP`, `# TYPE`, then `name{labels} value` lines. Destinations
 //! are labelled by their hosts (no credentials); containers are never labels (unbounded).
+//!
+//! A low layer that the other parts report into, importing none of them: the pipeline adds
+//! [`IngestCounts`], and parts that keep their own counters (the spool, the events collector)
+//! are read at each scrape through [`SpoolReport`] and [`EventsReport`], implemented where the
+//! parts are wired (`plugin`, `events::service`).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -16,9 +21,6 @@ use hyper::service::service_fn;
 use hyper::Response;
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
-
-use crate::events::CollectorStats;
-use crate::store::Spool;
 
 /// A per-destination counter: name, help text, and how to read it.
 type Counter = (&'static str, &'static str, fn(&DestinationMetrics) -> u64);
@@ -82,6 +84,46 @@ impl DestinationMetrics {
     }
 }
 
+/// What a logging run added since it last reported.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IngestCounts {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Frames skipped as oversized or not a LogEntry.
+    pub frames_skipped: u64,
+    pub lost: u64,
+}
+
+/// The spool's figures at a scrape.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolFigures {
+    /// Unshipped bytes kept beyond max-file.
+    pub used: u64,
+    /// The budget (SPOOL_MAX_SIZE).
+    pub max: u64,
+    pub dropped_bytes: u64,
+    pub dropped_entries: u64,
+}
+
+/// The events collector's counters at a scrape.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventsFigures {
+    pub events: u64,
+    pub duplicates: u64,
+    pub gaps: u64,
+    pub connects: u64,
+}
+
+/// A spool budget, read at each scrape.
+pub trait SpoolReport: Send + Sync {
+    fn spool_figures(&self) -> SpoolFigures;
+}
+
+/// An events collector's counters, read at each scrape.
+pub trait EventsReport: Send + Sync {
+    fn events_figures(&self) -> EventsFigures;
+}
+
 /// Plugin-wide counters of the FIFO side.
 #[derive(Default)]
 pub struct IngestMetrics {
@@ -93,12 +135,12 @@ pub struct IngestMetrics {
 
 impl IngestMetrics {
     /// Adds counts of a logging run (published as they grow).
-    pub fn record(&self, stats: &crate::pipeline::RunStats) {
-        self.entries.fetch_add(stats.entries, Ordering::Relaxed);
-        self.bytes.fetch_add(stats.bytes, Ordering::Relaxed);
+    pub fn record(&self, counts: IngestCounts) {
+        self.entries.fetch_add(counts.entries, Ordering::Relaxed);
+        self.bytes.fetch_add(counts.bytes, Ordering::Relaxed);
         self.frames_skipped
-            .fetch_add(stats.oversized + stats.invalid, Ordering::Relaxed);
-        self.lost.fetch_add(stats.lost, Ordering::Relaxed);
+            .fetch_add(counts.frames_skipped, Ordering::Relaxed);
+        self.lost.fetch_add(counts.lost, Ordering::Relaxed);
     }
 }
 
@@ -106,12 +148,12 @@ impl IngestMetrics {
 pub struct Metrics {
     pub ingest: Arc<IngestMetrics>,
     destinations: Mutex<BTreeMap<String, Arc<DestinationMetrics>>>,
-    spool: Option<Arc<Spool>>,
-    events: std::sync::OnceLock<Arc<CollectorStats>>,
+    spool: Option<Arc<dyn SpoolReport>>,
+    events: std::sync::OnceLock<Arc<dyn EventsReport>>,
 }
 
 impl Metrics {
-    pub fn new(spool: Arc<Spool>) -> Self {
+    pub fn new(spool: Arc<dyn SpoolReport>) -> Self {
         Self {
             spool: Some(spool),
             ..Self::default()
@@ -119,7 +161,7 @@ impl Metrics {
     }
 
     /// The events collector's counters, once it runs.
-    pub fn set_events(&self, stats: Arc<CollectorStats>) {
+    pub fn set_events(&self, stats: Arc<dyn EventsReport>) {
         let _ = self.events.set(stats);
     }
 
@@ -162,30 +204,31 @@ impl Metrics {
             ));
         }
         if let Some(spool) = &self.spool {
+            let spool = spool.spool_figures();
             let spool_metrics = [
                 (
                     "eslp_spool_backlog_bytes",
                     "gauge",
                     "Unshipped bytes kept on disk beyond max-file (charged to SPOOL_MAX_SIZE)",
-                    spool.used(),
+                    spool.used,
                 ),
                 (
                     "eslp_spool_max_bytes",
                     "gauge",
                     "The spool budget (SPOOL_MAX_SIZE)",
-                    spool.max(),
+                    spool.max,
                 ),
                 (
                     "eslp_spool_dropped_bytes_total",
                     "counter",
                     "Unshipped bytes deleted because the spool budget was full",
-                    spool.dropped_bytes(),
+                    spool.dropped_bytes,
                 ),
                 (
                     "eslp_spool_dropped_entries_total",
                     "counter",
                     "Unshipped entries deleted because the spool budget was full",
-                    spool.dropped_entries(),
+                    spool.dropped_entries,
                 ),
             ];
             for (name, kind, help, value) in spool_metrics {
@@ -195,28 +238,28 @@ impl Metrics {
             }
         }
         if let Some(events) = self.events.get() {
+            let events = events.events_figures();
             let counters = [
-                ("eslp_events_total", "Engine events collected", &events.events),
+                ("eslp_events_total", "Engine events collected", events.events),
                 (
                     "eslp_events_duplicates_total",
                     "Replayed engine events dropped as already collected",
-                    &events.duplicates,
+                    events.duplicates,
                 ),
                 (
                     "eslp_events_gaps_total",
                     "Times the engine's buffer did not cover a disconnection (events may be missing)",
-                    &events.gaps,
+                    events.gaps,
                 ),
                 (
                     "eslp_events_connects_total",
                     "Connections to the engine's /events",
-                    &events.connects,
+                    events.connects,
                 ),
             ];
             for (name, help, value) in counters {
                 out.push_str(&format!(
-                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
-                    get(value)
+                    "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
                 ));
             }
         }

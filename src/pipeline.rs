@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::entry::{self, LogEntry};
 use crate::fifo::{page_size, Fifo, Peek, Read, WANTED_PIPE_SIZE};
 use crate::frame::{FrameDecoder, MAX_PAYLOAD, PREFIX};
-use crate::metrics::IngestMetrics;
+use crate::metrics::{IngestCounts, IngestMetrics};
 use crate::replay::ReplayFilter;
 use crate::store::{Batch, ContainerStore};
 
@@ -97,6 +97,16 @@ impl RunStats {
             truncated_bytes: self.truncated_bytes.saturating_sub(earlier.truncated_bytes),
             lost: self.lost - earlier.lost,
             replayed: self.replayed - earlier.replayed,
+        }
+    }
+
+    /// What the metrics endpoint counts of these.
+    fn ingest_counts(&self) -> IngestCounts {
+        IngestCounts {
+            entries: self.entries,
+            bytes: self.bytes,
+            frames_skipped: self.oversized + self.invalid,
+            lost: self.lost,
         }
     }
 }
@@ -422,7 +432,7 @@ impl Drainer {
 
     fn publish(&mut self) {
         if let Some(metrics) = &self.metrics {
-            metrics.record(&self.stats.since(&self.published));
+            metrics.record(self.stats.since(&self.published).ingest_counts());
             self.published = self.stats;
         }
     }

@@ -22,8 +22,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::container_id::{ContainerId, InvalidContainerId};
+use crate::events::service::Parts;
 use crate::fifo::{Fifo, FifoError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SpoolFigures, SpoolReport};
 use crate::options::{LogOptions, OptionError};
 use crate::pipeline::{sync_store, Pipeline, RunEnd, RunStats, StopRequest};
 use crate::protocol::{Info, StartLogging};
@@ -31,6 +32,7 @@ use crate::replay::ReplayFilter;
 use crate::runs::{RunRecord, RunTable, RunsError};
 use crate::settings::Settings;
 use crate::shipper::config::EsOptions;
+use crate::shipper::destination::OnDrained;
 use crate::shipper::{ShipError, Shippers};
 use crate::store::{ContainerStore, Removal, Spool, StoreError, Stores};
 
@@ -70,11 +72,21 @@ struct Activity {
     runs: watch::Sender<usize>,
 }
 
+impl Activity {
+    /// The container's entry, created with no runs counted: a follow stream may watch a
+    /// container before its first run, and a run's count starts there.
+    fn of<'a>(activity: &'a mut HashMap<ContainerId, Activity>, id: &ContainerId) -> &'a mut Self {
+        activity.entry(id.clone()).or_insert_with(|| Activity {
+            runs: watch::channel(0).0,
+        })
+    }
+}
+
 pub struct Plugin {
     settings: Settings,
     stores: Stores,
     table: Arc<RunTable>,
-    shippers: Shippers,
+    shippers: Arc<Shippers>,
     metrics: Arc<Metrics>,
     active: Mutex<HashMap<String, ActiveRun>>,
     activity: Mutex<HashMap<ContainerId, Activity>>,
@@ -109,7 +121,6 @@ impl Plugin {
         };
         let table = Arc::new(table);
         let tracker = TaskTracker::new();
-        let metrics = Arc::new(Metrics::new(spool));
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<Plugin>| {
             let me = me.clone();
             let on_drained = Arc::new(move |id: &ContainerId| {
@@ -121,15 +132,11 @@ impl Plugin {
                     plugin.drained(id);
                 }
             });
+            let Parts {
+                shippers, metrics, ..
+            } = shipping(spool, &settings, state_dir, &shutdown, &tracker, on_drained);
             Self {
-                shippers: Shippers::new(
-                    state_dir.to_owned(),
-                    Arc::clone(&metrics),
-                    shutdown.clone(),
-                    tracker.clone(),
-                    on_drained,
-                    settings.dead_letter_max_size,
-                ),
+                shippers,
                 metrics,
                 settings,
                 stores,
@@ -151,7 +158,7 @@ impl Plugin {
         &self.stores
     }
 
-    pub fn shippers(&self) -> &Shippers {
+    pub fn shippers(&self) -> &Arc<Shippers> {
         &self.shippers
     }
 
@@ -176,14 +183,15 @@ impl Plugin {
             }
         }
         self.stores.close_idle();
-        if self.settings.destroy_logs_on_stop {
-            self.destroy_local_copy(id, "after shipping");
-        }
+        self.destroy_local_copy(id, "after shipping");
     }
 
-    /// DESTROY_LOGS_ON_STOP: removes the container's local copy unless something uses it (a new
-    /// run of a container that restarted at once, a reader, a shipper).
+    /// DESTROY_LOGS_ON_STOP, when set: removes the container's local copy unless something uses
+    /// it (a new run of a container that restarted at once, a reader, a shipper).
     fn destroy_local_copy(&self, id: &ContainerId, when: &str) {
+        if !self.settings.destroy_logs_on_stop {
+            return;
+        }
         match self.stores.remove_unused(id) {
             Ok(Removal::Removed) => tracing::info!(
                 container = id.short(),
@@ -602,7 +610,7 @@ impl Plugin {
         drop(order);
         self.forget_record(file);
         let throwaway = stats.entries == 0 && run.read_logs_served.load(Ordering::Relaxed);
-        if end == RunEnd::Stopped && now_idle && self.settings.destroy_logs_on_stop && !throwaway {
+        if end == RunEnd::Stopped && now_idle && !throwaway {
             self.destroy_local_copy(&run.id, "at stop");
         }
     }
@@ -645,10 +653,8 @@ impl Plugin {
 
     /// Changes the active-run count of a container and returns the new count.
     fn add_run(&self, id: &ContainerId, delta: isize) -> usize {
-        let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = activity.entry(id.clone()).or_insert_with(|| Activity {
-            runs: watch::channel(0).0,
-        });
+        let mut activity = self.lock_activity();
+        let entry = Activity::of(&mut activity, id);
         let mut now = 0;
         entry.runs.send_modify(|n| {
             *n = n.saturating_add_signed(delta);
@@ -662,8 +668,7 @@ impl Plugin {
 
     /// How many runs of the container are counted now (started, not yet ended).
     fn runs_counted(&self, id: &ContainerId) -> usize {
-        let activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-        activity.get(id).map_or(0, |a| *a.runs.borrow())
+        self.lock_activity().get(id).map_or(0, |a| *a.runs.borrow())
     }
 
     /// The active-run count of a container, for a follow stream to watch; marks the active runs
@@ -672,14 +677,11 @@ impl Plugin {
         for run in self.lock_active().values().filter(|r| &r.id == id) {
             run.read_logs_served.store(true, Ordering::Relaxed);
         }
-        let mut activity = self.activity.lock().unwrap_or_else(|p| p.into_inner());
-        activity
-            .entry(id.clone())
-            .or_insert_with(|| Activity {
-                runs: watch::channel(0).0,
-            })
-            .runs
-            .subscribe()
+        Activity::of(&mut self.lock_activity(), id).runs.subscribe()
+    }
+
+    fn lock_activity(&self) -> std::sync::MutexGuard<'_, HashMap<ContainerId, Activity>> {
+        self.activity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<String, ActiveRun>> {
@@ -688,13 +690,16 @@ impl Plugin {
 
     /// Waits for every run to finish its final drain after the shutdown token fired.
     pub async fn wind_down(&self, limit: Duration) {
-        self.tracker.close();
-        if tokio::time::timeout(limit, self.tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some tasks did not finish within {limit:?} of shutdown");
-        }
+        wind_down(&self.tracker, limit).await;
+    }
+}
+
+/// Waits, at most `limit`, for the tasks of `tracker` to end after the shutdown token fired:
+/// the plugin's, or the standalone `events` command's.
+pub async fn wind_down(tracker: &TaskTracker, limit: Duration) {
+    tracker.close();
+    if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
+        tracing::warn!("some tasks did not finish within {limit:?} of shutdown");
     }
 }
 
@@ -706,6 +711,46 @@ fn strip_secrets(mut info: Info, es: Option<&EsOptions>) -> Info {
         es.attributes.selected_env(&info.container_env)
     });
     info
+}
+
+/// The shipping side of a process, the plugin's or the standalone `events` command's: the
+/// spool budget (`SPOOL_MAX_SIZE`), the metrics that show it, and the shippers, which call
+/// `on_drained` once a stopped container is shipped.
+pub fn shipping(
+    spool: Arc<Spool>,
+    settings: &Settings,
+    state_dir: &Path,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    on_drained: OnDrained,
+) -> Parts {
+    let metrics = Arc::new(Metrics::new(Arc::clone(&spool) as _));
+    let shippers = Shippers::new(
+        state_dir.to_owned(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+        tracker.clone(),
+        on_drained,
+        settings.dead_letter_max_size,
+    );
+    Parts {
+        spool,
+        shippers: Arc::new(shippers),
+        metrics,
+    }
+}
+
+/// The spool reports into metrics from here, where the parts are wired, so that neither the
+/// store nor metrics names the other.
+impl SpoolReport for Spool {
+    fn spool_figures(&self) -> SpoolFigures {
+        SpoolFigures {
+            used: self.used(),
+            max: self.max(),
+            dropped_bytes: self.dropped_bytes(),
+            dropped_entries: self.dropped_entries(),
+        }
+    }
 }
 
 fn log_table_error(error: &RunsError) {

@@ -19,9 +19,6 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-// Re-exported while `store/stores.rs` still names `runs::write_atomically` (it moved to
-// `fsutil` in issue 14; the store's part of that step switches the path).
-pub use crate::fsutil::write_atomically;
 use crate::protocol::Info;
 
 const VERSION: u32 = 1;

@@ -20,10 +20,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::events::service::EventsSettings;
-use crate::events::{Filters, Format};
+use crate::events::document::Format;
+use crate::events::filters::Filters;
 use crate::options::{parse_bool, parse_size, shown_value, OPTIONS};
 use crate::shipper::index::IndexTemplate;
 
@@ -78,6 +79,22 @@ impl Default for Settings {
             option_defaults: HashMap::new(),
         }
     }
+}
+
+/// What the `EVENTS*` settings say (see `events::service`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsSettings {
+    /// The engine's API socket.
+    pub socket: PathBuf,
+    /// Where event documents go (`index` of the events destination).
+    pub index: String,
+    pub filters: Filters,
+    pub format: Format,
+}
+
+impl EventsSettings {
+    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
+    pub const DEFAULT_INDEX: &'static str = "logs-docker.events-default";
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

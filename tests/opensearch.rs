@@ -13,7 +13,7 @@
 //! checks the index with `_count` after `_refresh` and a scroll over every `_id`.
 
 mod support;
-use support::{engine, es_check, es_server, fake_engine, noida, opensearch, prereq, probe};
+use support::{engine, es_check, fake_engine, opensearch, prereq, probe};
 
 use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};

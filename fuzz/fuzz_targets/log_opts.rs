@@ -1,5 +1,5 @@
-//! The log-opt parser (src/options.rs, with the Elasticsearch options of
-//! src/shipper/config.rs and the `index` template of src/shipper/index.rs) on any map of
+//! The log-opt parser (src/options/, with the Elasticsearch options of
+//! src/options/es.rs and the `index` template of src/shipper/index.rs) on any map of
 //! options, keys mostly ours. Properties:
 //! - an error names a log-opt: one of ours, or the key given (a near-miss spelling), and it is
 //!   bounded (outside text is quoted only in part), never the whole of a huge value;

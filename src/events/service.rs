@@ -24,35 +24,29 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::collector::{Collector, CollectorItem, Stopped};
-use super::document::Format;
+use super::collector::{Collector, CollectorItem, CollectorStats, Stopped};
 use super::engine::EngineClient;
-use super::filters::Filters;
 use super::stored;
 use crate::container_id::ContainerId;
-use crate::metrics::Metrics;
-use crate::plugin::Plugin;
+use crate::metrics::{EventsFigures, EventsReport, Metrics};
+use crate::options::{LogOptions, OptionError};
+use crate::settings::EventsSettings;
 use crate::shipper::config::EsOptions;
-use crate::shipper::ShipError;
-use crate::store::{Batch, ContainerStore, StoreError, StoreLimits, Stores};
+use crate::shipper::{ShipError, Shippers};
+use crate::store::{Batch, ContainerStore, Spool, StoreError, StoreLimits, Stores};
 
 /// Stored events looked at on start to resume: more than the engine's 256-event buffer.
 const RESUME_WINDOW: usize = 1024;
 
-/// What the `EVENTS*` settings say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventsSettings {
-    /// The engine's API socket.
-    pub socket: PathBuf,
-    /// Where event documents go (`index` of the events destination).
-    pub index: String,
-    pub filters: Filters,
-    pub format: Format,
-}
-
-impl EventsSettings {
-    pub const DEFAULT_SOCKET: &'static str = "/var/run/docker.sock";
-    pub const DEFAULT_INDEX: &'static str = "logs-docker.events-default";
+/// What the service uses of the process it runs in (the plugin, or the standalone `events`
+/// command), handed over by whoever wires it.
+pub struct Parts {
+    /// The budget of unshipped data the events store is charged to.
+    pub spool: Arc<Spool>,
+    /// Who follows the events store into Elasticsearch.
+    pub shippers: Arc<Shippers>,
+    /// Where the collector's counters show.
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +56,7 @@ pub enum EventsError {
     #[error("events shipping: {0}")]
     Ship(#[from] ShipError),
     #[error("events: the Elasticsearch options are not valid: {0}")]
-    Options(String),
+    Options(#[from] OptionError),
     #[error("events: no Elasticsearch destination: set ES_HOSTS (or ES_CLOUD_ID), or --hosts")]
     NoDestination,
     #[error("events: the engine socket {} has refused every connection for {} after serving events: the engine listens on a new socket (an engine restarted with --live-restore); the plugin exits so that the engine restarts it with the new socket mounted", socket.display(), humantime::format_duration(*refused_for))]
@@ -85,27 +79,31 @@ pub fn store_id(socket: &Path) -> ContainerId {
     ContainerId::parse(&hex).unwrap_or_else(|_| unreachable!("a sha256 is 64 hex digits"))
 }
 
-/// Opens the events store under `root` and starts shipping it with the plugin's shippers,
+/// Opens the events store under `root` and starts shipping it with the given shippers,
 /// then collects until shutdown. With `stale_socket_limit` (a plugin, whose socket is a bind
 /// mount) a socket that went stale ends it with [`EventsError::SocketStale`].
 pub async fn run(
     settings: EventsSettings,
     es: EsOptions,
     root: PathBuf,
-    plugin: Arc<Plugin>,
+    parts: Parts,
     shutdown: CancellationToken,
     stale_socket_limit: Option<Duration>,
 ) -> Result<(), EventsError> {
-    let stores = Stores::open(root, Arc::clone(plugin.stores().spool()))?;
+    let Parts {
+        spool,
+        shippers,
+        metrics,
+    } = parts;
+    let stores = Stores::open(root, spool)?;
     let id = store_id(&settings.socket);
     let store = stores.open_container(&id, StoreLimits::default())?;
-    plugin.shippers().attach_records(
+    shippers.attach_records(
         &es,
         &id,
         Arc::clone(&store),
         stored::renderer(settings.format),
     )?;
-    let metrics: &Arc<Metrics> = plugin.metrics();
     let (since, seen) = resume_point(&store);
     tracing::info!(socket = %settings.socket.display(), index = %settings.index, since = ?since, "collecting the engine's events");
     let mut collector = Collector::new(
@@ -180,7 +178,21 @@ pub fn destination(
 ) -> Result<EsOptions, EventsError> {
     let mut config = defaults.clone();
     config.insert("index".into(), index.to_owned());
-    let parsed = crate::options::LogOptions::parse(Some(&config), &Default::default())
-        .map_err(|e| EventsError::Options(e.to_string()))?;
+    let parsed = LogOptions::parse(Some(&config), &Default::default())?;
     parsed.es.ok_or(EventsError::NoDestination)
+}
+
+/// The collector's counters, as the metrics endpoint shows them.
+impl EventsReport for CollectorStats {
+    fn events_figures(&self) -> EventsFigures {
+        let get = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        EventsFigures {
+            events: get(&self.events),
+            duplicates: get(&self.duplicates),
+            gaps: get(&self.gaps),
+            connects: get(&self.connects),
+        }
+    }
 }

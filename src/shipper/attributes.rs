@@ -22,7 +22,6 @@ use std::collections::HashMap;
 
 use regex::Regex;
 
-use crate::options::OptionError;
 use crate::protocol::Info;
 
 /// What the five options decide for a container's documents. Part of the destination's key
@@ -102,6 +101,21 @@ const FIELDS: [(&str, Field); 7] = [
 /// Docker's default tag template.
 const DEFAULT_TAG: &str = "{{.ID}}";
 
+/// A `tag`, `labels-regex` or `env-regex` that cannot be used; the message names the option.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AttributeError {
+    #[error("log-opt {option}: {pattern:?} is not a valid regular expression (RE2 syntax, as Docker takes it): {reason}")]
+    Regex {
+        option: &'static str,
+        pattern: String,
+        /// The regex crate's reason, its first line.
+        reason: String,
+    },
+    /// `template` is the first 100 characters of the option.
+    #[error("log-opt tag: {template:?} {why}; it takes {TAG_ACCEPTS}")]
+    Tag { template: String, why: String },
+}
+
 /// The tag's accepted form, for error messages.
 const TAG_ACCEPTS: &str = "text with the placeholders {{.ID}}, {{.FullID}}, {{.Name}}, \
     {{.ImageID}}, {{.ImageFullID}}, {{.ImageName}}, {{.DaemonName}} (no other template syntax)";
@@ -109,7 +123,7 @@ const TAG_ACCEPTS: &str = "text with the placeholders {{.ID}}, {{.FullID}}, {{.N
 impl Attributes {
     /// Reads `tag`, `labels`, `labels-regex`, `env` and `env-regex` from a container's log-opts
     /// (daemon-wide defaults from daemon.json arrive in the same map).
-    pub fn parse(config: &HashMap<String, String>) -> Result<Attributes, OptionError> {
+    pub fn parse(config: &HashMap<String, String>) -> Result<Attributes, AttributeError> {
         let get = |name: &str| config.get(name).map(|v| v.trim()).unwrap_or_default();
         let tag = match get("tag") {
             "" => DEFAULT_TAG,
@@ -167,15 +181,17 @@ impl Attributes {
 }
 
 impl Selection {
-    fn parse(names: &str, regex_option: &'static str, pattern: &str) -> Result<Self, OptionError> {
+    fn parse(
+        names: &str,
+        regex_option: &'static str,
+        pattern: &str,
+    ) -> Result<Self, AttributeError> {
         let pattern = match pattern {
             "" => None,
-            pattern => Some(Regex::new(pattern).map_err(|error| {
-                OptionError::Attribute(format!(
-                    "log-opt {regex_option}: {pattern:?} is not a valid regular expression (RE2 \
-                     syntax, as Docker takes it): {}",
-                    first_line(&error.to_string())
-                ))
+            pattern => Some(Regex::new(pattern).map_err(|error| AttributeError::Regex {
+                option: regex_option,
+                pattern: pattern.to_owned(),
+                reason: first_line(&error.to_string()).to_owned(),
             })?),
         };
         Ok(Selection {
@@ -207,12 +223,10 @@ fn first_line(text: &str) -> &str {
         .unwrap_or_else(|| text.lines().next().unwrap_or(text))
 }
 
-fn parse_tag(template: &str) -> Result<Vec<Piece>, OptionError> {
-    let refuse = |why: String| {
-        OptionError::Attribute(format!(
-            "log-opt tag: {:?} {why}; it takes {TAG_ACCEPTS}",
-            template.chars().take(100).collect::<String>()
-        ))
+fn parse_tag(template: &str) -> Result<Vec<Piece>, AttributeError> {
+    let refuse = |why: String| AttributeError::Tag {
+        template: template.chars().take(100).collect(),
+        why,
     };
     let mut pieces = Vec::new();
     let mut rest = template;
@@ -298,7 +312,7 @@ mod tests {
         }
     }
 
-    fn tag(template: &str) -> Result<String, OptionError> {
+    fn tag(template: &str) -> Result<String, AttributeError> {
         Ok(Attributes::parse(&config(&[("tag", template)]))?.tag(&info()))
     }
 

@@ -1,7 +1,7 @@
 //! Static tags and fields every document of a container carries, so a host or a container can
 //! mark its documents without an ingest pipeline (elastic/beats#36421).
 //!
-//! Options (each also a host-wide `ES_*` setting, see `options.rs`):
+//! Options (each also a host-wide `ES_*` setting, see `options`):
 //! - `tags=a,b`: a comma list into ECS `tags` (an array of keywords), in the order given,
 //!   duplicates and empty items left out.
 //! - `fields=env=prod,team=core`: `key=value` pairs at the document's root, and
@@ -17,8 +17,6 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-
-use crate::options::OptionError;
 
 /// Top-level fields the plugin writes into log documents (`document.rs`); static fields may not
 /// go under them.
@@ -52,7 +50,7 @@ impl Statics {
         tags: &str,
         fields: &str,
         dotted: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Statics, OptionError> {
+    ) -> Result<Statics, FieldError> {
         let mut out = Statics::default();
         for tag in tags.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if !out.tags.iter().any(|t| t == tag) {
@@ -80,7 +78,7 @@ impl Statics {
         self.tags.is_empty() && self.fields.is_empty()
     }
 
-    fn check(&self) -> Result<(), OptionError> {
+    fn check(&self) -> Result<(), FieldError> {
         for key in self.fields.keys() {
             if key.split('.').any(str::is_empty) {
                 return Err(bad_field(key, "has an empty name or path segment"));
@@ -135,8 +133,19 @@ impl Statics {
     }
 }
 
-fn bad_field(key: &str, why: &str) -> OptionError {
-    OptionError::Field(format!("log-opt fields: {key:?} {why}"))
+/// A `fields` key that cannot be added, and why.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("log-opt fields: {key:?} {why}")]
+pub struct FieldError {
+    pub key: String,
+    pub why: &'static str,
+}
+
+fn bad_field(key: &str, why: &'static str) -> FieldError {
+    FieldError {
+        key: key.to_owned(),
+        why,
+    }
 }
 
 #[cfg(test)]
@@ -144,7 +153,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parse(tags: &str, fields: &str, dotted: &[(&str, &str)]) -> Result<Statics, OptionError> {
+    fn parse(tags: &str, fields: &str, dotted: &[(&str, &str)]) -> Result<Statics, FieldError> {
         Statics::parse(tags, fields, dotted.iter().copied())
     }
 

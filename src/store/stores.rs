@@ -329,7 +329,7 @@ mod boot {
         let recorded = std::fs::read_to_string(&path).ok();
         let same = recorded.as_deref().map(str::trim) == Some(now);
         if !same {
-            if let Err(error) = crate::runs::write_atomically(&path, now.as_bytes()) {
+            if let Err(error) = crate::fsutil::write_atomically(&path, now.as_bytes()) {
                 tracing::warn!(%error, path = %path.display(), "cannot record the host's boot; the next start seals every active segment again");
             }
         }

@@ -7,11 +7,21 @@
 //! that is plainly ours but wrong (a bad value, or a near-miss spelling of one of our names) is
 //! refused with a message naming it and what is accepted, so `docker run` fails clearly instead of
 //! running with a setting the user did not get.
+//!
+//! - this file: the table, the store's options and the checks of the whole map;
+//! - `es.rs`: the Elasticsearch options, parsed into `shipper::config::EsOptions`.
+//!
+//! The shipper's option values (`EsOptions`, `Attributes`, `Statics`) know nothing of this
+//! module: it sits above them, and their own errors become an [`OptionError`] here.
+
+mod es;
 
 use std::collections::HashMap;
 
-use crate::shipper::attributes::Attributes;
+use crate::shipper::attributes::{AttributeError, Attributes};
 use crate::shipper::config::EsOptions;
+use crate::shipper::index::IndexError;
+use crate::shipper::statics::FieldError;
 use crate::store::StoreLimits;
 
 /// One log-opt of ours.
@@ -128,19 +138,23 @@ pub enum OptionError {
         suggestion: &'static str,
         all: String,
     },
-    #[error("{0}")]
-    Index(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("log-opt dead_letter_index: {0:?} has a placeholder; it takes one fixed index or data stream name")]
+    DeadLetterIndexPlaceholder(String),
+    #[error("log-opt dead_letter_index: {0}")]
+    DeadLetterIndex(IndexError),
     #[error("log-opt compress=true needs max-file of 2 or more (a single file is never rotated into a compressed one)")]
     CompressSingleFile,
     /// Credentials that conflict or are incomplete (the message names them).
     #[error("{0}")]
     Credentials(&'static str),
     /// A static field that cannot be added (the message names it).
-    #[error("{0}")]
-    Field(String),
+    #[error(transparent)]
+    Field(#[from] FieldError),
     /// A bad `tag`, `labels-regex` or `env-regex` (the message names the option).
-    #[error("{0}")]
-    Attribute(String),
+    #[error(transparent)]
+    Attribute(#[from] AttributeError),
 }
 
 /// The options that authenticate to Elasticsearch, taken as one group (see [`LogOptions::parse`]).
@@ -245,7 +259,7 @@ pub fn shown_value(name: &str, value: &str) -> String {
         "password" | "api_key" | "cloud_auth" => "<redacted>".to_owned(),
         "hosts" | "proxy_url" => value
             .split(',')
-            .map(crate::shipper::config::strip_credentials)
+            .map(es::strip_credentials)
             .collect::<Vec<_>>()
             .join(","),
         _ => value.to_owned(),
@@ -337,7 +351,7 @@ mod tests {
     #[test]
     fn every_setting_is_declared_in_the_plugin_config() {
         let config: serde_json::Value =
-            serde_json::from_str(include_str!("../plugin/config.json")).unwrap();
+            serde_json::from_str(include_str!("../../plugin/config.json")).unwrap();
         let declared: Vec<&str> = config["env"]
             .as_array()
             .unwrap()
