@@ -19,6 +19,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::write_atomically;
 use crate::protocol::Info;
 
 const VERSION: u32 = 1;

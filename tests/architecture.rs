@@ -45,11 +45,11 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     // Store to Elasticsearch.
     ("shipping", &["shipper"]),
-    // The engine's events (shipped by a shipper), and the log-opt table that builds shipper
-    // options.
-    ("sources", &["events", "options"]),
-    // Plugin-wide settings from the environment (log-opt defaults, events settings).
-    ("settings", &["settings"]),
+    // The engine's events (shipped by a shipper); the log-opt table that builds shipper
+    // options; plugin-wide settings from the environment. One layer: settings reads the log-opt
+    // table and the events' value types (filters, format), and the events service takes its
+    // settings from there. Among files they stay acyclic (the cycle test above holds that).
+    ("sources", &["events", "options", "settings"]),
     // The one place that wires the parts together.
     ("wiring", &["plugin"]),
     // The HTTP API the engine calls, served over the wired plugin.
@@ -107,34 +107,39 @@ fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
 struct Refs {
     paths: Vec<Vec<String>>,
     test_children: Vec<String>,
+    /// `pub use` items: the name they are seen by here, and the path they stand for.
+    reexports: BTreeMap<String, Vec<String>>,
 }
 
 impl Refs {
-    fn use_tree(&mut self, prefix: &mut Vec<String>, tree: &syn::UseTree) {
+    /// The leaves of a `use` tree: the name each is seen by, and the path it stands for.
+    fn use_tree(
+        prefix: &mut Vec<String>,
+        tree: &syn::UseTree,
+        out: &mut Vec<(String, Vec<String>)>,
+    ) {
         match tree {
             syn::UseTree::Path(p) => {
                 prefix.push(p.ident.to_string());
-                self.use_tree(prefix, &p.tree);
+                Self::use_tree(prefix, &p.tree, out);
                 prefix.pop();
             }
-            syn::UseTree::Name(n) => {
+            syn::UseTree::Name(syn::UseName { ident })
+            | syn::UseTree::Rename(syn::UseRename { ident, .. }) => {
+                let seen = match tree {
+                    syn::UseTree::Rename(r) => r.rename.to_string(),
+                    _ => ident.to_string(),
+                };
                 let mut path = prefix.clone();
-                if n.ident != "self" {
-                    path.push(n.ident.to_string());
+                if ident != "self" {
+                    path.push(ident.to_string());
                 }
-                self.paths.push(path);
+                out.push((seen, path));
             }
-            syn::UseTree::Rename(r) => {
-                let mut path = prefix.clone();
-                if r.ident != "self" {
-                    path.push(r.ident.to_string());
-                }
-                self.paths.push(path);
-            }
-            syn::UseTree::Glob(_) => self.paths.push(prefix.clone()),
+            syn::UseTree::Glob(_) => out.push(("*".to_owned(), prefix.clone())),
             syn::UseTree::Group(g) => {
                 for item in &g.items {
-                    self.use_tree(prefix, item);
+                    Self::use_tree(prefix, item, out);
                 }
             }
         }
@@ -168,7 +173,15 @@ impl<'ast> Visit<'ast> for Refs {
     }
 
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
-        self.use_tree(&mut Vec::new(), &item.tree);
+        let mut leaves = Vec::new();
+        Refs::use_tree(&mut Vec::new(), &item.tree, &mut leaves);
+        let public = !matches!(item.vis, syn::Visibility::Inherited);
+        for (seen, path) in leaves {
+            if public {
+                self.reexports.insert(seen, path.clone());
+            }
+            self.paths.push(path);
+        }
     }
 
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
@@ -195,6 +208,73 @@ fn name(parts: &[String]) -> String {
     } else {
         parts.join("::")
     }
+}
+
+/// A path as written in `base` made absolute (segments from the crate root), or None when it
+/// names nothing of ours (std, an external crate, a local item).
+fn absolute(
+    base: &[String],
+    path: &[String],
+    known: &BTreeSet<Vec<String>>,
+) -> Option<Vec<String>> {
+    let first = path.first()?;
+    let mut rest = path;
+    let mut at: Vec<String> = match first.as_str() {
+        "crate" | "es_logging_plugin" => {
+            rest = &rest[1..];
+            Vec::new()
+        }
+        "self" => {
+            rest = &rest[1..];
+            base.to_vec()
+        }
+        "super" => {
+            let mut at = base.to_vec();
+            while rest.first().map(String::as_str) == Some("super") {
+                at.pop();
+                rest = &rest[1..];
+            }
+            at
+        }
+        child => {
+            let mut candidate = base.to_vec();
+            candidate.push(child.to_owned());
+            if !known.contains(&candidate) {
+                return None;
+            }
+            base.to_vec()
+        }
+    };
+    at.extend(rest.iter().cloned());
+    Some(at)
+}
+
+/// The module an absolute path lands in: the longest module it names, followed through that
+/// module's `pub use` when the next segment is a re-exported name (a folder's `mod.rs` that
+/// re-exports a child's type must not hide the arrow to the child).
+fn resolve(
+    at: Vec<String>,
+    modules: &BTreeMap<Vec<String>, Refs>,
+    depth: usize,
+) -> Option<Vec<String>> {
+    let k = (1..=at.len())
+        .rev()
+        .find(|&k| modules.contains_key(&at[..k]))?;
+    let module = at[..k].to_vec();
+    if depth < 8 {
+        if let Some(next) = at.get(k) {
+            if let Some(path) = modules[&module].reexports.get(next) {
+                let known: BTreeSet<Vec<String>> = modules.keys().cloned().collect();
+                if let Some(mut again) = absolute(&module, path, &known) {
+                    again.extend(at[k + 1..].iter().cloned());
+                    if again != at {
+                        return resolve(again, modules, depth + 1).or(Some(module));
+                    }
+                }
+            }
+        }
+    }
+    Some(module)
 }
 
 fn read_graph() -> Graph {
@@ -242,40 +322,12 @@ fn read_graph() -> Graph {
         };
         let mut targets = BTreeSet::new();
         for path in &refs.paths {
-            let Some(first) = path.first() else { continue };
-            let mut at: Vec<String>;
-            let mut rest = &path[..];
-            match first.as_str() {
-                "crate" | "es_logging_plugin" => {
-                    at = Vec::new();
-                    rest = &rest[1..];
-                }
-                "self" => {
-                    at = base.clone();
-                    rest = &rest[1..];
-                }
-                "super" => {
-                    at = base.clone();
-                    while rest.first().map(String::as_str) == Some("super") {
-                        at.pop();
-                        rest = &rest[1..];
-                    }
-                }
-                child => {
-                    let mut candidate = base.clone();
-                    candidate.push(child.to_owned());
-                    if !known.contains(&candidate) {
-                        continue;
-                    }
-                    at = base.clone();
-                }
-            }
-            at.extend(rest.iter().cloned());
-            let target = (0..=at.len())
-                .rev()
-                .map(|k| at[..k].to_vec())
-                .find(|m| known.contains(m) && !m.is_empty());
-            let Some(target) = target else { continue };
+            let Some(at) = absolute(&base, path, &known) else {
+                continue;
+            };
+            let Some(target) = resolve(at, &modules, 0) else {
+                continue;
+            };
             if &target == module || target.starts_with(module) || is_test(&target) {
                 continue;
             }
@@ -431,6 +483,16 @@ fn the_graph_reader_sees_the_arrows_it_should() {
     assert!(
         graph.edges.get("plugin").is_some_and(|t| t.len() >= 5),
         "plugin wires at least five parts: {:?}",
+        graph.edges.get("plugin")
+    );
+    // `plugin` names `crate::store::Stores`, which `store/mod.rs` re-exports from
+    // `store/stores.rs`: the arrow must land on the file that defines it.
+    assert!(
+        graph
+            .edges
+            .get("plugin")
+            .is_some_and(|t| t.contains("store::stores")),
+        "re-export not followed: {:?}",
         graph.edges.get("plugin")
     );
     assert!(graph.edges.len() > 40, "{} modules read", graph.edges.len());

@@ -211,23 +211,16 @@ impl Cursor {
         max_bytes: usize,
         limit: Option<u64>,
     ) -> Result<Vec<(LogEntry, Position)>, StoreError> {
-        let segment = self.position.segment;
-        let offset = self.position.offset;
+        let want = Want {
+            segment: self.position.segment,
+            offset: self.position.offset,
+            max_bytes,
+            limit,
+        };
         let mut entries = Vec::new();
         let outcome = match &mut self.source {
-            Some(Source::Plain { file, path }) => {
-                read_plain(file, path, segment, offset, max_bytes, limit, &mut entries)
-            }
-            Some(Source::Gz { reader, path, at }) => read_gz(
-                reader,
-                path,
-                at,
-                segment,
-                offset,
-                max_bytes,
-                limit,
-                &mut entries,
-            ),
+            Some(Source::Plain { file, path }) => read_plain(file, path, &want, &mut entries),
+            Some(Source::Gz { reader, path, at }) => read_gz(reader, path, at, &want, &mut entries),
             None => Ok(()),
         };
         if let Some((_, after)) = entries.last() {
@@ -244,15 +237,28 @@ impl Cursor {
     }
 }
 
-fn read_plain(
-    file: &File,
-    path: &std::path::Path,
+/// What one read of a segment asks for: records from `offset` of `segment`, about `max_bytes`
+/// of them (at least one), none at or past `limit` (the end readers may see of the active
+/// segment).
+struct Want {
     segment: u64,
     offset: u64,
     max_bytes: usize,
     limit: Option<u64>,
+}
+
+fn read_plain(
+    file: &File,
+    path: &std::path::Path,
+    want: &Want,
     entries: &mut Vec<(LogEntry, Position)>,
 ) -> Result<(), StoreError> {
+    let &Want {
+        segment,
+        offset,
+        max_bytes,
+        limit,
+    } = want;
     let end = match limit {
         Some(end) => end,
         None => segment::file_len(file, path)?,
@@ -261,8 +267,8 @@ fn read_plain(
     if available == 0 {
         return Ok(());
     }
-    let want = (max_bytes.max(FRAMING) as u64).min(available) as usize;
-    let mut buf = vec![0; want];
+    let asked = (max_bytes.max(FRAMING) as u64).min(available) as usize;
+    let mut buf = vec![0; asked];
     let read = segment::read_at_most(file, path, offset, &mut buf)?;
     buf.truncate(read);
     // At least one record: if the first does not fit in max_bytes, read exactly it.
@@ -304,17 +310,19 @@ fn read_plain(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn read_gz(
     reader: &mut GzDecoder<File>,
     path: &std::path::Path,
     at: &mut u64,
-    segment: u64,
-    offset: u64,
-    max_bytes: usize,
-    limit: Option<u64>,
+    want: &Want,
     entries: &mut Vec<(LogEntry, Position)>,
 ) -> Result<(), StoreError> {
+    let &Want {
+        segment,
+        offset,
+        max_bytes,
+        limit,
+    } = want;
     let read_error = |at: u64| {
         move |source: io::Error| StoreError::Read {
             path: path.to_owned(),
