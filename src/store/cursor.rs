@@ -317,12 +317,6 @@ fn read_gz(
     want: &Want,
     entries: &mut Vec<(LogEntry, Position)>,
 ) -> Result<(), StoreError> {
-    let &Want {
-        segment,
-        offset,
-        max_bytes,
-        limit,
-    } = want;
     let read_error = |at: u64| {
         move |source: io::Error| StoreError::Read {
             path: path.to_owned(),
@@ -330,8 +324,8 @@ fn read_gz(
             source,
         }
     };
-    if *at < offset {
-        let wanted = offset - *at;
+    if *at < want.offset {
+        let wanted = want.offset - *at;
         let skipped = io::copy(&mut reader.by_ref().take(wanted), &mut io::sink())
             .map_err(read_error(*at))?;
         *at += skipped;
@@ -342,8 +336,8 @@ fn read_gz(
     }
     let mut bytes = 0;
     let mut record = Vec::new();
-    while bytes < max_bytes || entries.is_empty() {
-        if limit.is_some_and(|limit| *at >= limit) {
+    while bytes < want.max_bytes || entries.is_empty() {
+        if want.limit.is_some_and(|limit| *at >= limit) {
             break;
         }
         let Some(len) = segment::next_record(reader, path, *at, &mut record)? else {
@@ -358,7 +352,7 @@ fn read_gz(
         entries.push((
             entry,
             Position {
-                segment,
+                segment: want.segment,
                 offset: *at,
             },
         ));
