@@ -342,11 +342,15 @@ async fn endpoints_answer_as_the_engine_expects_and_refuse_garbage_clearly() {
         .await
     {
         assert_eq!(answer.status(), 413);
+        assert_eq!(
+            answer.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "a 413 whose body is left unread must close its connection"
+        );
     }
-    // A fresh client from here: the plugin closes the connection it refused a body on, and the
-    // old client's pool could hand that closed connection to the next request (a flake seen in
-    // a full run: "client error (SendRequest)" on the StopLogging below).
-    let api = plugin.client();
+    // Regression: the plugin closed the connection it refused a body on without saying
+    // `Connection: close`, so the client pooled it and the StopLogging below failed once in a
+    // full run with "client error (SendRequest)". The same client must go on working.
     // StopLogging never fails, even for a FIFO it never saw.
     assert_eq!(
         api.call_err("/LogDriver.StopLogging", r#"{"File":"/nope"}"#)

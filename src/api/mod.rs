@@ -112,12 +112,19 @@ async fn route(plugin: Arc<Plugin>, request: Request<Incoming>) -> Answer {
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(error) => {
-            return err_answer(
+            let mut answer = err_answer(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!(
                     "{path}: cannot read the request body ({error}); the limit is {MAX_BODY} bytes"
                 ),
             );
+            // The rest of the body is never read, so this connection ends with the answer; say
+            // so, or a client pools it and its next request fails on a closed connection.
+            answer.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            return answer;
         }
     };
     match path.as_str() {
