@@ -77,10 +77,28 @@ enum Moment {
     Checkpoint,
 }
 
+/// What the container prints as its `seq`th line (time `t`): entries, a long line in fragments.
+type Printer = fn(i64, i64) -> Vec<LogEntry>;
+
+/// Short lines, and now and then a 40 KB line in 16 KiB fragments.
+fn plain_lines(seq: i64, t: i64) -> Vec<LogEntry> {
+    if seq % 4001 == 0 {
+        let text: Vec<u8> = (0..40_000).map(|k| b'a' + ((seq + k) % 26) as u8).collect();
+        fragments(t, &text, &format!("split{seq}"))
+    } else {
+        vec![line(
+            "stdout",
+            t,
+            format!("crash test line {seq}").as_bytes(),
+        )]
+    }
+}
+
 /// The container's lines, written at a steady pace until told to stop; returns what it wrote.
 fn spawn_writer(
     fifo: EngineFifo,
     lines_per_tick: usize,
+    print: Printer,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(EngineFifo, Vec<LogEntry>)> {
     std::thread::spawn(move || {
@@ -91,18 +109,7 @@ fn spawn_writer(
             let mut tick = Vec::with_capacity(lines_per_tick);
             for _ in 0..lines_per_tick {
                 seq += 1;
-                let t = T0 + seq * 1000;
-                if seq % 4001 == 0 {
-                    let text: Vec<u8> =
-                        (0..40_000).map(|k| b'a' + ((seq + k) % 26) as u8).collect();
-                    tick.extend(fragments(t, &text, &format!("split{seq}")));
-                } else {
-                    tick.push(line(
-                        "stdout",
-                        t,
-                        format!("crash test line {seq}").as_bytes(),
-                    ));
-                }
+                tick.extend(print(seq, T0 + seq * 1000));
             }
             // Blocks while the plugin is down and the pipe is full, as a container does.
             fifo.write_entries(&tick);
@@ -197,6 +204,7 @@ async fn crash_loop(
     opts: &[(&str, &str)],
     moments: &[Moment],
     lines_per_tick: usize,
+    print: Printer,
 ) -> Vec<LogEntry> {
     let (mut rng, seed) = Rng::seeded();
     eprintln!("ESLP_CRASH_SEED={seed}");
@@ -204,7 +212,7 @@ async fn crash_loop(
     let path = fifo.path.clone();
     assert_eq!(plugin.client().start_logging(&path, id, opts).await, "");
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(fifo, lines_per_tick, Arc::clone(&stop));
+    let writer = spawn_writer(fifo, lines_per_tick, print, Arc::clone(&stop));
     let store = plugin.state.join("containers").join(id);
     let checkpoints = plugin.state.join("checkpoints");
     let mut hits: HashMap<Moment, (u64, u64)> = HashMap::new();
@@ -267,7 +275,7 @@ async fn kill_9_during_batches_rotation_and_compression_loses_and_repeats_nothin
             ("compress", "true"),
         ];
         let moments = [Moment::Batch, Moment::Rotation, Moment::Compression];
-        let sent = crash_loop(&mut plugin, &id, &opts, &moments, 1000).await;
+        let sent = crash_loop(&mut plugin, &id, &opts, &moments, 1000, plain_lines).await;
         let got = plugin.client().read_logs(&id, "", "", -1).await;
         assert_same_entries(&got, &as_shown(&sent));
         let gz = files_with_suffix(&plugin.state.join("containers").join(&id), ".log.gz").len();
@@ -305,7 +313,7 @@ async fn shipping_round(round: u64) {
         Moment::Rotation,
         Moment::Compression,
     ];
-    let sent = crash_loop(&mut plugin, &id, &opts, &moments, 200).await;
+    let sent = crash_loop(&mut plugin, &id, &opts, &moments, 200, plain_lines).await;
     // The messages the engine shows: fragments joined into their line.
     let mut want: Vec<String> = Vec::new();
     let mut partial = Vec::new();

@@ -8,6 +8,10 @@
 //! - a line spanning several entries holds fragments of one id only, with `last` on none but
 //!   possibly its final one, and a whole line is always a line of its own;
 //! - a message is over the cap only when it is a single entry.
+//!
+//! With `merge` (multiline, marking lines that begin with `x`) lines are grouped further: then
+//! a document is its stream's entries from its start to its end joined, with `\n` between its
+//! lines (the entries' own newlines are replaced by spaces so that the joins can be told apart).
 //! (That a replay from `Fragments::resume` rebuilds the same lines is a proptest beside the
 //! module.)
 #![no_main]
@@ -15,6 +19,7 @@
 use arbitrary::Arbitrary;
 use es_logging_plugin::entry::{LogEntry, PartialLogEntryMetadata};
 use es_logging_plugin::shipper::fragments::{Fragments, Line};
+use es_logging_plugin::shipper::multiline::{Match, MultilineOptions};
 use es_logging_plugin::store::Position;
 use libfuzzer_sys::fuzz_target;
 
@@ -31,6 +36,8 @@ struct Piece {
 #[derive(Debug, Arbitrary)]
 struct Input {
     cap: u8,
+    /// Multiline: match=before, max_lines, max_bytes.
+    merge: Option<(bool, u8, u8)>,
     pieces: Vec<Piece>,
 }
 
@@ -54,7 +61,11 @@ fuzz_target!(|input: Input| {
         .map(|(i, p)| LogEntry {
             source: if p.stderr { "stderr" } else { "stdout" }.into(),
             time_nano: i as i64,
-            line: p.line.clone().into(),
+            line: if input.merge.is_some() {
+                p.line.iter().map(|&b| if b == b'\n' { b' ' } else { b }).collect::<Vec<u8>>().into()
+            } else {
+                p.line.clone().into()
+            },
             partial: p.partial,
             partial_log_metadata: p.partial.then(|| PartialLogEntryMetadata {
                 last: p.last,
@@ -63,15 +74,19 @@ fuzz_target!(|input: Input| {
             }),
         })
         .collect();
-    let mut fragments = Fragments::new(cap);
+    let merge = input.merge.map(|(before, max_lines, max_bytes)| MultilineOptions {
+        pattern: regex::bytes::Regex::new("^x").expect("a valid pattern"),
+        negate: false,
+        how: if before { Match::Before } else { Match::After },
+        max_lines: usize::from(max_lines).max(1),
+        max_bytes: usize::from(max_bytes).max(1),
+        timeout: std::time::Duration::from_secs(5),
+    });
+    let merging = merge.is_some();
+    let mut fragments = Fragments::new(cap).merging(merge);
     let mut lines: Vec<Line> = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
-        lines.extend(
-            fragments
-                .push(entry.clone(), at(i), at(i + 1))
-                .into_iter()
-                .flatten(),
-        );
+        fragments.push(entry.clone(), at(i), at(i + 1), &mut lines);
     }
     lines.extend(fragments.flush());
     assert!(fragments.is_empty() && fragments.waiting_since().next().is_none());
@@ -90,15 +105,17 @@ fuzz_target!(|input: Input| {
             .map(|i| &entries[i])
             .collect();
         let joined: Vec<u8> = span.iter().flat_map(|e| e.line.to_vec()).collect();
-        assert_eq!(
-            joined, line.message,
-            "the message is not its entries joined"
-        );
+        let message: Vec<u8> = if merging {
+            line.message.iter().copied().filter(|&b| b != b'\n').collect()
+        } else {
+            line.message.clone()
+        };
+        assert_eq!(joined, message, "the message is not its entries joined");
         assert_eq!(
             line.time_nano, span[0].time_nano,
             "the first fragment's time"
         );
-        if span.len() > 1 {
+        if span.len() > 1 && !merging {
             assert!(
                 line.message.len() <= cap,
                 "{} bytes over the cap {cap}",

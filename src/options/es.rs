@@ -153,6 +153,8 @@ impl EsOptions {
             compression_level: number("compression_level", 0, 9)? as u32,
             statics: Statics::parse(value("tags"), value("fields"), dotted)?,
             attributes: Attributes::default(),
+            json: None,
+            multiline: None,
         }))
     }
 }

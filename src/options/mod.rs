@@ -9,12 +9,14 @@
 //! running with a setting the user did not get.
 //!
 //! - this file: the table, the store's options and the checks of the whole map;
-//! - `es.rs`: the Elasticsearch options, parsed into `shipper::config::EsOptions`.
+//! - `es.rs`: the Elasticsearch options, parsed into `shipper::config::EsOptions`;
+//! - `lines.rs`: `json.*` and `multiline.*`, what a line means in its document.
 //!
 //! The shipper's option values (`EsOptions`, `Attributes`, `Statics`) know nothing of this
 //! module: it sits above them, and their own errors become an [`OptionError`] here.
 
 mod es;
+mod lines;
 
 use std::collections::HashMap;
 
@@ -79,6 +81,19 @@ pub const OPTIONS: &[OptionSpec] = &[
     es("compression_level", "ES_COMPRESSION_LEVEL", "1", "0 (off) to 9", "gzip level of bulk bodies"),
     es("tags", "ES_TAGS", "", "a comma list such as prod,eu", "ECS tags on every document"),
     es("fields", "ES_FIELDS", "", "key=value pairs such as env=prod,team=core (also one log-opt fields.KEY=value each)", "static fields at the root of every document"),
+    es("json", "ES_JSON", "false", "true or false", "decode lines that are JSON objects into fields (README: JSON lines)"),
+    es("json.keys_under_root", "ES_JSON_KEYS_UNDER_ROOT", "false", "true or false", "put a JSON line's keys at the document's root instead of under json"),
+    es("json.overwrite_keys", "ES_JSON_OVERWRITE_KEYS", "false", "true or false", "with keys at the root, a line's keys replace the document's own (its @timestamp the engine's time)"),
+    es("json.message_key", "ES_JSON_MESSAGE_KEY", "", "a key name", "the key whose string value becomes message"),
+    es("json.add_error_key", "ES_JSON_ADD_ERROR_KEY", "true", "true or false", "say on the document (error.message) why a line was shipped as text"),
+    es("json.ecs", "ES_JSON_ECS", "false", "true or false", "msg or message becomes message, level or log.level becomes log.level"),
+    es("multiline.preset", "ES_MULTILINE_PRESET", "", "java, python, go, dotnet or node", "merge the usual stack traces into one document (instead of multiline.pattern)"),
+    es("multiline.pattern", "ES_MULTILINE_PATTERN", "", "a regular expression (RE2 syntax, unanchored)", "lines it marks are merged with the line before (match=after) or after (match=before)"),
+    es("multiline.negate", "ES_MULTILINE_NEGATE", "false", "true or false", "mark the lines the pattern does not match instead"),
+    es("multiline.match", "ES_MULTILINE_MATCH", "after", "after or before", "where marked lines go: after the line before them, or before the next unmarked line"),
+    es("multiline.max_lines", "ES_MULTILINE_MAX_LINES", "500", "a whole number from 1 to 100000", "lines in one merged document; more continue in the next document"),
+    es("multiline.max_bytes", "ES_MULTILINE_MAX_BYTES", "1m", "a size from 1k to 10m", "bytes in one merged document; more continue in the next document"),
+    es("multiline.timeout", "ES_MULTILINE_TIMEOUT", "5s", "a duration from 100ms to 10m", "a merged document whose next line is this late is shipped as it is"),
     // Docker's standard log-opts of shipping drivers (`shipper::attributes`): per container or
     // daemon-wide in daemon.json, as for the engine's own drivers; no plugin setting.
     docker("tag", "{{.ID}}", "text with the placeholders {{.ID}}, {{.FullID}}, {{.Name}}, {{.ImageID}}, {{.ImageFullID}}, {{.ImageName}}, {{.DaemonName}}", "docker.tag of every document, as Docker's drivers render it"),
@@ -155,6 +170,15 @@ pub enum OptionError {
     /// A bad `tag`, `labels-regex` or `env-regex` (the message names the option).
     #[error(transparent)]
     Attribute(#[from] AttributeError),
+    #[error("log-opt multiline.pattern: {pattern:?} is not a valid regular expression (RE2 syntax): {reason}")]
+    Pattern { pattern: String, reason: String },
+    #[error("log-opt multiline.preset and multiline.pattern are both set; set one of them")]
+    PresetAndPattern,
+    #[error("log-opt {name} has no effect without {switch}; set that too, or remove {name}")]
+    NeedsSwitch {
+        name: &'static str,
+        switch: &'static str,
+    },
 }
 
 /// The options that authenticate to Elasticsearch, taken as one group (see [`LogOptions::parse`]).
@@ -216,7 +240,14 @@ impl LogOptions {
             .filter_map(|(key, value)| Some((key.strip_prefix(FIELD_PREFIX)?, value.as_str())));
         // Checked with or without a destination, so a bad template fails `docker run` at once.
         let attributes = Attributes::parse(config)?;
-        let es = EsOptions::parse(&value, dotted)?.map(|es| EsOptions { attributes, ..es });
+        let json = lines::json(&value)?;
+        let multiline = lines::multiline(&value)?;
+        let es = EsOptions::parse(&value, dotted)?.map(|es| EsOptions {
+            attributes,
+            json,
+            multiline,
+            ..es
+        });
         let mut ignored = Vec::new();
         let mut keys: Vec<&String> = config.keys().collect();
         keys.sort();
@@ -266,7 +297,7 @@ pub fn shown_value(name: &str, value: &str) -> String {
     }
 }
 
-fn spec(name: &str) -> &'static OptionSpec {
+pub(crate) fn spec(name: &str) -> &'static OptionSpec {
     OPTIONS
         .iter()
         .find(|o| o.name == name)
@@ -547,5 +578,68 @@ mod tests {
         );
         let o = opts(&[("max-file", "1")]).unwrap();
         assert!(!o.store.compress);
+    }
+
+    #[test]
+    fn json_and_multiline_are_off_by_default_and_parsed_when_switched_on() {
+        let o = opts(&[("hosts", "es")]).unwrap().es.unwrap();
+        assert!(o.json.is_none() && o.multiline.is_none());
+        let o = opts(&[
+            ("hosts", "es"),
+            ("json", "true"),
+            ("json.keys_under_root", "true"),
+            ("json.message_key", "msg"),
+            ("multiline.preset", "java"),
+            ("multiline.max_lines", "50"),
+        ])
+        .unwrap()
+        .es
+        .unwrap();
+        let json = o.json.unwrap();
+        assert!(json.keys_under_root && json.add_error_key && !json.overwrite_keys);
+        assert_eq!(json.message_key.as_deref(), Some("msg"));
+        let m = o.multiline.unwrap();
+        assert_eq!((m.max_lines, m.max_bytes), (50, 1 << 20));
+        assert!(m.pattern.is_match(b"\tat a.B.c(B.java:1)"));
+    }
+
+    #[test]
+    fn bad_json_and_multiline_options_are_refused_naming_the_option() {
+        let message = |pairs: &[(&str, &str)]| opts(pairs).unwrap_err().to_string();
+        let m = message(&[("json", "yes please")]);
+        assert!(
+            m.contains("log-opt json:") && m.contains("true or false"),
+            "{m}"
+        );
+        let m = message(&[("json.keys_under_root", "true")]);
+        assert!(
+            m.contains("json.keys_under_root") && m.contains("json=true"),
+            "{m}"
+        );
+        let m = message(&[("multiline.max_lines", "5")]);
+        assert!(
+            m.contains("multiline.max_lines")
+                && m.contains("multiline.pattern or multiline.preset"),
+            "{m}"
+        );
+        let m = message(&[("multiline.preset", "cobol")]);
+        assert!(
+            m.contains("multiline.preset") && m.contains("java, python, go, dotnet or node"),
+            "{m}"
+        );
+        let m = message(&[("multiline.pattern", "(unclosed")]);
+        assert!(
+            m.contains("multiline.pattern") && m.contains("not a valid regular expression"),
+            "{m}"
+        );
+        let m = message(&[("multiline.pattern", "^x"), ("multiline.preset", "go")]);
+        assert!(m.contains("both set"), "{m}");
+        let m = message(&[("multiline.pattern", "^x"), ("multiline.match", "around")]);
+        assert!(m.contains("after or before"), "{m}");
+        let m = message(&[("multiline.pattern", "^x"), ("multiline.timeout", "0s")]);
+        assert!(m.contains("multiline.timeout"), "{m}");
+        // Checked without hosts too: a bad option fails docker run at once.
+        assert!(opts(&[("multiline.max_bytes", "2m")]).is_err());
+        assert!(opts(&[("multiline.preset", "python")]).is_ok());
     }
 }

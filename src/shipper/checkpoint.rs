@@ -3,11 +3,18 @@
 //! File: `<state>/checkpoints/<container id>.json`, one per container (per store):
 //!
 //! ```text
-//! {"version":2,"destination":"<label>","segment":N,"offset":M,"splits":[[S,O],...]}
+//! {"version":2,"destination":"<label>","segment":N,"offset":M,"splits":[[S,O],...],
+//!  "skip_to":[S,O],"streams":[["stdout",S,O],...]}
 //! ```
 //!
 //! - `segment`, `offset`: where a replay starts (see `fragments::Fragments::resume`): every
 //!   document before it is acknowledged by Elasticsearch (written, duplicate, or dead-lettered).
+//! - `skip_to`, `streams` (only while a document is pending, e.g. with multiline merging): what
+//!   a replay from the position skips because it is in documents already acknowledged (see
+//!   `fragments::Resume`): the entries before `skip_to` of every stream not in `streams`, and of
+//!   each stream in `streams` (`[name, segment, offset]`) those before its own position. A
+//!   plugin that does not know these fields replays from the position without skipping; it
+//!   sends some lines again, never loses one.
 //! - `splits`: store positions where a split line was shipped in two documents because its
 //!   rest was late (the fragment wait), each written here before that document was sent, so that
 //!   a replay cuts the line at the same place and makes the same documents (the same ids). Only
@@ -39,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::fragments::Resume;
 use crate::container_id::ContainerId;
 use crate::fsutil::write_atomically;
 use crate::store::Position;
@@ -55,6 +63,11 @@ struct OnDisk {
     /// Absent in version 1.
     #[serde(default)]
     splits: Vec<[u64; 2]>,
+    /// Absent when nothing is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    skip_to: Option<[u64; 2]>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    streams: Vec<(String, u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +89,9 @@ pub enum CheckpointError {
 pub struct Checkpoint {
     path: PathBuf,
     destination: String,
-    saved: Position,
+    saved: Resume,
     /// Acknowledged but not yet written (rate limit).
-    pending: Option<Position>,
+    pending: Option<Resume>,
     last_write: Option<Instant>,
     /// Recorded split points after `saved`.
     splits: BTreeSet<Position>,
@@ -91,7 +104,7 @@ pub struct Checkpoint {
 pub struct Save {
     path: PathBuf,
     bytes: Result<Vec<u8>, String>,
-    at: Position,
+    at: Resume,
     splits: BTreeSet<Position>,
 }
 
@@ -117,7 +130,7 @@ impl Checkpoint {
         let mut checkpoint = Self {
             path,
             destination: destination.to_owned(),
-            saved: Position::default(),
+            saved: Resume::default(),
             pending: None,
             last_write: None,
             splits: BTreeSet::new(),
@@ -135,22 +148,40 @@ impl Checkpoint {
             tracing::info!(container = id.short(), from = %disk.destination, to = %destination, "the container's shipping destination changed; shipping resumes at its checkpoint: what was not shipped yet goes to the new destination, what was shipped is not sent again");
         }
         checkpoint.written_for = Some(disk.destination);
-        checkpoint.saved = Position {
+        let at = Position {
             segment: disk.segment,
             offset: disk.offset,
+        };
+        let position = |segment, offset| Position { segment, offset };
+        // Skips are kept only as written: at the position or after it.
+        checkpoint.saved = match disk.skip_to {
+            Some([segment, offset]) if position(segment, offset) > at => Resume {
+                at,
+                skip_to: position(segment, offset),
+                streams: disk
+                    .streams
+                    .into_iter()
+                    .map(|(name, segment, offset)| (name, position(segment, offset).max(at)))
+                    .collect(),
+            },
+            _ => Resume::from(at),
         };
         checkpoint.splits = disk
             .splits
             .iter()
             .map(|&[segment, offset]| Position { segment, offset })
-            .filter(|&s| s > checkpoint.saved)
+            .filter(|&s| s > at)
             .collect();
-        let saved = checkpoint.saved;
-        (checkpoint, Some(saved))
+        (checkpoint, Some(at))
     }
 
     pub fn saved(&self) -> Position {
-        self.saved
+        self.saved.at
+    }
+
+    /// The saved position with what a replay from it skips.
+    pub fn resume(&self) -> Resume {
+        self.saved.clone()
     }
 
     /// Split points recorded after the saved position, for a replay from it.
@@ -168,7 +199,7 @@ impl Checkpoint {
 
     /// Records `at`; writes it when `force` or when the last write is older than MIN_INTERVAL.
     pub fn advance(&mut self, at: Position, force: bool) -> std::io::Result<()> {
-        match self.save_for(at, force) {
+        match self.save_for(Resume::from(at), force) {
             Some(save) => self.write(save),
             None => Ok(()),
         }
@@ -200,7 +231,7 @@ impl Checkpoint {
     /// is older than [`MIN_INTERVAL`]), else `at` is only recorded, for a later write. Nothing
     /// else changes until [`Checkpoint::saved_as`] is told the write succeeded. At most one
     /// write of a checkpoint may be under way at a time (they share a temporary file).
-    pub fn save_for(&mut self, at: Position, force: bool) -> Option<Save> {
+    pub fn save_for(&mut self, at: Resume, force: bool) -> Option<Save> {
         if at == self.saved && self.last_write.is_some() {
             return None;
         }
@@ -214,7 +245,7 @@ impl Checkpoint {
 
     /// Records an acknowledged position without writing it (a write is under way): the next
     /// write or [`Checkpoint::save_pending`] takes it.
-    pub fn hold(&mut self, at: Position) {
+    pub fn hold(&mut self, at: Resume) {
         if at != self.saved {
             self.pending = Some(at);
         }
@@ -222,7 +253,7 @@ impl Checkpoint {
 
     /// The write of a position recorded but not yet written, if there is one.
     pub fn save_pending(&mut self) -> Option<Save> {
-        let at = self.pending?;
+        let at = self.pending.clone()?;
         self.save_for(at, true)
     }
 
@@ -231,8 +262,8 @@ impl Checkpoint {
     /// [`Checkpoint::saved_as`] took it (then [`Checkpoint::is_split`] is true for each).
     pub fn save_splits(&mut self, at: &[Position]) -> Save {
         let mut splits = self.splits.clone();
-        splits.extend(at.iter().copied().filter(|&s| s > self.saved));
-        let position = self.pending.unwrap_or(self.saved);
+        splits.extend(at.iter().copied().filter(|&s| s > self.saved.at));
+        let position = self.pending.clone().unwrap_or_else(|| self.saved.clone());
         self.save(position, splits)
     }
 
@@ -241,15 +272,25 @@ impl Checkpoint {
         self.splits.contains(&at)
     }
 
-    fn save(&self, at: Position, splits: BTreeSet<Position>) -> Save {
+    fn save(&self, at: Resume, splits: BTreeSet<Position>) -> Save {
         // Points at or before the position are never reached by a replay from it.
-        let splits: BTreeSet<Position> = splits.into_iter().filter(|&s| s > at).collect();
+        let splits: BTreeSet<Position> = splits.into_iter().filter(|&s| s > at.at).collect();
+        let skips = at.skip_to > at.at;
         let disk = OnDisk {
             version: VERSION,
             destination: self.destination.clone(),
-            segment: at.segment,
-            offset: at.offset,
+            segment: at.at.segment,
+            offset: at.at.offset,
             splits: splits.iter().map(|s| [s.segment, s.offset]).collect(),
+            skip_to: skips.then_some([at.skip_to.segment, at.skip_to.offset]),
+            streams: if skips {
+                at.streams
+                    .iter()
+                    .map(|(name, p)| (name.clone(), p.segment, p.offset))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         };
         Save {
             path: self.path.clone(),
@@ -263,11 +304,9 @@ impl Checkpoint {
     /// `save` is on disk (its [`Save::run`] returned `Ok`): the checkpoint is what it wrote.
     pub fn saved_as(&mut self, save: Save) {
         self.splits = save.splits;
-        self.saved = save.at;
         // An acknowledgement that came while it was written is still to write.
-        if self.pending.is_some_and(|p| p <= save.at) {
-            self.pending = None;
-        }
+        self.pending = self.pending.take().filter(|p| p.is_after(&save.at));
+        self.saved = save.at;
         self.last_write = Some(Instant::now());
         self.written_for = Some(self.destination.clone());
     }
@@ -478,8 +517,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = |offset| Position { segment: 1, offset };
         let (mut cp, _) = Checkpoint::load(dir.path(), &id(), "http://es:9200");
-        let first = cp.save_for(p(10), true).expect("a first write is due");
-        cp.hold(p(20));
+        let first = cp
+            .save_for(p(10).into(), true)
+            .expect("a first write is due");
+        cp.hold(p(20).into());
         first.run().unwrap();
         cp.saved_as(first);
         assert_eq!(cp.saved(), p(10));

@@ -11,7 +11,10 @@ use elasticsearch::http::Url;
 
 use crate::shipper::attributes::Attributes;
 use crate::shipper::index::IndexTemplate;
+use crate::shipper::json_lines::JsonOptions;
+use crate::shipper::multiline::MultilineOptions;
 use crate::shipper::statics::Statics;
+
 /// A credential: compared and hashed like a string, never shown.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(String);
@@ -77,6 +80,10 @@ pub struct EsOptions {
     pub statics: Statics,
     /// Docker's `tag`, `labels`, `env` and their regex forms (set by `LogOptions::parse`).
     pub attributes: Attributes,
+    /// `json.*`: JSON lines decoded into fields (`None`: off).
+    pub json: Option<JsonOptions>,
+    /// `multiline.*`: lines merged into one document (`None`: off).
+    pub multiline: Option<MultilineOptions>,
 }
 
 impl EsOptions {
@@ -123,6 +130,8 @@ impl fmt::Debug for EsOptions {
             .field("compression_level", &self.compression_level)
             .field("statics", &self.statics)
             .field("attributes", &self.attributes)
+            .field("json", &self.json)
+            .field("multiline", &self.multiline)
             .finish()
     }
 }

@@ -29,6 +29,7 @@ use super::checkpoint::{self, Checkpoint, Save};
 use super::client::Client;
 use super::config::EsOptions;
 use super::deadletter::{self, DeadLetters};
+use super::fragments::Resume;
 use super::not_ready::{Episodes, Hold, Report};
 use super::pause::Pause;
 use super::retry::{self, Answer, Held, Step};
@@ -36,7 +37,6 @@ use super::source::{Batch, Saving, Source, SourceSpec, FRAGMENT_WAIT};
 use crate::backoff::Cancelled;
 use crate::container_id::ContainerId;
 use crate::metrics::DestinationMetrics;
-use crate::store::Position;
 
 pub enum Command {
     Attach(Box<SourceSpec>),
@@ -51,7 +51,7 @@ pub type OnDrained = Arc<dyn Fn(&ContainerId) + Send + Sync>;
 
 /// What a finished request acknowledges: per container, the position just after its last
 /// document in the request.
-type Acks = Vec<(ContainerId, Position)>;
+type Acks = Vec<(ContainerId, Resume)>;
 
 /// A checkpoint write that finished, on a blocking thread.
 struct Saved {
@@ -331,15 +331,15 @@ impl Destination {
             let Some(source) = self.sources.get_mut(&id) else {
                 continue;
             };
-            source.acked = source.acked.max(end);
+            source.acked = std::mem::take(&mut source.acked).later(end);
             // Retention may now delete the backlog shipped past.
-            source.store.set_pin(Some(source.acked));
+            source.store.set_pin(Some(source.acked.at));
             if source.saving != Saving::Idle {
                 // Written with the next write.
-                source.checkpoint.hold(source.acked);
+                source.checkpoint.hold(source.acked.clone());
                 continue;
             }
-            if let Some(save) = source.checkpoint.save_for(source.acked, false) {
+            if let Some(save) = source.checkpoint.save_for(source.acked.clone(), false) {
                 source.saving = Saving::Position;
                 self.start_save(id, Saving::Position, save);
             }
@@ -351,7 +351,7 @@ impl Destination {
         let backlog = self
             .sources
             .values()
-            .map(|source| source.store.bytes_after(source.acked))
+            .map(|source| source.store.bytes_after(source.acked.at))
             .sum();
         self.shared.metrics.set_backlog_bytes(backlog);
     }
@@ -378,7 +378,7 @@ impl Destination {
             tracing::info!(container = id.short(), destination = %self.shared.label, "everything shipped; container released");
             // The pin stays: the owner of the runs lifts it (on_drained) unless the container
             // started again meanwhile, whose new run pinned its backlog already.
-            let last = source.checkpoint.save_for(source.acked, true);
+            let last = source.checkpoint.save_for(source.acked.clone(), true);
             let on_drained = Arc::clone(&self.on_drained);
             let span = tracing::Span::current();
             let released = tokio::task::spawn_blocking(move || {
@@ -442,8 +442,8 @@ async fn deliver(shared: Arc<Shared>, batch: Batch) -> Option<Acks> {
     let mut acks: Acks = Vec::new();
     for item in &batch.items {
         match acks.iter_mut().find(|(id, _)| id == &item.source) {
-            Some((_, end)) => *end = (*end).max(item.end),
-            None => acks.push((item.source.clone(), item.end)),
+            Some((_, end)) => *end = std::mem::take(end).later(item.end.clone()),
+            None => acks.push((item.source.clone(), item.end.clone())),
         }
     }
     Some(acks)

@@ -36,6 +36,8 @@ use crate::shipper::statics::Statics;
 pub struct ContainerDoc {
     /// Starts with `,` and holds the members of the document object after `stream`.
     fields: String,
+    /// The same members as values, for documents built as values (`json_lines`).
+    members: Map<String, Value>,
 }
 
 impl ContainerDoc {
@@ -95,15 +97,38 @@ impl ContainerDoc {
             doc.insert("event".into(), object([("dataset", dataset)]));
         }
         statics.insert_into(&mut doc);
-        let json = Value::Object(doc).to_string();
+        Self::from_members(doc)
+    }
+
+    /// The members every document of the container carries.
+    pub fn members(&self) -> &Map<String, Value> {
+        &self.members
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(members: Value) -> Self {
+        match members {
+            Value::Object(m) => Self::from_members(m),
+            _ => Self::from_members(Map::new()),
+        }
+    }
+
+    fn from_members(doc: Map<String, Value>) -> Self {
+        let json = Value::Object(doc.clone()).to_string();
         // The object is never empty, so `{...}` becomes `,...`: the members, ready to follow
         // `stream`.
         let members = json
             .strip_prefix('{')
             .and_then(|rest| rest.strip_suffix('}'))
             .unwrap_or_default();
+        let fields = if members.is_empty() {
+            String::new()
+        } else {
+            format!(",{members}")
+        };
         ContainerDoc {
-            fields: format!(",{members}"),
+            fields,
+            members: doc,
         }
     }
 }
@@ -129,11 +154,19 @@ pub fn append_create(
     stream: &str,
     message: &[u8],
 ) {
-    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
-    escape_str(index, out);
-    out.extend_from_slice(b"\",\"_id\":\"");
-    escape_str(id, out);
-    out.extend_from_slice(b"\"}}\n{\"@timestamp\":\"");
+    append_action(out, index, id);
+    append_source(out, doc, time_nano, stream, message);
+}
+
+/// Appends the source line of a bulk item and its '\n' (see [`append_create`]).
+pub fn append_source(
+    out: &mut Vec<u8>,
+    doc: &ContainerDoc,
+    time_nano: i64,
+    stream: &str,
+    message: &[u8],
+) {
+    out.extend_from_slice(b"{\"@timestamp\":\"");
     format_timestamp(time_nano, out);
     out.extend_from_slice(b"\",\"message\":\"");
     // utf8_chunks is what String::from_utf8_lossy is built on, so the text is the same, but
@@ -149,6 +182,15 @@ pub fn append_create(
     out.push(b'"');
     out.extend_from_slice(doc.fields.as_bytes());
     out.extend_from_slice(b"}\n");
+}
+
+/// Appends the action line `{"create":{"_index":"<index>","_id":"<id>"}}` and its '\n'.
+pub fn append_action(out: &mut Vec<u8>, index: &str, id: &str) {
+    out.extend_from_slice(b"{\"create\":{\"_index\":\"");
+    escape_str(index, out);
+    out.extend_from_slice(b"\",\"_id\":\"");
+    escape_str(id, out);
+    out.extend_from_slice(b"\"}}\n");
 }
 
 /// The deterministic `_id` of the document whose entry starts at (segment, offset) in the

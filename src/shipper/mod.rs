@@ -11,7 +11,10 @@
 //! - [`not_ready`]: episodes of documents held back (a destination not ready for them), logged
 //!   once each.
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
-//! - [`fragments`]: split lines rejoined into one message, with a byte cap.
+//! - [`fragments`]: split lines rejoined into one message, with a byte cap; with multiline
+//!   merging, whole lines grouped into documents ([`multiline`]); crash-safe cuts for both.
+//! - [`multiline`]: the `multiline.*` options, the presets and the grouping rule.
+//! - [`json_lines`]: the `json.*` options and the document of a JSON line.
 //! - [`source`]: one store followed: read from the checkpoint, lines rejoined, documents made.
 //! - [`retry`]: what an answer means for each document of a request (a pure function).
 //! - [`pause`]: the pause before a retry, and what the operator is told about it.
@@ -32,6 +35,8 @@ pub mod document;
 pub mod fingerprint;
 pub mod fragments;
 pub mod index;
+pub mod json_lines;
+pub mod multiline;
 pub mod not_ready;
 pub mod pause;
 pub mod retry;
@@ -57,7 +62,7 @@ use config::EsOptions;
 use destination::{Command, Destination, OnDrained};
 use document::ContainerDoc;
 use index::ResolvedIndex;
-use source::{Documents, Render, SourceSpec};
+use source::{Documents, LogDocs, Render, SourceSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipError {
@@ -152,7 +157,12 @@ impl Shippers {
             &options.statics,
             &options.attributes,
         );
-        self.start_source(options, id, store, Documents::Logs(doc), index)
+        let logs = LogDocs {
+            doc,
+            json: options.json.clone(),
+            multiline: options.multiline.clone(),
+        };
+        self.start_source(options, id, store, Documents::Logs(logs), index)
     }
 
     /// Marks where the store's shipping starts and hands it to its destination's task.

@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{Checkpoint, Save};
 use super::document::{self, ContainerDoc};
-use super::fragments::{Fragments, Line};
+use super::fragments::{Fragments, Line, Resume};
 use super::index::ResolvedIndex;
+use super::json_lines::{self, JsonOptions};
+use super::multiline::MultilineOptions;
 use crate::container_id::ContainerId;
 use crate::entry::LogEntry;
 use crate::metrics::DestinationMetrics;
@@ -46,10 +48,19 @@ pub type RenderError = Box<dyn std::error::Error + Send + Sync>;
 pub type Render =
     Arc<dyn Fn(&LogEntry) -> Result<(String, serde_json::Value), RenderError> + Send + Sync>;
 
+/// A container's log lines (split lines rejoined), with its fields, and what its options make
+/// of them.
+pub struct LogDocs {
+    pub doc: ContainerDoc,
+    /// Lines that are JSON objects decoded into fields (`json_lines`).
+    pub json: Option<JsonOptions>,
+    /// Lines merged into one document (`multiline`).
+    pub multiline: Option<MultilineOptions>,
+}
+
 /// What the entries of a store become.
 pub enum Documents {
-    /// A container's log lines (split lines rejoined), with its fields.
-    Logs(ContainerDoc),
+    Logs(LogDocs),
     /// One document per record, rendered by the caller (the engine's events store).
     Records(Render),
 }
@@ -59,7 +70,7 @@ pub enum Documents {
 pub struct Item {
     pub range: Range<usize>,
     pub source: ContainerId,
-    pub end: Position,
+    pub end: Resume,
 }
 
 #[derive(Default)]
@@ -99,7 +110,7 @@ pub struct Source {
     pub fragments: Fragments,
     pub checkpoint: Checkpoint,
     /// Where a replay would start now: every document before it is acknowledged.
-    pub acked: Position,
+    pub acked: Resume,
     /// The checkpoint write under way, if any (one at a time: see `Destination::saves`).
     pub saving: Saving,
     /// A split point could not be recorded (logged once until one is).
@@ -113,18 +124,32 @@ pub struct Source {
 }
 
 impl Source {
-    /// Follows `spec.store` from `cursor`, with the split points `checkpoint` recorded.
+    /// Follows `spec.store` from `cursor`, with what `checkpoint` recorded: the documents handed
+    /// out by then and the split points.
     pub fn new(
         spec: SourceSpec,
         cursor: Cursor,
         checkpoint: Checkpoint,
         wake_task: CancellationToken,
     ) -> Self {
+        let mut resume = checkpoint.resume();
+        if resume.at != cursor.position() || spec.store.end() < resume.skip_to {
+            // The store lost what the checkpoint says was read (a power loss cut it back) or
+            // shipping starts elsewhere: positions past it may hold new entries, to ship.
+            resume = Resume::from(cursor.position());
+        }
         // Lines cut early before a crash are cut at the same place again (see `fragments`).
-        let fragments = Fragments::new(MAX_MESSAGE).with_splits(checkpoint.splits());
+        let merging = match &spec.documents {
+            Documents::Logs(logs) => logs.multiline.clone(),
+            Documents::Records(_) => None,
+        };
+        let fragments = Fragments::new(MAX_MESSAGE)
+            .merging(merging)
+            .with_splits(checkpoint.splits())
+            .resuming(resume.clone());
         Source {
             read_to: cursor.position(),
-            acked: cursor.position(),
+            acked: resume,
             id: spec.id,
             store: spec.store,
             documents: spec.documents,
@@ -145,7 +170,7 @@ impl Source {
     pub fn drained(&self) -> bool {
         self.saving == Saving::Idle
             && self.fragments.is_empty()
-            && self.acked == self.read_to
+            && self.acked.at == self.read_to
             && self.read_to >= self.store.end()
     }
 
@@ -193,10 +218,11 @@ impl Source {
             }
             return None;
         }
+        let wait = self.fragments.wait(FRAGMENT_WAIT);
         let overdue: Vec<Position> = self
             .fragments
             .waiting_since()
-            .filter(|(_, since)| since.elapsed() >= FRAGMENT_WAIT)
+            .filter(|(_, since)| since.elapsed() >= wait)
             .map(|(end, _)| end)
             .collect();
         if overdue.is_empty() {
@@ -213,10 +239,12 @@ impl Source {
     fn flush_overdue(&mut self, batch: &mut Batch, ends: &[Position]) -> Option<Save> {
         let (recorded, unrecorded): (Vec<Position>, Vec<Position>) =
             ends.iter().partition(|&&end| self.checkpoint.is_split(end));
+        let mut lines = Vec::new();
         for end in recorded {
-            if let Some(line) = self.fragments.flush_at(end) {
-                self.emit(batch, line);
-            }
+            self.fragments.flush_at(end, &mut lines);
+        }
+        for line in lines {
+            self.emit(batch, line);
         }
         let retry_later = self.split_retry.is_some_and(|at| Instant::now() < at);
         if unrecorded.is_empty() || self.saving != Saving::Idle || retry_later {
@@ -248,12 +276,9 @@ impl Source {
                 offset: 0,
             };
         }
-        for line in self
-            .fragments
-            .push(entry, start, after)
-            .into_iter()
-            .flatten()
-        {
+        let mut lines = Vec::new();
+        self.fragments.push(entry, start, after, &mut lines);
+        for line in lines {
             self.emit(batch, line);
         }
     }
@@ -279,25 +304,25 @@ impl Source {
         batch.items.push(Item {
             range: begin..batch.ndjson.len(),
             source: self.id.clone(),
-            end: after,
+            end: Resume::from(after),
         });
     }
 
     fn emit(&mut self, batch: &mut Batch, line: Line) {
-        let Documents::Logs(doc) = &self.documents else {
+        let Documents::Logs(logs) = &self.documents else {
             return;
         };
         let begin = batch.ndjson.len();
         let id = document::document_id(self.id.as_str(), line.start.segment, line.start.offset);
         let index = self.index.name_for(line.time_nano);
-        document::append_create(
+        document::append_action(&mut batch.ndjson, &index, &id);
+        json_lines::append_source(
             &mut batch.ndjson,
-            &index,
-            &id,
-            doc,
+            &logs.doc,
             line.time_nano,
             &line.stream,
             &line.message,
+            logs.json.as_ref(),
         );
         batch.data_stream = batch.data_stream || self.index.data_stream().is_some();
         batch.items.push(Item {
