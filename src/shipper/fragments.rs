@@ -42,6 +42,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+pub use super::line::Line;
 use super::multiline::{Groups, MultilineOptions};
 use crate::entry::LogEntry;
 use crate::store::Position;
@@ -53,18 +54,6 @@ use crate::store::Position;
 /// first pass did: with more than this many streams, which the engine never writes, a replay
 /// can cut differently).
 pub const MAX_STREAMS: usize = 4;
-
-/// One line to ship (or, with multiline merging, one document of lines): the entries of one
-/// stream from `start` to `end`, joined. Entries of other streams may lie between.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
-    pub start: Position,
-    pub end: Position,
-    /// The first fragment's time (the engine gives every fragment of a line the same).
-    pub time_nano: i64,
-    pub stream: String,
-    pub message: Vec<u8>,
-}
 
 /// Where a replay starts so that it rebuilds exactly the documents not yet handed out (see the
 /// module doc).

@@ -13,6 +13,7 @@
 //! - [`fingerprint`]: `ssl.ca_trusted_fingerprint`, the CA pin.
 //! - [`fragments`]: split lines rejoined into one message, with a byte cap; with multiline
 //!   merging, whole lines grouped into documents ([`multiline`]); crash-safe cuts for both.
+//! - [`line`]: what both grouping stages hand out.
 //! - [`multiline`]: the `multiline.*` options, the presets and the grouping rule.
 //! - [`json_lines`]: the `json.*` options and the document of a JSON line.
 //! - [`source`]: one store followed: read from the checkpoint, lines rejoined, documents made.
@@ -36,6 +37,7 @@ pub mod fingerprint;
 pub mod fragments;
 pub mod index;
 pub mod json_lines;
+pub mod line;
 pub mod multiline;
 pub mod not_ready;
 pub mod pause;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use regex::bytes::Regex;
 
-use super::fragments::Line;
+use super::line::Line;
 use crate::store::Position;
 
 /// Named patterns for the usual stack traces (`multiline.preset`).
