@@ -553,3 +553,201 @@ async fn a_line_flushed_in_two_parts_then_killed_is_replayed_in_the_same_two_par
     );
     assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
 }
+
+/// JSON lines on stdout (one in 997 of 40 KB, in 16 KiB fragments) and Java stack traces of
+/// five lines on stderr.
+fn json_and_traces(seq: i64, t: i64) -> Vec<LogEntry> {
+    if seq % 3 == 0 {
+        let trace = [
+            format!("java.lang.IllegalStateException: request {seq} failed"),
+            format!("\tat shop.Cart.add(Cart.java:{seq})"),
+            "\tat shop.Api.handle(Api.java:7)".to_owned(),
+            "Caused by: java.io.IOException: disk".to_owned(),
+            "\t... 12 more".to_owned(),
+        ];
+        return trace
+            .iter()
+            .enumerate()
+            .map(|(k, text)| line("stderr", t + k as i64, text.as_bytes()))
+            .collect();
+    }
+    if seq % 997 == 0 {
+        let pad = "p".repeat(40_000);
+        let text = format!(r#"{{"seq":{seq},"pad":"{pad}"}}"#);
+        return fragments(t, text.as_bytes(), &format!("json{seq}"));
+    }
+    let text = format!(r#"{{"seq":{seq},"msg":"request {seq} served"}}"#);
+    vec![line("stdout", t, text.as_bytes())]
+}
+
+/// The documents `json_and_traces` makes with `multiline.preset=java`: each stdout line (its
+/// fragments joined) alone, each stderr trace whole, its lines joined with `\n`.
+fn merged_documents(sent: &[LogEntry]) -> Vec<String> {
+    let mut docs = Vec::new();
+    let mut partial = Vec::new();
+    let mut trace: Option<String> = None;
+    for entry in sent {
+        let text = String::from_utf8(entry.line.to_vec()).expect("ASCII");
+        if entry.source == "stderr" {
+            let continues = text.starts_with('\t') || text.starts_with("Caused by:");
+            match (&mut trace, continues) {
+                (Some(doc), true) => {
+                    doc.push('\n');
+                    doc.push_str(&text);
+                }
+                _ => docs.extend(trace.replace(text)),
+            }
+            continue;
+        }
+        partial.extend_from_slice(&entry.line);
+        if entry.ends_line() {
+            docs.push(String::from_utf8(std::mem::take(&mut partial)).expect("ASCII"));
+        }
+    }
+    docs.extend(trace);
+    docs.sort();
+    docs
+}
+
+/// kill -9 while stack traces are merged (stderr) and JSON lines decoded (stdout), both streams
+/// busy: every document is indexed exactly once and merged the same way as without a crash
+/// (no trace cut in two or repeated in part by a replay, no `_id` reused), and the JSON lines,
+/// the long ones too, carry their fields. The wait is long (`multiline.timeout=10m`) so that
+/// every cut comes from the lines alone and the expected documents are known; the wait's own
+/// cut is the next test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_merging_traces_and_decoding_json_indexes_each_document_once() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    let mut plugin = PluginProcess::start_with_env(&[
+        ("ES_HOSTS", &server.url()),
+        ("ES_BACKOFF_INIT", "20ms"),
+        ("ES_BACKOFF_MAX", "200ms"),
+    ]);
+    let id = container_id(0xc5);
+    let opts = [
+        ("max-size", "64k"),
+        ("max-file", "1000"),
+        ("bulk_max_bytes", "64k"),
+        ("json", "true"),
+        ("multiline.preset", "java"),
+        ("multiline.timeout", "10m"),
+    ];
+    let moments = [Moment::Checkpoint, Moment::Batch, Moment::Rotation];
+    let sent = crash_loop(&mut plugin, &id, &opts, &moments, 100, json_and_traces).await;
+    let want = merged_documents(&sent);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while server.doc_count() < want.len() {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} documents indexed",
+            server.doc_count(),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let docs = server.docs();
+    let ids: std::collections::HashSet<&str> = docs.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids.len(), docs.len(), "an _id indexed twice");
+    let mut got: Vec<String> = docs
+        .iter()
+        .map(|d| d.source["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), want.len(), "documents indexed vs made");
+    assert!(
+        got == want,
+        "the indexed documents differ from the merge of the lines sent"
+    );
+    let mut decoded = 0;
+    for doc in &docs {
+        let message = doc.source["message"].as_str().unwrap_or_default();
+        if doc.source["stream"] == "stdout" {
+            let seq = &doc.source["json"]["seq"];
+            assert!(
+                seq.is_i64(),
+                "a JSON line not decoded: {}",
+                &message[..80.min(message.len())]
+            );
+            assert!(message.starts_with(&format!(r#"{{"seq":{seq},"#)));
+            decoded += 1;
+        } else {
+            assert_eq!(message.lines().count(), 5, "a trace not whole: {message}");
+            assert_eq!(
+                doc.source["error"]["type"], "json",
+                "a trace is not JSON, and says so"
+            );
+        }
+    }
+    let statuses = server.stats().item_statuses;
+    eprintln!(
+        "sent {} entries; indexed {} documents (each once, merged as without a crash: {} traces whole, {decoded} JSON lines decoded); item statuses {statuses:?}",
+        sent.len(),
+        docs.len(),
+        docs.len() - decoded
+    );
+}
+
+/// A trace whose next line is late is shipped as it is once `multiline.timeout` passes; after a
+/// kill before it was acknowledged, the replay cuts it at the same place. Without the recorded
+/// cut the replay would merge the late line into the first document's `_id`, be answered 409,
+/// and the late line would never be indexed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_cut_by_the_timeout_then_killed_is_replayed_in_the_same_two_documents() {
+    let server = EsServer::start(ServerOptions::default()).await;
+    // Stored, but the answer never comes before the kill: nothing is acknowledged.
+    server.set_faults(Faults {
+        delay: Some(Duration::from_secs(3600)),
+        ..Faults::default()
+    });
+    let mut plugin = PluginProcess::start_with_env(&[
+        ("ES_HOSTS", &server.url()),
+        ("ES_BACKOFF_INIT", "20ms"),
+        ("ES_BACKOFF_MAX", "200ms"),
+    ]);
+    let id = container_id(0xc6);
+    let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo");
+    let opts = [
+        ("workers", "1"),
+        ("multiline.preset", "java"),
+        ("multiline.timeout", "1s"),
+    ];
+    assert_eq!(
+        plugin.client().start_logging(&fifo.path, &id, &opts).await,
+        ""
+    );
+    fifo.write_entries(&[
+        line("stderr", T0, b"java.lang.RuntimeException: slow"),
+        line("stderr", T0 + 1, b"\tat a.B.c(B.java:1)"),
+    ]);
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), "the first part indexed", || {
+            server.doc_count() == 1
+        })
+    });
+    fifo.write_entries(&[line("stderr", T0 + 2, b"\tat d.E.f(E.java:2)")]);
+    let stored = Instant::now() + Duration::from_secs(10);
+    while plugin.client().read_logs(&id, "", "", -1).await.len() < 3 {
+        assert!(Instant::now() < stored, "the late line not stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    plugin.kill();
+    server.set_faults(Faults::default());
+    plugin.restart();
+    assert_eq!(plugin.client().stop_logging(&fifo.path).await, "");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.doc_count() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parts = parts_indexed(&server, &id);
+    let statuses = server.stats().item_statuses;
+    assert_eq!(
+        parts,
+        [
+            "java.lang.RuntimeException: slow\n\tat a.B.c(B.java:1)",
+            "\tat d.E.f(E.java:2)"
+        ],
+        "item statuses {statuses:?}"
+    );
+    eprintln!("a trace cut by the timeout, replayed after a kill: indexed as {parts:?}, item statuses {statuses:?}");
+}
