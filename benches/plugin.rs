@@ -1,9 +1,9 @@
 //! Benchmarks of the plugin binary driven the way the engine drives it (FIFO + StartLogging over
-//! the plugin socket), without an engine: ingest, shipping, memory, tail and latency (items 2,
-//! 4, 5, 6 and 7 of the benchmark issue). `benches/engine.rs` runs the real engine (item 3).
+//! the plugin socket), without an engine: ingest, shipping, meaning (JSON lines and multiline),
+//! memory, tail and latency (items 2, 4, 5, 6 and 7 of the benchmark issue). `benches/engine.rs` runs the real engine (item 3).
 //!
 //! Run with `make bench` (or `make bench-short`: `BENCH_SHORT=1`, small N, one round, same code).
-//! For profiling one case: `BENCH_ONLY=ingest,shipping,memory,tail,latency` picks sections,
+//! For profiling one case: `BENCH_ONLY=ingest,shipping,meaning,memory,tail,latency` picks sections,
 //! `BENCH_CONTAINERS=N` the N-container ingest cases, `BENCH_LINE_BYTES=100` (or 1000, 40000) one
 //! ingest workload, `BENCH_INGEST_OPTS=compress=false,...` the ingest's log-opts.
 //! Results go to `bench/results/plugin.md` and `bench/results/plugin.svg`. Figures are medians of
@@ -65,6 +65,14 @@ fn main() {
         let (shipping, shipping_bars) = shipping(&rt, short);
         out.push_str(&shipping.markdown());
         groups.push(("Shipping, documents/s (100 B lines)".into(), shipping_bars));
+    }
+    if report::selected("meaning") {
+        let (meaning, meaning_bars) = meaning(&rt, short);
+        out.push_str(&meaning.markdown());
+        groups.push((
+            "Shipping with JSON decoding and multiline merging, lines/s".into(),
+            meaning_bars,
+        ));
     }
     if report::selected("memory") {
         out.push_str(&memory(&rt, short).markdown());
@@ -559,6 +567,137 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
             label: format!("{workers} worker(s), gzip {gzip}"),
             value: rate,
             baseline: false,
+        });
+    }
+    (table, bars)
+}
+
+/// Frames of whole stdout lines made by `text(n)`, concatenated up to about [`WRITE_BATCH`] and a
+/// multiple of `whole` lines; returns the batch and the lines it holds.
+fn text_batch(whole: usize, text: impl Fn(usize) -> String) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(WRITE_BATCH + (64 << 10));
+    let mut lines = 0;
+    while out.len() < WRITE_BATCH || lines % whole != 0 {
+        let time = 1_700_000_000_000_000_000 + lines as i64;
+        out.extend_from_slice(&frame(&line("stdout", time, text(lines).as_bytes())));
+        lines += 1;
+    }
+    (out, lines)
+}
+
+/// A JSON log line of about 100 B.
+fn json_text(n: usize) -> String {
+    format!(
+        r#"{{"level":"info","msg":"request {n:08} served","user":"u{:03}","ms":{}}}"#,
+        n % 1000,
+        n % 97
+    )
+}
+
+/// A Java trace of 10 lines of about 40-60 B, one line of it.
+fn trace_text(n: usize) -> String {
+    match n % 10 {
+        0 => format!("java.lang.IllegalStateException: request {n:08} failed"),
+        k => format!("\tat shop.service.Cart.add{k}(Cart.java:{n:08})"),
+    }
+}
+
+/// Shipping throughput with `json=true` and with `multiline.preset=java`, each beside the same
+/// lines shipped plain, in the same run (rounds interleaved): what the two features cost.
+fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
+    let lines: usize = if short { 50_000 } else { 1_000_000 };
+    let rounds = if short { 1 } else { 3 };
+    let mut table = Table::new(
+        "Shipping: JSON lines into fields, stack traces merged",
+        &[
+            "lines",
+            "options",
+            "lines/s",
+            "documents/s",
+            "÷ the same lines plain",
+            "plugin's core busy",
+        ],
+    );
+    table.note = format!(
+        "{lines} lines from one container, 1 worker, gzip off, plugin pinned to one core, into the \
+         acknowledging sink (as in the shipping table). JSON lines are objects of about 80 B \
+         (`{}`); traces are 10 lines, a `java.lang...Exception` line and 9 `\\tat` frames \
+         (merged: one document per 10 lines). Rate = lines / time from the first to the last \
+         acknowledged document, median of {rounds} rounds, the cases interleaved in each round; \
+         the ratio is against the same lines shipped with the option off.",
+        json_text(0)
+    );
+    let (json_chunk, json_lines) = text_batch(1, json_text);
+    let (trace_chunk, trace_lines) = text_batch(10, trace_text);
+    // The trace batch holds whole traces, so that each batch merges alone.
+    assert_eq!(trace_lines % 10, 0, "whole traces per batch");
+    let cases: [(&str, &str, &[u8], usize, &[(&str, &str)], usize); 4] = [
+        ("JSON", "plain", &json_chunk, json_lines, &[], 1),
+        (
+            "JSON",
+            "json=true",
+            &json_chunk,
+            json_lines,
+            &[("json", "true")],
+            1,
+        ),
+        ("trace", "plain", &trace_chunk, trace_lines, &[], 1),
+        (
+            "trace",
+            "multiline.preset=java",
+            &trace_chunk,
+            trace_lines,
+            &[("multiline.preset", "java")],
+            10,
+        ),
+    ];
+    let mut rates = vec![Vec::new(); cases.len()];
+    let mut busy = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for (i, &(_, _, chunk, chunk_lines, extra, per_doc)) in cases.iter().enumerate() {
+            let reps = lines.div_ceil(chunk_lines);
+            let total_lines = reps * chunk_lines;
+            let sink = SinkEs::start(1);
+            let plugin = quiet_plugin(&[]);
+            pin_to_one_core(plugin.pid());
+            let url = sink.url();
+            let mut opts = vec![
+                ("hosts", url.as_str()),
+                ("workers", "1"),
+                ("compression_level", "0"),
+            ];
+            opts.extend_from_slice(extra);
+            let (cpu_before, clock) = (cpu_seconds(plugin.pid()), Instant::now());
+            plugin_run(rt, &plugin, round, chunk, reps, 1, &opts);
+            let docs = (total_lines / per_doc) as u64;
+            assert!(
+                sink.wait_items(docs, WAIT_LIMIT),
+                "the sink got {} of {docs} documents",
+                sink.items()
+            );
+            let cpu = cpu_seconds(plugin.pid()) - cpu_before;
+            busy[i].push(cpu / clock.elapsed().as_secs_f64());
+            let window = sink.ack_window().expect("acknowledged").as_secs_f64();
+            rates[i].push(total_lines as f64 / window.max(1e-3));
+        }
+    }
+    let mut bars = Vec::new();
+    for (i, &(kind, options, _, _, _, per_doc)) in cases.iter().enumerate() {
+        let rate = median(&rates[i]);
+        // Each feature's row against the plain row of the same lines just before it.
+        let base = median(&rates[i - i % 2]);
+        table.row(vec![
+            kind.into(),
+            options.into(),
+            human(rate),
+            human(rate / per_doc as f64),
+            format!("{:.2}", rate / base),
+            format!("{:.0}%", median(&busy[i]) * 100.0),
+        ]);
+        bars.push(Bar {
+            label: format!("{kind} lines, {options}"),
+            value: rate,
+            baseline: options == "plain",
         });
     }
     (table, bars)

@@ -57,6 +57,10 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         containers_ship_to_elasticsearch,
     ),
     (
+        "json_lines_and_stack_traces_become_documents",
+        json_lines_and_stack_traces_become_documents,
+    ),
+    (
         "readme_recipe_ships_with_a_password_and_reinstall_keeps_it",
         readme_recipe_ships_with_a_password_and_reinstall_keeps_it,
     ),
@@ -751,6 +755,129 @@ fn containers_ship_to_elasticsearch(docker: &Docker) {
         numbers(19_999..=20_000)
     );
     docker.docker_ok(&["rm", name]);
+}
+
+/// What a container of `json_lines_and_stack_traces_become_documents` prints: JSON lines on
+/// stdout (one of 40 KB, which the engine splits at 16 KiB) and a stack trace on stderr.
+const TRACES: [(&str, &str); 3] = [
+    (
+        "java",
+        "Exception in thread \"main\" java.lang.IllegalStateException: boom\n\tat shop.Cart.add(Cart.java:12)\n\tat shop.Main.main(Main.java:3)\nCaused by: java.io.IOException: disk full\n\t... 2 more",
+    ),
+    (
+        "python",
+        "Traceback (most recent call last):\n  File \"/app/main.py\", line 3, in <module>\n    main()\nZeroDivisionError: division by zero",
+    ),
+    (
+        "go",
+        "panic: runtime error: index out of range [3] with length 2\n\ngoroutine 1 [running]:\nmain.main()\n\t/app/main.go:5 +0x1d\nexit status 2",
+    ),
+];
+
+/// JSON lines (one longer than 16 KiB) and Java, Python and Go stack traces, one container per
+/// preset, on the real engine: each JSON line is one document with its fields (the long one
+/// decoded whole after the engine's fragments are rejoined), each trace one document of its
+/// lines, and `docker logs` prints every line exactly as written.
+fn json_lines_and_stack_traces_become_documents(docker: &Docker) {
+    let noida = Noida::start();
+    let hosts = format!("hosts={}", noida.url());
+    let index = "logs-e2emeaning-default";
+    let pad = "p".repeat(40_000);
+    let json_lines = [
+        r#"{"level":"info","msg":"starting","n":1}"#.to_owned(),
+        format!(r#"{{"level":"warn","msg":"long","pad":"{pad}"}}"#),
+        r#"{"level":"info","msg":"done","n":3}"#.to_owned(),
+    ];
+    let mut ids = Vec::new();
+    for (preset, trace) in TRACES {
+        let name = format!("e2e-meaning-{preset}");
+        // printf %s prints each line as given; the trace goes to stderr between JSON lines.
+        let script = format!(
+            "printf '%s\\n' '{}'; printf '%s\\n' {} >&2; pad=$(head -c 40000 /dev/zero | tr '\\0' p); printf '{{\"level\":\"warn\",\"msg\":\"long\",\"pad\":\"%s\"}}\\n' \"$pad\"; printf '%s\\n' '{}'",
+            json_lines[0],
+            trace
+                .lines()
+                .map(|l| format!("'{l}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            json_lines[2],
+        );
+        let id = docker.run_logged_with(
+            &name,
+            &[],
+            &[
+                &hosts,
+                &format!("index={index}"),
+                "json=true",
+                "json.ecs=true",
+                &format!("multiline.preset={preset}"),
+            ],
+            &script,
+        );
+        assert_eq!(docker.wait_exit(&name, secs(60)), 0);
+        let logs = docker.logs(&name, &[]);
+        assert_eq!(
+            logs.stdout,
+            format!("{}\n", json_lines.join("\n")),
+            "docker logs stdout of {name}"
+        );
+        assert_eq!(
+            logs.stderr,
+            format!("{trace}\n"),
+            "docker logs stderr of {name}"
+        );
+        ids.push((preset, id, name));
+    }
+    wait_for(secs(120), "12 documents in noida-db", || {
+        (noida.count(index) >= 12).then_some(())
+    });
+    std::thread::sleep(secs(2));
+    let docs = noida.documents(index);
+    assert_eq!(docs.len(), 12, "3 containers x (3 JSON lines + 1 trace)");
+    for (preset, id, name) in &ids {
+        let mine: Vec<&serde_json::Value> = docs
+            .iter()
+            .map(|(_, d)| d)
+            .filter(|d| d["container"]["id"] == id.as_str())
+            .collect();
+        let trace = TRACES.iter().find(|(p, _)| p == preset).map(|(_, t)| *t);
+        let stderr: Vec<&&serde_json::Value> =
+            mine.iter().filter(|d| d["stream"] == "stderr").collect();
+        assert_eq!(stderr.len(), 1, "{name}: the trace is one document");
+        assert_eq!(
+            stderr[0]["message"].as_str(),
+            trace,
+            "{name}: the trace whole"
+        );
+        let mut stdout: Vec<(&str, &str)> = mine
+            .iter()
+            .filter(|d| d["stream"] == "stdout")
+            .map(|d| {
+                (
+                    d["message"].as_str().unwrap_or_default(),
+                    d["log"]["level"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        stdout.sort();
+        assert_eq!(
+            stdout,
+            [("done", "info"), ("long", "warn"), ("starting", "info")],
+            "{name}: the JSON lines' msg and level"
+        );
+        let long = mine
+            .iter()
+            .find(|d| d["message"] == "long")
+            .expect("the long line");
+        assert_eq!(
+            long["json"]["pad"].as_str().map(str::len),
+            Some(40_000),
+            "{name}: the 40 KB line decoded whole"
+        );
+        assert!(long.get("error").is_none(), "{name}: {}", long["error"]);
+        docker.docker_ok(&["rm", name]);
+    }
+    eprintln!("e2e:   3 containers (java, python, go): 9 JSON lines and 3 traces, as 12 documents; docker logs exact");
 }
 
 /// The README's recipe for the common case ("Ship with a user and password"), taken from

@@ -202,6 +202,9 @@ async fn real_opensearch_single_node() {
     if run("a_rollover_during_a_replay_duplicates_what_the_replay_repeats") {
         a_rollover_during_a_replay_duplicates_what_the_replay_repeats(&node).await;
     }
+    if run("json_lines_and_merged_traces_land_and_a_key_conflict_is_dead_lettered") {
+        json_lines_and_merged_traces_land_and_a_key_conflict_is_dead_lettered(&node).await;
+    }
     if run("engine_events_land_in_their_data_stream") {
         engine_events_land_in_their_data_stream(&node).await;
     }
@@ -356,6 +359,83 @@ async fn a_mapping_conflict_is_dead_lettered_with_the_real_reason(node: &Node) {
         "the real reason: {reason}"
     );
     assert_eq!(count(node, index), 4);
+}
+
+/// JSON lines decoded into fields and a Java trace merged land in a real data stream; a line
+/// whose key conflicts with the mapping an earlier line made (`json.user` text, then an object)
+/// is refused by the real mapper and dead-lettered with its reason, not retried forever, and the
+/// lines after it land.
+async fn json_lines_and_merged_traces_land_and_a_key_conflict_is_dead_lettered(node: &Node) {
+    let index = "logs-jsonapp-default";
+    let metrics = free_addr();
+    let plugin = plugin_for(&node.url(), &metrics, &[]);
+    let opts = [
+        ("index", index),
+        ("json", "true"),
+        ("json.ecs", "true"),
+        ("multiline.preset", "java"),
+        ("multiline.timeout", "1s"),
+    ];
+    let mut container = start_container(&plugin, 4, &opts).await;
+    let texts = [
+        r#"{"level":"info","msg":"first","user":"alice"}"#,
+        r#"{"level":"warn","msg":"second","user":{"id":7}}"#,
+        "java.lang.IllegalStateException: boom",
+        "\tat shop.Cart.add(Cart.java:12)",
+        "Caused by: java.io.IOException: disk",
+        r#"{"level":"info","msg":"third","user":"bob"}"#,
+    ];
+    let entries: Vec<LogEntry> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| line("stdout", es_check::T0 + i as i64, t.as_bytes()))
+        .collect();
+    container.fifo.write_entries(&entries);
+    blocking(|| {
+        wait_count(node, index, 3, Duration::from_secs(60), &plugin);
+        wait_metric(&metrics, "eslp_documents_dead_lettered_total", 1, &plugin);
+    });
+    assert_eq!(es_check::dead_lettered(&plugin.state), ["second"]);
+    let file = std::fs::read_dir(plugin.state.join("dead-letter"))
+        .expect("dead-letter folder")
+        .flatten()
+        .next()
+        .expect("a dead-letter file");
+    let text = std::fs::read_to_string(file.path()).expect("dead-letter file");
+    let record: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a record")).expect("JSON record");
+    assert_eq!(record["status"], 400, "{record}");
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("mapper_parsing_exception") && reason.contains("json.user"),
+        "the real reason: {reason}"
+    );
+    let mut messages: Vec<String> = node.scan(index).into_iter().map(|(_, m)| m).collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        [
+            "first",
+            "java.lang.IllegalStateException: boom\n\tat shop.Cart.add(Cart.java:12)\nCaused by: java.io.IOException: disk",
+            "third"
+        ]
+    );
+    let client = node.client();
+    let (status, body) = client.request(
+        "POST",
+        &format!("/{index}/_search"),
+        r#"{"query":{"bool":{"filter":[{"term":{"log.level":"info"}},{"term":{"json.user":"bob"}}]}}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let found: serde_json::Value = serde_json::from_str(&body).expect("search answer");
+    assert_eq!(
+        found["hits"]["total"]["value"], 1,
+        "fields searchable: {body}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "eslp_documents_dead_lettered_total"),
+        1
+    );
 }
 
 async fn a_write_block_holds_the_lines_until_it_is_lifted(node: &Node) {
