@@ -602,6 +602,37 @@ fn trace_text(n: usize) -> String {
     }
 }
 
+/// One row of [`meaning`]: lines of a kind, shipped with some options.
+struct Case<'a> {
+    kind: &'static str,
+    options: &'static str,
+    chunk: &'a [u8],
+    chunk_lines: usize,
+    extra: &'static [(&'static str, &'static str)],
+    /// Lines per document.
+    per_doc: usize,
+}
+
+impl<'a> Case<'a> {
+    fn new(
+        kind: &'static str,
+        options: &'static str,
+        chunk: &'a [u8],
+        chunk_lines: usize,
+        extra: &'static [(&'static str, &'static str)],
+        per_doc: usize,
+    ) -> Self {
+        Case {
+            kind,
+            options,
+            chunk,
+            chunk_lines,
+            extra,
+            per_doc,
+        }
+    }
+}
+
 /// Shipping throughput with `json=true` and with `multiline.preset=java`, each beside the same
 /// lines shipped plain, in the same run (rounds interleaved): what the two features cost.
 fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
@@ -631,9 +662,9 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
     let (trace_chunk, trace_lines) = text_batch(10, trace_text);
     // The trace batch holds whole traces, so that each batch merges alone.
     assert_eq!(trace_lines % 10, 0, "whole traces per batch");
-    let cases: [(&str, &str, &[u8], usize, &[(&str, &str)], usize); 4] = [
-        ("JSON", "plain", &json_chunk, json_lines, &[], 1),
-        (
+    let cases = [
+        Case::new("JSON", "plain", &json_chunk, json_lines, &[], 1),
+        Case::new(
             "JSON",
             "json=true",
             &json_chunk,
@@ -641,8 +672,8 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
             &[("json", "true")],
             1,
         ),
-        ("trace", "plain", &trace_chunk, trace_lines, &[], 1),
-        (
+        Case::new("trace", "plain", &trace_chunk, trace_lines, &[], 1),
+        Case::new(
             "trace",
             "multiline.preset=java",
             &trace_chunk,
@@ -654,7 +685,17 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
     let mut rates = vec![Vec::new(); cases.len()];
     let mut busy = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
-        for (i, &(_, _, chunk, chunk_lines, extra, per_doc)) in cases.iter().enumerate() {
+        for (
+            i,
+            &Case {
+                chunk,
+                chunk_lines,
+                extra,
+                per_doc,
+                ..
+            },
+        ) in cases.iter().enumerate()
+        {
             let reps = lines.div_ceil(chunk_lines);
             let total_lines = reps * chunk_lines;
             let sink = SinkEs::start(1);
@@ -682,7 +723,16 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
         }
     }
     let mut bars = Vec::new();
-    for (i, &(kind, options, _, _, _, per_doc)) in cases.iter().enumerate() {
+    for (
+        i,
+        &Case {
+            kind,
+            options,
+            per_doc,
+            ..
+        },
+    ) in cases.iter().enumerate()
+    {
         let rate = median(&rates[i]);
         // Each feature's row against the plain row of the same lines just before it.
         let base = median(&rates[i - i % 2]);
