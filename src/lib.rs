@@ -54,7 +54,8 @@
 //!    - [`retention`]: removal of local copies of containers not seen for a long time.
 //! 4. shipping:
 //!    - [`shipper`]: following the stores into Elasticsearch: `source` (follow a store,
-//!      rejoin fragments), `document`, `bulk` and `client` (the request), `retry` (what a bulk
+//!      rejoin fragments, merge lines with `multiline`, decode JSON lines with `json_lines`),
+//!      `document`, `bulk` and `client` (the request), `retry` (what a bulk
 //!      answer means for each document), `deadletter`, `checkpoint`, and `destination`, the loop
 //!      that runs them. It knows nothing of where a store's records come from.
 //! 5. sources and settings:

@@ -181,8 +181,10 @@ impl Fragments {
     }
 
     fn take_entry(&mut self, entry: LogEntry, start: Position, end: Position, out: &mut Vec<Line>) {
-        let stream = entry.source.clone();
         let split = self.splits.contains(&end);
+        // A split point cuts everything pending in its stream (see `flush_at`): with merging,
+        // the stream's document too.
+        let cut_document = (split && self.merge.is_some()).then(|| entry.source.clone());
         for line in self
             .push_entry(entry, start, end, split)
             .into_iter()
@@ -190,8 +192,7 @@ impl Fragments {
         {
             self.pass(line, out);
         }
-        if split {
-            // A split point cuts everything pending in its stream (see `flush_at`).
+        if let Some(stream) = cut_document {
             if let Some(group) = self.merge.as_mut().and_then(|m| m.cut_at(&stream, end)) {
                 out.push(group);
             }
