@@ -105,6 +105,11 @@ impl ContainerDoc {
         &self.members
     }
 
+    /// The same, serialised: `,"agent":{...},...` (empty when there are none).
+    pub fn fields(&self) -> &str {
+        &self.fields
+    }
+
     #[cfg(test)]
     pub fn for_tests(members: Value) -> Self {
         match members {

@@ -76,32 +76,60 @@ pub fn append_source(
         return document::append_source(out, doc, time_nano, stream, message);
     };
     let raw = String::from_utf8_lossy(message);
+    let ours = doc.members();
+    // The members the line sets or changes; the container's own are written from their
+    // serialised form unless the line replaced or extended one of them.
     let mut fields = Map::new();
     fields.insert("@timestamp".into(), timestamp(time_nano).into());
     fields.insert("message".into(), Value::from(raw.as_ref()));
     fields.insert("stream".into(), stream.into());
-    for (key, value) in doc.members() {
-        fields.insert(key.clone(), value.clone());
-    }
     let error = match decode(message) {
-        Ok(object) => merge(&mut fields, object, options, &raw).err(),
+        Ok(object) => merge(&mut fields, ours, object, options, &raw).err(),
         Err(error) => Some(error),
     };
     if let (Some(error), true) = (error, options.add_error_key) {
-        let slot = fields
-            .entry("error")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !slot.is_object() {
-            *slot = Value::Object(Map::new());
-        }
-        if let Some(e) = slot.as_object_mut() {
+        if let Some(e) = object_member(&mut fields, ours, "error") {
             e.insert("type".into(), "json".into());
             e.insert("message".into(), error.to_string().into());
         }
     }
-    // Serialising a Map into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &fields);
-    out.push(b'\n');
+    // Serialising strings and values into a Vec cannot fail.
+    let mut first = true;
+    for (key, value) in &fields {
+        out.push(if first { b'{' } else { b',' });
+        first = false;
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+    if ours.keys().any(|k| fields.contains_key(k)) {
+        for (key, value) in ours.iter().filter(|(k, _)| !fields.contains_key(*k)) {
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            let _ = serde_json::to_writer(&mut *out, value);
+        }
+    } else {
+        out.extend_from_slice(doc.fields().as_bytes());
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// The object member `key` of the document for the line to add to: the container's own (copied
+/// into `fields`, which then replaces it) or a new one; `None` when the line made it a scalar.
+fn object_member<'a>(
+    fields: &'a mut Map<String, Value>,
+    ours: &Map<String, Value>,
+    key: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let slot = fields.entry(key).or_insert_with(|| match ours.get(key) {
+        Some(Value::Object(theirs)) => Value::Object(theirs.clone()),
+        _ => Value::Object(Map::new()),
+    });
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut()
 }
 
 /// The line as a JSON object, within the limits.
@@ -137,6 +165,7 @@ fn depth(value: &Value) -> usize {
 /// is used).
 fn merge(
     fields: &mut Map<String, Value>,
+    ours: &Map<String, Value>,
     mut object: Map<String, Value>,
     options: &JsonOptions,
     raw: &str,
@@ -179,13 +208,14 @@ fn merge(
             }
         }
         for (key, value) in object {
-            if options.overwrite_keys || !fields.contains_key(&key) {
+            if options.overwrite_keys || !(fields.contains_key(&key) || ours.contains_key(&key)) {
                 fields.insert(key, value);
             } else {
                 left_out = true;
             }
         }
-    } else if options.overwrite_keys || !fields.contains_key("json") {
+    } else if options.overwrite_keys || !(fields.contains_key("json") || ours.contains_key("json"))
+    {
         fields.insert("json".into(), Value::Object(object));
     } else {
         left_out = true;
@@ -194,22 +224,13 @@ fn merge(
         fields.insert("message".into(), message);
         if left_out {
             // What was left out is still in the line: keep it beside the message taken.
-            let event = fields
-                .entry("event")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Some(event) = event.as_object_mut() {
+            if let Some(event) = object_member(fields, ours, "event") {
                 event.insert("original".into(), raw.into());
             }
         }
     }
     if let Some(level) = level {
-        let log = fields
-            .entry("log")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !log.is_object() {
-            *log = Value::Object(Map::new());
-        }
-        if let Some(log) = log.as_object_mut() {
+        if let Some(log) = object_member(fields, ours, "log") {
             log.insert("level".into(), level);
         }
     }
@@ -232,10 +253,37 @@ mod tests {
         }
     }
 
-    /// The source line of the item, parsed.
+    /// The top-level keys of a JSON object, refusing one given twice (Elasticsearch refuses a
+    /// document with a duplicate key; `serde_json::Value` would keep the last silently).
+    struct UniqueKeys;
+
+    impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Err(serde::de::Error::custom(format!("duplicate key {key}")));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    /// The source line of the item for a container with a data stream's fields, parsed; a
+    /// key given twice fails.
     fn document(line: &str, options: &JsonOptions) -> Value {
-        let doc =
-            ContainerDoc::for_tests(json!({"container": {"id": "c1"}, "ecs": {"version": "8"}}));
+        let doc = ContainerDoc::for_tests(json!({
+            "container": {"id": "c1"},
+            "ecs": {"version": "8"},
+            "event": {"dataset": "docker"}
+        }));
         let mut out = Vec::new();
         append_source(
             &mut out,
@@ -247,7 +295,34 @@ mod tests {
         );
         let text = std::str::from_utf8(&out).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
+        let mut keys = serde_json::Deserializer::from_str(text);
+        serde::Deserializer::deserialize_map(&mut keys, UniqueKeys)
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
         serde_json::from_str(text).unwrap()
+    }
+
+    /// The line's `event.original` joins the container's own `event` (a data stream's
+    /// `event.dataset`) instead of a second `event` key.
+    #[test]
+    fn fields_the_line_adds_to_the_containers_objects_are_merged_into_them() {
+        let line = r#"{"msg":"hi","event":"login","level":"info"}"#;
+        let o = JsonOptions {
+            keys_under_root: true,
+            ecs: true,
+            ..options()
+        };
+        let d = document(line, &o);
+        assert_eq!(d["message"], "hi");
+        assert_eq!(d["event"]["dataset"], "docker");
+        assert_eq!(d["event"]["original"], line);
+        assert_eq!(d["log"]["level"], "info");
+        let over = JsonOptions {
+            overwrite_keys: true,
+            ..o
+        };
+        let d = document(line, &over);
+        assert_eq!(d["event"], "login");
+        assert_eq!(d["container"]["id"], "c1");
     }
 
     #[test]
