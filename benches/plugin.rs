@@ -531,27 +531,11 @@ fn shipping(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
         let mut busy = Vec::new();
         let mut requests = 0;
         for round in 0..rounds {
-            let sink = SinkEs::start(1);
-            let plugin = quiet_plugin(&[]);
-            pin_to_one_core(plugin.pid());
-            let url = sink.url();
-            let opts = [
-                ("hosts", url.as_str()),
-                ("workers", workers),
-                ("compression_level", level),
-            ];
-            let (cpu_before, clock) = (cpu_seconds(plugin.pid()), Instant::now());
-            plugin_run(rt, &plugin, round, &chunk, reps, 1, &opts);
-            assert!(
-                sink.wait_items(total, WAIT_LIMIT),
-                "the sink got {} of {total} documents",
-                sink.items()
-            );
-            let cpu = cpu_seconds(plugin.pid()) - cpu_before;
-            busy.push(cpu / clock.elapsed().as_secs_f64());
-            let window = sink.ack_window().expect("acknowledged").as_secs_f64();
-            rates.push(total as f64 / window.max(1e-3));
-            requests = sink.bulk_requests();
+            let opts = [("workers", workers), ("compression_level", level)];
+            let shipped = ship_to_sink(rt, round, &chunk, reps, &opts, total);
+            busy.push(shipped.busy);
+            rates.push(total as f64 / shipped.window);
+            requests = shipped.requests;
         }
         let rate = median(&rates);
         let gzip = if level == "0" { "off" } else { "level 1" };
@@ -685,41 +669,15 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
     let mut rates = vec![Vec::new(); cases.len()];
     let mut busy = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
-        for (
-            i,
-            &Case {
-                chunk,
-                chunk_lines,
-                extra,
-                per_doc,
-                ..
-            },
-        ) in cases.iter().enumerate()
-        {
-            let reps = lines.div_ceil(chunk_lines);
-            let total_lines = reps * chunk_lines;
-            let sink = SinkEs::start(1);
-            let plugin = quiet_plugin(&[]);
-            pin_to_one_core(plugin.pid());
-            let url = sink.url();
-            let mut opts = vec![
-                ("hosts", url.as_str()),
-                ("workers", "1"),
-                ("compression_level", "0"),
-            ];
-            opts.extend_from_slice(extra);
-            let (cpu_before, clock) = (cpu_seconds(plugin.pid()), Instant::now());
-            plugin_run(rt, &plugin, round, chunk, reps, 1, &opts);
-            let docs = (total_lines / per_doc) as u64;
-            assert!(
-                sink.wait_items(docs, WAIT_LIMIT),
-                "the sink got {} of {docs} documents",
-                sink.items()
-            );
-            let cpu = cpu_seconds(plugin.pid()) - cpu_before;
-            busy[i].push(cpu / clock.elapsed().as_secs_f64());
-            let window = sink.ack_window().expect("acknowledged").as_secs_f64();
-            rates[i].push(total_lines as f64 / window.max(1e-3));
+        for (i, case) in cases.iter().enumerate() {
+            let reps = lines.div_ceil(case.chunk_lines);
+            let total_lines = reps * case.chunk_lines;
+            let mut opts = vec![("workers", "1"), ("compression_level", "0")];
+            opts.extend_from_slice(case.extra);
+            let docs = (total_lines / case.per_doc) as u64;
+            let shipped = ship_to_sink(rt, round, case.chunk, reps, &opts, docs);
+            busy[i].push(shipped.busy);
+            rates[i].push(total_lines as f64 / shipped.window);
         }
     }
     let mut bars = Vec::new();
@@ -751,6 +709,50 @@ fn meaning(rt: &tokio::runtime::Runtime, short: bool) -> (Table, Vec<Bar>) {
         });
     }
     (table, bars)
+}
+
+/// What one shipping round measured.
+struct Shipped {
+    /// Seconds from the first to the last acknowledged document.
+    window: f64,
+    /// The plugin's CPU time over the wall time of the round.
+    busy: f64,
+    requests: u64,
+}
+
+/// One round: a fresh plugin pinned to one core ships `reps` times `chunk` from one container to
+/// a fresh sink with `opts` (besides `hosts`), until the sink holds `docs` documents.
+fn ship_to_sink(
+    rt: &tokio::runtime::Runtime,
+    round: usize,
+    chunk: &[u8],
+    reps: usize,
+    opts: &[(&str, &str)],
+    docs: u64,
+) -> Shipped {
+    let sink = SinkEs::start(1);
+    let plugin = quiet_plugin(&[]);
+    pin_to_one_core(plugin.pid());
+    let url = sink.url();
+    let mut all = vec![("hosts", url.as_str())];
+    all.extend_from_slice(opts);
+    let (cpu_before, clock) = (cpu_seconds(plugin.pid()), Instant::now());
+    plugin_run(rt, &plugin, round, chunk, reps, 1, &all);
+    assert!(
+        sink.wait_items(docs, WAIT_LIMIT),
+        "the sink got {} of {docs} documents",
+        sink.items()
+    );
+    let cpu = cpu_seconds(plugin.pid()) - cpu_before;
+    Shipped {
+        window: sink
+            .ack_window()
+            .expect("acknowledged")
+            .as_secs_f64()
+            .max(1e-3),
+        busy: cpu / clock.elapsed().as_secs_f64(),
+        requests: sink.bulk_requests(),
+    }
 }
 
 /// Samples the RSS of `pid` every 20 ms until `stop`; returns the largest seen.

@@ -294,13 +294,26 @@ async fn kill_9_while_shipping_and_checkpointing_indexes_every_line_exactly_once
     }
 }
 
-async fn shipping_round(round: u64) {
-    let server = EsServer::start(ServerOptions::default()).await;
-    let mut plugin = PluginProcess::start_with_env(&[
+/// The plugin shipping to `server`, retrying quickly.
+fn plugin_shipping_to(server: &EsServer) -> PluginProcess {
+    PluginProcess::start_with_env(&[
         ("ES_HOSTS", &server.url()),
         ("ES_BACKOFF_INIT", "20ms"),
         ("ES_BACKOFF_MAX", "200ms"),
-    ]);
+    ])
+}
+
+/// Documents are stored but the answer never comes (before a kill): nothing is acknowledged.
+fn never_answered() -> Faults {
+    Faults {
+        delay: Some(Duration::from_secs(3600)),
+        ..Faults::default()
+    }
+}
+
+async fn shipping_round(round: u64) {
+    let server = EsServer::start(ServerOptions::default()).await;
+    let mut plugin = plugin_shipping_to(&server);
     let id = container_id(0xc2);
     let opts = [
         ("max-size", "64k"),
@@ -491,15 +504,8 @@ async fn a_line_flushed_in_two_parts_then_killed_is_replayed_in_the_same_two_par
     let server = EsServer::start(ServerOptions::default()).await;
     // The first part is stored but its answer never comes before the kill: nothing is
     // acknowledged, so the checkpoint stays before the line and the restart replays all of it.
-    server.set_faults(Faults {
-        delay: Some(Duration::from_secs(3600)),
-        ..Faults::default()
-    });
-    let mut plugin = PluginProcess::start_with_env(&[
-        ("ES_HOSTS", &server.url()),
-        ("ES_BACKOFF_INIT", "20ms"),
-        ("ES_BACKOFF_MAX", "200ms"),
-    ]);
+    server.set_faults(never_answered());
+    let mut plugin = plugin_shipping_to(&server);
     let id = container_id(0xc4);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo");
     // One request in flight: the second part waits behind the first, unsent at the kill.
@@ -618,11 +624,7 @@ fn merged_documents(sent: &[LogEntry]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_merging_traces_and_decoding_json_indexes_each_document_once() {
     let server = EsServer::start(ServerOptions::default()).await;
-    let mut plugin = PluginProcess::start_with_env(&[
-        ("ES_HOSTS", &server.url()),
-        ("ES_BACKOFF_INIT", "20ms"),
-        ("ES_BACKOFF_MAX", "200ms"),
-    ]);
+    let mut plugin = plugin_shipping_to(&server);
     let id = container_id(0xc5);
     let opts = [
         ("max-size", "64k"),
@@ -696,15 +698,8 @@ async fn kill_9_while_merging_traces_and_decoding_json_indexes_each_document_onc
 async fn a_trace_cut_by_the_timeout_then_killed_is_replayed_in_the_same_two_documents() {
     let server = EsServer::start(ServerOptions::default()).await;
     // Stored, but the answer never comes before the kill: nothing is acknowledged.
-    server.set_faults(Faults {
-        delay: Some(Duration::from_secs(3600)),
-        ..Faults::default()
-    });
-    let mut plugin = PluginProcess::start_with_env(&[
-        ("ES_HOSTS", &server.url()),
-        ("ES_BACKOFF_INIT", "20ms"),
-        ("ES_BACKOFF_MAX", "200ms"),
-    ]);
+    server.set_faults(never_answered());
+    let mut plugin = plugin_shipping_to(&server);
     let id = container_id(0xc6);
     let mut fifo = EngineFifo::create(plugin.dir.path(), "fifo");
     let opts = [

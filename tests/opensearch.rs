@@ -158,6 +158,17 @@ fn wait_metric(metrics: &str, name: &str, at_least: u64, plugin: &PluginProcess)
     }
 }
 
+/// The first record of the plugin's dead-letter file.
+fn first_dead_letter(state: &std::path::Path) -> serde_json::Value {
+    let file = std::fs::read_dir(state.join("dead-letter"))
+        .expect("dead-letter folder")
+        .flatten()
+        .next()
+        .expect("a dead-letter file");
+    let text = std::fs::read_to_string(file.path()).expect("dead-letter file");
+    serde_json::from_str(text.lines().next().expect("a record")).expect("JSON record")
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -344,14 +355,7 @@ async fn a_mapping_conflict_is_dead_lettered_with_the_real_reason(node: &Node) {
     let mut dead = es_check::dead_lettered(&plugin.state);
     dead.sort();
     assert_eq!(dead, ["five", "three"]);
-    let file = std::fs::read_dir(plugin.state.join("dead-letter"))
-        .expect("dead-letter folder")
-        .flatten()
-        .next()
-        .expect("a dead-letter file");
-    let text = std::fs::read_to_string(file.path()).expect("dead-letter file");
-    let record: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a record")).expect("JSON record");
+    let record = first_dead_letter(&plugin.state);
     assert_eq!(record["status"], 400, "{record}");
     let reason = record["reason"].as_str().unwrap_or_default();
     assert!(
@@ -396,14 +400,7 @@ async fn json_lines_and_merged_traces_land_and_a_key_conflict_is_dead_lettered(n
         wait_metric(&metrics, "eslp_documents_dead_lettered_total", 1, &plugin);
     });
     assert_eq!(es_check::dead_lettered(&plugin.state), ["second"]);
-    let file = std::fs::read_dir(plugin.state.join("dead-letter"))
-        .expect("dead-letter folder")
-        .flatten()
-        .next()
-        .expect("a dead-letter file");
-    let text = std::fs::read_to_string(file.path()).expect("dead-letter file");
-    let record: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a record")).expect("JSON record");
+    let record = first_dead_letter(&plugin.state);
     assert_eq!(record["status"], 400, "{record}");
     let reason = record["reason"].as_str().unwrap_or_default();
     assert!(

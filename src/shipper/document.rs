@@ -20,8 +20,9 @@
 //!   `data_stream.{type,dataset,namespace}` and `event.dataset`, and the static `tags` and
 //!   fields (`statics.rs`). Fields are nested objects, as ECS documents them.
 //!
-//! This is the hot path of shipping: [`append_create`] writes straight into the batch buffer,
-//! builds no `serde_json::Value` and allocates nothing per document.
+//! This is the hot path of shipping: [`append_action`] and [`append_source`] write straight
+//! into the batch buffer, build no `serde_json::Value` and allocate nothing per document
+//! (`json_lines` writes the source line instead when JSON decoding is on).
 
 use serde_json::{Map, Value};
 
@@ -150,6 +151,7 @@ fn object<const N: usize>(members: [(&str, &str); N]) -> Value {
 /// Appends one bulk item, two lines each ending in '\n':
 /// `{"create":{"_index":"<index>","_id":"<id>"}}` and
 /// `{"@timestamp":"...","message":"...","stream":"stdout",<the ContainerDoc fields>}`.
+#[cfg(test)]
 pub fn append_create(
     out: &mut Vec<u8>,
     index: &str,
@@ -163,7 +165,8 @@ pub fn append_create(
     append_source(out, doc, time_nano, stream, message);
 }
 
-/// Appends the source line of a bulk item and its '\n' (see [`append_create`]).
+/// Appends the source line of a bulk item and its '\n':
+/// `{"@timestamp":"...","message":"...","stream":"stdout",<the ContainerDoc fields>}`.
 pub fn append_source(
     out: &mut Vec<u8>,
     doc: &ContainerDoc,

@@ -108,6 +108,8 @@ pub struct Source {
     pub read_to: Position,
     /// The split lines being rejoined, one per stream (log sources only).
     pub fragments: Fragments,
+    /// The documents one step hands out, before they go into the batch (kept to reuse).
+    done: Vec<Line>,
     pub checkpoint: Checkpoint,
     /// Where a replay would start now: every document before it is acknowledged.
     pub acked: Resume,
@@ -156,6 +158,7 @@ impl Source {
             index: spec.index,
             cursor,
             fragments,
+            done: Vec::new(),
             checkpoint,
             saving: Saving::Idle,
             split_unrecorded: false,
@@ -213,9 +216,8 @@ impl Source {
         }
         if self.stopped {
             // No more of these lines can come: the cut needs no record.
-            for line in self.fragments.flush() {
-                self.emit(batch, line);
-            }
+            self.done = self.fragments.flush();
+            self.emit_done(batch);
             return None;
         }
         let wait = self.fragments.wait(FRAGMENT_WAIT);
@@ -239,13 +241,10 @@ impl Source {
     fn flush_overdue(&mut self, batch: &mut Batch, ends: &[Position]) -> Option<Save> {
         let (recorded, unrecorded): (Vec<Position>, Vec<Position>) =
             ends.iter().partition(|&&end| self.checkpoint.is_split(end));
-        let mut lines = Vec::new();
         for end in recorded {
-            self.fragments.flush_at(end, &mut lines);
+            self.fragments.flush_at(end, &mut self.done);
         }
-        for line in lines {
-            self.emit(batch, line);
-        }
+        self.emit_done(batch);
         let retry_later = self.split_retry.is_some_and(|at| Instant::now() < at);
         if unrecorded.is_empty() || self.saving != Saving::Idle || retry_later {
             return None;
@@ -276,11 +275,8 @@ impl Source {
                 offset: 0,
             };
         }
-        let mut lines = Vec::new();
-        self.fragments.push(entry, start, after, &mut lines);
-        for line in lines {
-            self.emit(batch, line);
-        }
+        self.fragments.push(entry, start, after, &mut self.done);
+        self.emit_done(batch);
     }
 
     /// A rendered record: one document, its id from the record itself.
@@ -308,7 +304,22 @@ impl Source {
         });
     }
 
-    fn emit(&mut self, batch: &mut Batch, line: Line) {
+    /// The documents of one step into the batch, each with where a replay may start once it is
+    /// acknowledged: after the whole step (a step's documents go into one batch, and a batch is
+    /// acknowledged whole).
+    fn emit_done(&mut self, batch: &mut Batch) {
+        if self.done.is_empty() {
+            return;
+        }
+        let end = self.fragments.resume(self.read_to);
+        let mut done = std::mem::take(&mut self.done);
+        for line in done.drain(..) {
+            self.emit(batch, line, end.clone());
+        }
+        self.done = done;
+    }
+
+    fn emit(&self, batch: &mut Batch, line: Line, end: Resume) {
         let Documents::Logs(logs) = &self.documents else {
             return;
         };
@@ -328,9 +339,7 @@ impl Source {
         batch.items.push(Item {
             range: begin..batch.ndjson.len(),
             source: self.id.clone(),
-            // After the whole push that handed this line out: a push's lines go into one batch,
-            // and a batch is acknowledged whole.
-            end: self.fragments.resume(self.read_to),
+            end,
         });
     }
 
